@@ -1,0 +1,1 @@
+export { handle, reportAndExit } from './run.js';

@@ -1,0 +1,82 @@
+import * as tf from '@tensorflow/tfjs';
+import { createRequire } from 'node:module';
+import { QrlhfError } from './errors.js';
+
+export type BackendName = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
+export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+
+export interface BackendChoice {
+  /** The qrlhf name of the backend in use. */
+  name: Exclude<BackendName, 'auto'>;
+  /** tfjs's own name for it (tensorflow, wasm, cpu). */
+  tfName: string;
+  /** One line: what was chosen and why the better ones were not. */
+  reason: string;
+}
+
+const require = createRequire(import.meta.url);
+let current: BackendChoice | null = null;
+
+async function tryNode(pkg: string): Promise<string | null> {
+  try {
+    require(pkg);
+    return null;
+  } catch (e) {
+    const msg = e instanceof Error ? e.message.split('\n')[0]! : String(e);
+    return msg.includes('Cannot find module') ? 'not installed' : `failed to load (${msg})`;
+  }
+}
+
+async function activate(tfName: string): Promise<boolean> {
+  try {
+    const ok = await tf.setBackend(tfName);
+    await tf.ready();
+    return ok;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Chooses and initialises the tfjs backend: auto takes tensorflow-gpu > tensorflow > wasm > cpu,
+ * the first that loads. Prints one line on stderr saying which and why (unless quiet).
+ */
+export async function initBackend(
+  requested: BackendName = 'auto',
+  opts: { quiet?: boolean } = {},
+): Promise<BackendChoice> {
+  if (!BACKEND_NAMES.includes(requested)) {
+    throw new QrlhfError(`--backend: expected one of ${BACKEND_NAMES.join(', ')}, got "${requested}"`);
+  }
+  if (current && (requested === 'auto' || requested === current.name)) return current;
+  const skipped: string[] = [];
+  const order: Exclude<BackendName, 'auto'>[] =
+    requested === 'auto' ? ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] : [requested];
+  for (const name of order) {
+    let why: string | null = null;
+    let tfName = name as string;
+    if (name === 'tensorflow-gpu' || name === 'tensorflow') {
+      why = await tryNode(name === 'tensorflow-gpu' ? '@tensorflow/tfjs-node-gpu' : '@tensorflow/tfjs-node');
+      tfName = 'tensorflow';
+    } else if (name === 'wasm') {
+      const { setupWasm } = await import('./kernels/setup.js');
+      why = await setupWasm();
+    }
+    if (why === null && !(await activate(tfName))) why = 'did not initialise';
+    if (why === null) {
+      const reason =
+        `backend: ${name}` + (skipped.length ? ` (${skipped.join('; ')})` : requested === 'auto' ? '' : ' (requested)');
+      current = { name, tfName, reason };
+      if (!opts.quiet) process.stderr.write(reason + '\n');
+      return current;
+    }
+    if (requested !== 'auto') throw new QrlhfError(`--backend ${name}: ${why}`);
+    skipped.push(`${name} ${why}`);
+  }
+  throw new QrlhfError(`no tfjs backend could be initialised: ${skipped.join('; ')}`);
+}
+
+/** The backend chosen by initBackend, or null before it ran. */
+export function currentBackend(): BackendChoice | null {
+  return current;
+}
