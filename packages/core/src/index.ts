@@ -4,6 +4,7 @@ export * from './paths.js';
 export * from './backend.js';
 export * from './model/index.js';
 export * from './io/index.js';
+export * from './tokenizer.js';
 export * from './data/index.js';
 export * from './train/index.js';
 export * from './track/index.js';
