@@ -1,1 +1,1 @@
-export {};
+export * from './quantile/index.js';
