@@ -1,1 +1,1 @@
-export {};
+export * from './plot/figure3.js';
