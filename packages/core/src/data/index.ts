@@ -1,1 +1,3 @@
-export {};
+export * from './jsonl.js';
+export * from './dialogue.js';
+export * from './hh.js';
