@@ -1,1 +1,5 @@
 export * from './quantile/index.js';
+export * from './utilities.js';
+export * from './debias.js';
+export * from './gate.js';
+export * from './eval.js';
