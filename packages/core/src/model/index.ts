@@ -1,1 +1,3 @@
-export {};
+export * from './config.js';
+export * from './llama.js';
+export * from './lora.js';

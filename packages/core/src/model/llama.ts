@@ -1,0 +1,384 @@
+/**
+ * The Llama forward pass (SPEC §2), in one file meant to be read top to bottom against the paper.
+ *
+ *   token embedding
+ *   per layer:  h += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rmsnorm(h)
+ *               h += down_proj(silu(gate_proj(n)) * up_proj(n))                        n = rmsnorm(h)
+ *   final rmsnorm, LM head (the embedding itself when tied)
+ *
+ * Weights are tf.Variables under their Hugging Face names, linear ones stored [out, in] and applied
+ * as x Wᵀ. Rotary embedding uses Hugging Face's rotate-half layout: dimension i pairs with i + d/2.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { QrlhfError } from '../errors.js';
+import type { Rng } from '../random.js';
+import { type LlamaConfig, headDim, validateConfig } from './config.js';
+import { LoraAdapter, type LoraConfig, type LoraModule, loraGroup } from './lora.js';
+
+/** Added to an attention score to hide a key: finite, so a query that sees nothing (a left pad
+ *  row) gets a uniform distribution instead of NaN, and exp() of it is exactly 0 otherwise. */
+const MASKED = -1e9;
+
+/** The shape of every weight a model of this config has, by Hugging Face name. */
+export function llamaWeightShapes(c: LlamaConfig): Record<string, number[]> {
+  const d = c.hiddenSize;
+  const hd = headDim(c);
+  const shapes: Record<string, number[]> = { 'model.embed_tokens.weight': [c.vocabSize, d] };
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    shapes[`${p}.input_layernorm.weight`] = [d];
+    shapes[`${p}.self_attn.q_proj.weight`] = [c.numHeads * hd, d];
+    shapes[`${p}.self_attn.k_proj.weight`] = [c.numKvHeads * hd, d];
+    shapes[`${p}.self_attn.v_proj.weight`] = [c.numKvHeads * hd, d];
+    shapes[`${p}.self_attn.o_proj.weight`] = [d, c.numHeads * hd];
+    shapes[`${p}.post_attention_layernorm.weight`] = [d];
+    shapes[`${p}.mlp.gate_proj.weight`] = [c.intermediateSize, d];
+    shapes[`${p}.mlp.up_proj.weight`] = [c.intermediateSize, d];
+    shapes[`${p}.mlp.down_proj.weight`] = [d, c.intermediateSize];
+  }
+  shapes['model.norm.weight'] = [d];
+  if (!c.tieWordEmbeddings) shapes['lm_head.weight'] = [c.vocabSize, d];
+  return shapes;
+}
+
+/**
+ * Keys and values of every layer for the positions fed so far, so that decoding a token costs one
+ * position's work. Tensors grow by concatenation; the model replaces and disposes them.
+ */
+export class KVCache {
+  /** Positions fed so far (including pads). */
+  length = 0;
+  keys: (tf.Tensor4D | null)[];
+  values: (tf.Tensor4D | null)[];
+  constructor(
+    readonly batch: number,
+    readonly maxLen: number,
+    numLayers: number,
+  ) {
+    this.keys = new Array<tf.Tensor4D | null>(numLayers).fill(null);
+    this.values = new Array<tf.Tensor4D | null>(numLayers).fill(null);
+  }
+  dispose(): void {
+    for (const t of [...this.keys, ...this.values]) t?.dispose();
+    this.keys.fill(null);
+    this.values.fill(null);
+    this.length = 0;
+  }
+}
+
+interface RopeTables {
+  len: number;
+  /** [len, hd] cos and sign-folded sin for keys; the q versions are pre-multiplied by 1/sqrt(hd)
+   *  so the attention scores need no separate scaling. */
+  cosK: tf.Tensor2D;
+  sinK: tf.Tensor2D;
+  cosQ: tf.Tensor2D;
+  sinQ: tf.Tensor2D;
+}
+
+export interface ForwardOptions {
+  /** [B, T] 1 for a token, 0 for a pad; default all 1. */
+  mask?: tf.Tensor2D;
+  /** Turns on LoRA dropout. */
+  training?: boolean;
+}
+
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly weights: Record<string, tf.Variable>;
+  lora: LoraAdapter | null = null;
+
+  private rope: RopeTables | null = null;
+  /** The head matrix transposed once to [d, V] (PERF-NOTES: transposing per step is costly);
+   *  remade when the head variable is reassigned (its dataId changes). */
+  private headT: { source: object; t: tf.Tensor2D } | null = null;
+
+  private constructor(config: LlamaConfig, weights: Record<string, tf.Variable>) {
+    this.config = config;
+    this.weights = weights;
+  }
+
+  /** Builds a model from tensors named as in a Hugging Face checkpoint; takes ownership of them. */
+  static fromTensors(config: LlamaConfig, tensors: Record<string, tf.Tensor>): LlamaModel {
+    validateConfig(config);
+    const shapes = llamaWeightShapes(config);
+    const weights: Record<string, tf.Variable> = {};
+    try {
+      for (const [name, shape] of Object.entries(shapes)) {
+        const t = tensors[name];
+        if (!t) throw new QrlhfError(`model weights: "${name}" is missing (expected shape [${shape}])`);
+        if (!tf.util.arraysEqual(t.shape, shape)) {
+          throw new QrlhfError(`model weights: "${name}" has shape [${t.shape}], expected [${shape}]`);
+        }
+      }
+      for (const name of Object.keys(tensors)) {
+        // Old checkpoints store the rotary frequencies as a buffer, and some tied ones a copy of
+        // the embedding as lm_head: both are recomputed / shared here.
+        const harmless = name.endsWith('rotary_emb.inv_freq') || (name === 'lm_head.weight' && config.tieWordEmbeddings);
+        if (!(name in shapes) && !harmless) {
+          throw new QrlhfError(`model weights: unexpected tensor "${name}" for a Llama model`);
+        }
+      }
+    } catch (e) {
+      for (const t of Object.values(tensors)) t.dispose();
+      throw e;
+    }
+    for (const [name, t] of Object.entries(tensors)) {
+      if (name in shapes) {
+        const f = t.dtype === 'float32' ? t : tf.cast(t, 'float32');
+        // Unnamed: tfjs variable names are global, and several models may coexist.
+        weights[name] = tf.variable(f, false);
+        if (f !== t) f.dispose();
+      }
+      t.dispose();
+    }
+    return new LlamaModel(config, weights);
+  }
+
+  /** Random weights (normal, std 0.02, as transformers initialises; norms at 1). */
+  static random(config: LlamaConfig, seed: number): LlamaModel {
+    const tensors: Record<string, tf.Tensor> = {};
+    let k = 0;
+    for (const [name, shape] of Object.entries(llamaWeightShapes(config))) {
+      k++;
+      tensors[name] = name.endsWith('norm.weight')
+        ? tf.ones(shape)
+        : tf.randomNormal(shape, 0, 0.02, 'float32', (seed * 1000003 + k) >>> 0);
+    }
+    return LlamaModel.fromTensors(config, tensors);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The forward pass
+
+  hidden(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor3D {
+    return this.run(ids, opts.mask, null, opts.training ?? false);
+  }
+
+  forward(ids: tf.Tensor2D, opts: ForwardOptions = {}): tf.Tensor3D {
+    return tf.tidy(() => this.head(this.hidden(ids, opts)) as tf.Tensor3D);
+  }
+
+  /** Logits for hidden states [..., d] → [..., V]. */
+  head(hidden: tf.Tensor): tf.Tensor {
+    const { hiddenSize: d, vocabSize: V } = this.config;
+    const W = this.headWeight();
+    return tf.tidy(() => {
+      const x = hidden.reshape([-1, d]);
+      // A trainable head must stay on the gradient path; a frozen one uses the kept transpose.
+      const y = W.trainable ? tf.matMul(x, W, false, true) : tf.matMul(x, this.headTransposed());
+      return y.reshape([...hidden.shape.slice(0, -1), V]);
+    });
+  }
+
+  /** The [V, d] matrix whose rows are the output token vectors. */
+  headWeight(): tf.Variable {
+    return this.weights[this.config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight']!;
+  }
+
+  createCache(batch: number, maxLen: number): KVCache {
+    return new KVCache(batch, maxLen, this.config.numLayers);
+  }
+
+  /** Feeds ids [B, t] after the cache's positions; mask [B, pos + t] covers the whole history. */
+  step(ids: tf.Tensor2D, cache: KVCache, mask: tf.Tensor2D): tf.Tensor3D {
+    const h = this.run(ids, mask, cache, false);
+    try {
+      return this.head(h) as tf.Tensor3D;
+    } finally {
+      h.dispose();
+    }
+  }
+
+  /**
+   * The shared body of hidden() and step(): ids [B, T] at positions past..past+T-1 of the sequence
+   * (past = cache length, 0 without a cache). Returns final-norm hidden states [B, T, d].
+   */
+  private run(ids: tf.Tensor2D, mask: tf.Tensor2D | undefined, cache: KVCache | null, training: boolean): tf.Tensor3D {
+    const c = this.config;
+    const [B, T] = ids.shape;
+    const past = cache?.length ?? 0;
+    const total = past + T;
+    if (mask && (mask.shape[0] !== B || mask.shape[1] !== total)) {
+      throw new QrlhfError(`mask: expected shape [${B}, ${total}] (batch, cached + new positions), got [${mask.shape}]`);
+    }
+    if (cache) {
+      if (cache.batch !== B) throw new QrlhfError(`step: ids have batch ${B}, the cache ${cache.batch}`);
+      if (total > cache.maxLen) throw new QrlhfError(`step: ${total} positions exceed the cache's maxLen ${cache.maxLen}`);
+    }
+    const rope = this.ropeTables(total);
+    const { numHeads: H, numKvHeads: Hkv, hiddenSize: d } = c;
+    const hd = headDim(c);
+    const g = H / Hkv;
+    const newK: tf.Tensor4D[] = [];
+    const newV: tf.Tensor4D[] = [];
+
+    const out = tf.tidy(() => {
+      const m = mask ? (mask.dtype === 'float32' ? mask : tf.cast(mask, 'float32')) : tf.ones([B, total]);
+
+      // Positions count real tokens only, so a left-padded prompt starts at 0 like an unpadded one.
+      const posAll = tf.sub(tf.cumsum(m, 1), 1);
+      const pos = tf.cast(tf.maximum(past > 0 ? tf.slice(posAll, [0, past], [B, T]) : posAll, 0), 'int32');
+      const ropeAt = (table: tf.Tensor2D) => tf.gather(table, pos).reshape([B, T, 1, hd]);
+      const [cosQ, sinQ, cosK, sinK] = [ropeAt(rope.cosQ), ropeAt(rope.sinQ), ropeAt(rope.cosK), ropeAt(rope.sinK)];
+
+      // A query at position past+j sees keys 0..past+j that are not pads.
+      const causal = new Float32Array(T * total);
+      for (let j = 0; j < T; j++) causal.fill(1, j * total, past + j + 1 + j * total);
+      const visible = tf.mul(tf.tensor3d(causal, [1, T, total]), m.reshape([B, 1, total]));
+      const bias = tf.mul(tf.sub(visible, 1), -MASKED).reshape([B, 1, 1, T, total]);
+
+      const idsInt = ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32');
+      let h: tf.Tensor = tf.gather(this.weights['model.embed_tokens.weight']!, idsInt.reshape([-1]));
+
+      for (let i = 0; i < c.numLayers; i++) {
+        const w = (name: string) => this.weights[`model.layers.${i}.${name}.weight`]!;
+
+        // Attention. Query heads are grouped by key/value head (query head h uses kv head h/g), so
+        // folding the group into the time axis lets one batched product serve a whole group
+        // without copying keys g times.
+        const n = rmsNorm(h, w('input_layernorm'), c.rmsNormEps);
+        const q = rotate(this.linear(n, i, 'q_proj', training).reshape([B, T, H, hd]), cosQ, sinQ);
+        const k = rotate(this.linear(n, i, 'k_proj', training).reshape([B, T, Hkv, hd]), cosK, sinK);
+        const v = this.linear(n, i, 'v_proj', training).reshape([B, T, Hkv, hd]);
+        let kh = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D;
+        let vh = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D;
+        if (cache) {
+          const pk = cache.keys[i];
+          const pv = cache.values[i];
+          if (pk && pv) {
+            kh = tf.concat([pk, kh], 2);
+            vh = tf.concat([pv, vh], 2);
+          }
+          newK.push(tf.keep(kh));
+          newV.push(tf.keep(vh));
+        }
+        const qh = tf.transpose(q, [0, 2, 1, 3]).reshape([B, Hkv, g * T, hd]);
+        const scores = tf.add(tf.matMul(qh, kh, false, true).reshape([B, Hkv, g, T, total]), bias);
+        const probs = tf.softmax(scores).reshape([B, Hkv, g * T, total]);
+        const att = tf.matMul(probs, vh).reshape([B, H, T, hd]);
+        const merged = tf.transpose(att, [0, 2, 1, 3]).reshape([B * T, d]);
+        h = tf.add(h, this.linear(merged, i, 'o_proj', training));
+
+        // SwiGLU feed-forward.
+        const n2 = rmsNorm(h, w('post_attention_layernorm'), c.rmsNormEps);
+        const gate = this.linear(n2, i, 'gate_proj', training);
+        const up = this.linear(n2, i, 'up_proj', training);
+        const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
+        h = tf.add(h, this.linear(act, i, 'down_proj', training));
+      }
+      return rmsNorm(h, this.weights['model.norm.weight']!, c.rmsNormEps).reshape([B, T, d]) as tf.Tensor3D;
+    });
+
+    if (cache) {
+      for (let i = 0; i < c.numLayers; i++) {
+        const [ok, ov] = [cache.keys[i], cache.values[i]];
+        cache.keys[i] = newK[i]!;
+        cache.values[i] = newV[i]!;
+        if (ok && ok !== newK[i]) ok.dispose();
+        if (ov && ov !== newV[i]) ov.dispose();
+      }
+      cache.length = total;
+    }
+    return out;
+  }
+
+  /** x Wᵀ for a layer's linear module, plus the LoRA update when an enabled adapter covers it. */
+  private linear(x: tf.Tensor, layer: number, module: LoraModule, training: boolean): tf.Tensor {
+    const W = this.weights[`model.layers.${layer}.${loraGroup(module)}.${module}.weight`]!;
+    const y = tf.matMul(x, W, false, true);
+    const delta = this.lora?.enabled ? this.lora.delta(layer, module, x, training) : null;
+    return delta ? tf.add(y, delta) : y;
+  }
+
+  /** cos / sin tables for positions below n, grown by doubling and kept outside any tidy scope. */
+  private ropeTables(n: number): RopeTables {
+    if (this.rope && this.rope.len >= n) return this.rope;
+    let len = Math.max(64, this.rope?.len ?? 0);
+    while (len < n) len *= 2;
+    const hd = headDim(this.config);
+    const half = hd / 2;
+    const scale = 1 / Math.sqrt(hd);
+    const cos = new Float32Array(len * hd);
+    const sin = new Float32Array(len * hd);
+    for (let p = 0; p < len; p++) {
+      for (let i = 0; i < half; i++) {
+        const angle = p * Math.pow(this.config.ropeTheta, (-2 * i) / hd);
+        const [cs, sn] = [Math.cos(angle), Math.sin(angle)];
+        cos[p * hd + i] = cs;
+        cos[p * hd + i + half] = cs;
+        // rotate_half(x) = [-x2, x1]; with the halves swapped, the sign lives in the table.
+        sin[p * hd + i] = -sn;
+        sin[p * hd + i + half] = sn;
+      }
+    }
+    const qScale = (a: Float32Array) => a.map((v) => v * scale);
+    this.disposeRope();
+    this.rope = tf.tidy(() => ({
+      len,
+      cosK: tf.keep(tf.tensor2d(cos, [len, hd])),
+      sinK: tf.keep(tf.tensor2d(sin, [len, hd])),
+      cosQ: tf.keep(tf.tensor2d(qScale(cos), [len, hd])),
+      sinQ: tf.keep(tf.tensor2d(qScale(sin), [len, hd])),
+    }));
+    return this.rope;
+  }
+
+  private headTransposed(): tf.Tensor2D {
+    const W = this.headWeight();
+    if (this.headT?.source !== W.dataId) {
+      this.headT?.t.dispose();
+      this.headT = { source: W.dataId, t: tf.keep(tf.tidy(() => tf.transpose(W) as tf.Tensor2D)) };
+    }
+    return this.headT.t;
+  }
+
+  private disposeRope(): void {
+    if (!this.rope) return;
+    for (const t of [this.rope.cosK, this.rope.sinK, this.rope.cosQ, this.rope.sinQ]) t.dispose();
+    this.rope = null;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // LoRA (SPEC §3); the adapter itself lives in lora.ts.
+
+  /** Attaches a fresh adapter (replacing any previous one, which is disposed). */
+  addLora(cfg: LoraConfig, rng: Rng): LoraAdapter {
+    this.lora?.dispose();
+    this.lora = LoraAdapter.create(this, cfg, rng);
+    return this.lora;
+  }
+
+  /** W += (alpha / r) B A for every adapted layer, then drops the adapter. */
+  mergeLora(): void {
+    const a = this.lora;
+    if (!a) return;
+    for (const { layer, module, A, B } of a.modules()) {
+      const W = this.weights[`model.layers.${layer}.${loraGroup(module)}.${module}.weight`]!;
+      tf.tidy(() => W.assign(tf.add(W, tf.mul(tf.matMul(B, A), a.scale))));
+    }
+    a.dispose();
+    this.lora = null;
+  }
+
+  dispose(): void {
+    this.lora?.dispose();
+    this.lora = null;
+    for (const v of Object.values(this.weights)) v.dispose();
+    this.disposeRope();
+    this.headT?.t.dispose();
+    this.headT = null;
+  }
+}
+
+/** RMSNorm: x / sqrt(mean(x²) + eps) · w over the last axis. */
+function rmsNorm(x: tf.Tensor, w: tf.Tensor, eps: number): tf.Tensor {
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps))), w);
+}
+
+/** Rotary embedding, rotate-half layout, on x [B, T, heads, hd] with tables [B, T, 1, hd]. */
+function rotate(x: tf.Tensor4D, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor4D {
+  const half = x.shape[3] / 2;
+  const [x1, x2] = tf.split(x, [half, half], 3);
+  return tf.add(tf.mul(x, cos), tf.mul(tf.concat([x2!, x1!], 3), sin));
+}

@@ -1,0 +1,185 @@
+/**
+ * An independent float64 Llama forward pass in plain JavaScript, written from SPEC §2 (one token,
+ * one head at a time, no tfjs), and a generator of small random models for the model tests.
+ * Not a test file itself (no .test. in the name): the model-*.test.ts files import it.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { LlamaModel, Rng, type LlamaConfig } from '@qrlhf/core';
+
+export type Weights = Record<string, { shape: number[]; data: Float32Array }>;
+
+export function smallConfig(over: Partial<LlamaConfig> = {}): LlamaConfig {
+  return {
+    vocabSize: 29,
+    hiddenSize: 16,
+    intermediateSize: 24,
+    numLayers: 2,
+    numHeads: 4,
+    numKvHeads: 2,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    tieWordEmbeddings: false,
+    maxPositionEmbeddings: 128,
+    bosTokenId: 1,
+    eosTokenId: 2,
+    padTokenId: 0,
+    ...over,
+  };
+}
+
+/** Random weights large enough that logits differ clearly between tokens (std 0.4, norms 1 ± 0.3). */
+export function randomWeights(c: LlamaConfig, seed: number): Weights {
+  const rng = new Rng(seed);
+  const hd = c.hiddenSize / c.numHeads;
+  const d = c.hiddenSize;
+  const shapes: Record<string, number[]> = { 'model.embed_tokens.weight': [c.vocabSize, d], 'model.norm.weight': [d] };
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    shapes[`${p}.input_layernorm.weight`] = [d];
+    shapes[`${p}.post_attention_layernorm.weight`] = [d];
+    shapes[`${p}.self_attn.q_proj.weight`] = [c.numHeads * hd, d];
+    shapes[`${p}.self_attn.k_proj.weight`] = [c.numKvHeads * hd, d];
+    shapes[`${p}.self_attn.v_proj.weight`] = [c.numKvHeads * hd, d];
+    shapes[`${p}.self_attn.o_proj.weight`] = [d, c.numHeads * hd];
+    shapes[`${p}.mlp.gate_proj.weight`] = [c.intermediateSize, d];
+    shapes[`${p}.mlp.up_proj.weight`] = [c.intermediateSize, d];
+    shapes[`${p}.mlp.down_proj.weight`] = [d, c.intermediateSize];
+  }
+  if (!c.tieWordEmbeddings) shapes['lm_head.weight'] = [c.vocabSize, d];
+  const w: Weights = {};
+  for (const [name, shape] of Object.entries(shapes)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    for (let i = 0; i < n; i++) data[i] = name.endsWith('norm.weight') ? 1 + 0.3 * rng.normal() : 0.4 * rng.normal();
+    w[name] = { shape, data };
+  }
+  return w;
+}
+
+export function modelFrom(c: LlamaConfig, w: Weights): LlamaModel {
+  const tensors: Record<string, tf.Tensor> = {};
+  for (const [k, v] of Object.entries(w)) tensors[k] = tf.tensor(v.data, v.shape);
+  return LlamaModel.fromTensors(c, tensors);
+}
+
+/** Matrix [out, in] (row-major) times vector. */
+function matVec(W: ArrayLike<number>, out: number, inp: number, x: number[]): number[] {
+  const y = new Array<number>(out).fill(0);
+  for (let o = 0; o < out; o++) {
+    let s = 0;
+    for (let i = 0; i < inp; i++) s += W[o * inp + i]! * x[i]!;
+    y[o] = s;
+  }
+  return y;
+}
+
+function rms(x: number[], w: ArrayLike<number>, eps: number): number[] {
+  const ms = x.reduce((a, v) => a + v * v, 0) / x.length;
+  const r = 1 / Math.sqrt(ms + eps);
+  return x.map((v, i) => v * r * w[i]!);
+}
+
+/** Rotate-half RoPE on one head vector at position p: pairs (i, i + hd/2). */
+function rope(x: number[], p: number, theta: number): number[] {
+  const hd = x.length;
+  const half = hd / 2;
+  const y = x.slice();
+  for (let i = 0; i < half; i++) {
+    const a = p * Math.pow(theta, (-2 * i) / hd);
+    const [c, s] = [Math.cos(a), Math.sin(a)];
+    y[i] = x[i]! * c - x[i + half]! * s;
+    y[i + half] = x[i + half]! * c + x[i]! * s;
+  }
+  return y;
+}
+
+/**
+ * Logits [B][T][V] in float64. mask[b][t] = 0 marks a pad: it takes no position and no query sees
+ * it. Rows at pad positions are not meaningful. `overrides` replaces weights (e.g. merged LoRA).
+ */
+export function referenceLogits(
+  c: LlamaConfig,
+  w: Weights,
+  ids: number[][],
+  mask?: number[][],
+  overrides: Record<string, Float64Array> = {},
+): number[][][] {
+  const W = (name: string): ArrayLike<number> => overrides[name] ?? w[name]!.data;
+  const d = c.hiddenSize;
+  const hd = d / c.numHeads;
+  const g = c.numHeads / c.numKvHeads;
+  const I = c.intermediateSize;
+  return ids.map((row, b) => {
+    const m = mask ? mask[b]! : row.map(() => 1);
+    const T = row.length;
+    const pos: number[] = [];
+    let count = 0;
+    for (let t = 0; t < T; t++) {
+      count += m[t]!;
+      pos.push(Math.max(0, count - 1));
+    }
+    const E = W('model.embed_tokens.weight');
+    let x = row.map((id) => Array.from({ length: d }, (_, j) => E[id * d + j]!));
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      const n = x.map((v) => rms(v, W(`${p}.input_layernorm.weight`), c.rmsNormEps));
+      const q = n.map((v) => matVec(W(`${p}.self_attn.q_proj.weight`), c.numHeads * hd, d, v));
+      const k = n.map((v) => matVec(W(`${p}.self_attn.k_proj.weight`), c.numKvHeads * hd, d, v));
+      const vv = n.map((v) => matVec(W(`${p}.self_attn.v_proj.weight`), c.numKvHeads * hd, d, v));
+      const head = (vec: number[], h: number) => vec.slice(h * hd, (h + 1) * hd);
+      const attnOut = x.map((_, t) => {
+        const outs: number[] = [];
+        for (let h = 0; h < c.numHeads; h++) {
+          const kvh = Math.floor(h / g);
+          const qh = rope(head(q[t]!, h), pos[t]!, c.ropeTheta);
+          const keys: number[] = [];
+          for (let u = 0; u <= t; u++) if (m[u] === 1) keys.push(u);
+          const sc = keys.map((u) => {
+            const kh = rope(head(k[u]!, kvh), pos[u]!, c.ropeTheta);
+            return qh.reduce((a, v, i) => a + v * kh[i]!, 0) / Math.sqrt(hd);
+          });
+          const mx = Math.max(...sc);
+          const ex = sc.map((s) => Math.exp(s - mx));
+          const z = ex.reduce((a, v) => a + v, 0);
+          const o = new Array<number>(hd).fill(0);
+          keys.forEach((u, j) => {
+            const vh = head(vv[u]!, kvh);
+            for (let i = 0; i < hd; i++) o[i] += (ex[j]! / z) * vh[i]!;
+          });
+          outs.push(...(keys.length ? o : new Array<number>(hd).fill(NaN)));
+        }
+        return matVec(W(`${p}.self_attn.o_proj.weight`), d, c.numHeads * hd, outs);
+      });
+      x = x.map((v, t) => v.map((a, i) => a + attnOut[t]![i]!));
+      x = x.map((v) => {
+        const n2 = rms(v, W(`${p}.post_attention_layernorm.weight`), c.rmsNormEps);
+        const gt = matVec(W(`${p}.mlp.gate_proj.weight`), I, d, n2);
+        const up = matVec(W(`${p}.mlp.up_proj.weight`), I, d, n2);
+        const act = gt.map((a, i) => (a / (1 + Math.exp(-a))) * up[i]!);
+        const dn = matVec(W(`${p}.mlp.down_proj.weight`), d, I, act);
+        return v.map((a, i) => a + dn[i]!);
+      });
+    }
+    const headW = W(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+    return x.map((v) => matVec(headW, c.vocabSize, d, rms(v, W('model.norm.weight'), c.rmsNormEps)));
+  });
+}
+
+/** log softmax of a row, float64. */
+export function logSoftmax(row: number[]): number[] {
+  const mx = Math.max(...row);
+  const lz = mx + Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0));
+  return row.map((v) => v - lz);
+}
+
+/** max |a - b| / max(1e-6, max |b|) over the entries where `keep` holds. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, keep?: (i: number) => boolean): number {
+  let num = 0;
+  let den = 1e-6;
+  for (let i = 0; i < b.length; i++) {
+    if (keep && !keep(i)) continue;
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return num / den;
+}
