@@ -1,1 +1,4 @@
-export {};
+export * from './adamw.js';
+export * from './schedule.js';
+export * from './clip.js';
+export * from './state.js';
