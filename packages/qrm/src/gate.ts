@@ -9,7 +9,7 @@
  * −log σ(E(chosen) − E(rejected)).
  */
 import * as tf from '@tensorflow/tfjs';
-import { QrlhfError, type Rng } from '@qrlhf/core';
+import { AdamW, QrlhfError, cosineSchedule, type Rng } from '@qrlhf/core';
 
 export interface GateConfig {
   /** Width of the prompt feature d. */
@@ -296,56 +296,6 @@ function gatherRows(src: Float32Array, width: number, idx: ArrayLike<number>): F
   return out;
 }
 
-/**
- * A minimal AdamW (decoupled weight decay as in PyTorch: w -= lr·wd·w, then the bias-corrected
- * Adam step). Private to the gate until @qrlhf/core's AdamW lands; then this is replaced by it.
- */
-class GateAdamW {
-  private readonly m: Record<string, tf.Variable> = {};
-  private readonly v: Record<string, tf.Variable> = {};
-  private t = 0;
-  constructor(
-    private readonly vars: Record<string, tf.Variable>,
-    private readonly wd: number,
-    private readonly b1 = 0.9,
-    private readonly b2 = 0.999,
-    private readonly eps = 1e-8,
-  ) {
-    for (const [k, w] of Object.entries(vars)) {
-      this.m[k] = makeVar(tf.zerosLike(w), `adamw.m.${k}`, false);
-      this.v[k] = makeVar(tf.zerosLike(w), `adamw.v.${k}`, false);
-    }
-  }
-  step(grads: Record<string, tf.Tensor>, lr: number): void {
-    this.t++;
-    const c1 = 1 - this.b1 ** this.t;
-    const c2 = 1 - this.b2 ** this.t;
-    tf.tidy(() => {
-      for (const [k, w] of Object.entries(this.vars)) {
-        const g = grads[k];
-        if (!g) continue;
-        const m = this.m[k]!;
-        const v = this.v[k]!;
-        m.assign(tf.add(tf.mul(m, this.b1), tf.mul(g, 1 - this.b1)));
-        v.assign(tf.add(tf.mul(v, this.b2), tf.mul(tf.square(g), 1 - this.b2)));
-        const upd = tf.div(tf.div(m, c1), tf.add(tf.sqrt(tf.div(v, c2)), this.eps));
-        w.assign(tf.sub(tf.mul(w, 1 - lr * this.wd), tf.mul(upd, lr)));
-      }
-    });
-  }
-  dispose(): void {
-    for (const t of [...Object.values(this.m), ...Object.values(this.v)]) t.dispose();
-  }
-}
-
-/** Linear warm-up, then cosine decay from lr to minLr at totalSteps. */
-function cosineLr(step: number, o: { lr: number; warmupSteps: number; totalSteps: number; minLr: number }): number {
-  if (step < o.warmupSteps) return (o.lr * (step + 1)) / o.warmupSteps;
-  const span = Math.max(1, o.totalSteps - o.warmupSteps);
-  const p = Math.min(1, (step - o.warmupSteps) / span);
-  return o.minLr + (o.lr - o.minLr) * 0.5 * (1 + Math.cos(Math.PI * p));
-}
-
 /** Bradley-Terry loss and accuracy (E_c > E_r strictly) of the gate on pairs, without gradients. */
 export function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSize = 1024): { loss: number; accuracy: number } {
   checkPairs(pairs, gate, 'evaluateGate');
@@ -398,8 +348,8 @@ export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOp
   const mr = levelMeans(pairs.quantilesRejected, n, M, K);
   const perEpoch = Math.ceil(n / batchSize);
   const totalSteps = epochs * perEpoch;
-  const sched = { lr, warmupSteps: opts.warmupSteps ?? 0, totalSteps, minLr: opts.minLr ?? 0 };
-  const opt = new GateAdamW(gate.variables, weightDecay);
+  const schedule = cosineSchedule({ lr, warmupSteps: opts.warmupSteps ?? 0, totalSteps, minLr: opts.minLr ?? 0 });
+  const opt = new AdamW(gate.variables, { lr, weightDecay });
   let step = 0;
   try {
     for (let epoch = 0; epoch < epochs; epoch++) {
@@ -407,7 +357,7 @@ export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOp
       for (let s = 0; s < n; s += batchSize) {
         const idx = order.slice(s, Math.min(n, s + batchSize));
         const b = idx.length;
-        const stepLr = cosineLr(step, sched);
+        const stepLr = schedule(step);
         let z: tf.Tensor | null = null;
         const lossValue = tf.tidy(() => {
           const pc = tf.tensor2d(gatherRows(pairs.promptChosen, d, idx), [b, d]);
@@ -419,7 +369,10 @@ export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOp
             z = tf.keep(zz);
             return tf.mean(tf.softplus(tf.neg(zz))) as tf.Scalar;
           });
-          opt.step(grads, stepLr);
+          // variableGrads keys the gradients by each variable's tfjs name; the optimiser uses ours
+          const byKey: Record<string, tf.Tensor> = {};
+          for (const [k, v] of Object.entries(gate.variables)) if (grads[v.name]) byKey[k] = grads[v.name]!;
+          opt.step(byKey, stepLr);
           return value;
         });
         const loss = lossValue.dataSync()[0]!;
