@@ -183,3 +183,58 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, keep?: (i: nu
   }
   return num / den;
 }
+
+/** LoRA factors in float64, keyed by the Hugging Face name of the adapted weight. */
+export type LoraFactors = Record<string, { A: Float64Array; B: Float64Array; r: number; out: number; inp: number }>;
+
+/** Reads an adapter's A and B (PEFT keys) into float64 factors keyed by base weight name. */
+export function loraFactors(variables: Record<string, tf.Tensor>): LoraFactors {
+  const f: LoraFactors = {};
+  for (const [key, v] of Object.entries(variables)) {
+    const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(key);
+    if (!m) throw new Error(`unexpected LoRA key ${key}`);
+    const base = `${m[1]}.weight`;
+    const e = (f[base] ??= { A: new Float64Array(0), B: new Float64Array(0), r: 0, out: 0, inp: 0 });
+    const data = Float64Array.from(v.dataSync());
+    if (m[2] === 'A') {
+      e.A = data;
+      [e.r, e.inp] = v.shape as [number, number];
+    } else {
+      e.B = data;
+      e.out = v.shape[0]!;
+    }
+  }
+  return f;
+}
+
+/** W + scale · B A for every adapted weight, float64 (the reference's view of a LoRA model). */
+export function mergedWeights(w: Weights, f: LoraFactors, scale: number): Record<string, Float64Array> {
+  const out: Record<string, Float64Array> = {};
+  for (const [name, { A, B, r, out: O, inp: I }] of Object.entries(f)) {
+    const W = Float64Array.from(w[name]!.data);
+    for (let o = 0; o < O; o++) {
+      for (let i = 0; i < I; i++) {
+        let s = 0;
+        for (let k = 0; k < r; k++) s += B[o * r + k]! * A[k * I + i]!;
+        W[o * I + i] += scale * s;
+      }
+    }
+    out[name] = W;
+  }
+  return out;
+}
+
+/** Reference per-token log-probs [B][T-1] of ids[:,1:], zero where targetsMask (aligned with targets) is 0. */
+export function referenceLogProbs(
+  c: LlamaConfig,
+  w: Weights,
+  ids: number[][],
+  mask: number[][],
+  targetsMask: number[][],
+  overrides: Record<string, Float64Array> = {},
+): number[][] {
+  const logits = referenceLogits(c, w, ids, mask, overrides);
+  return ids.map((row, b) =>
+    row.slice(1).map((tok, t) => (targetsMask[b]![t] ? logSoftmax(logits[b]![t]!)[tok]! : 0)),
+  );
+}

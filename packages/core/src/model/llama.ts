@@ -344,9 +344,10 @@ export class LlamaModel {
 
   /** Attaches a fresh adapter (replacing any previous one, which is disposed). */
   addLora(cfg: LoraConfig, rng: Rng): LoraAdapter {
+    const fresh = LoraAdapter.create(this, cfg, rng);
     this.lora?.dispose();
-    this.lora = LoraAdapter.create(this, cfg, rng);
-    return this.lora;
+    this.lora = fresh;
+    return fresh;
   }
 
   /** W += (alpha / r) B A for every adapted layer, then drops the adapter. */
