@@ -1,2 +1,3 @@
 export * from './atomic.js';
 export * from './safetensors.js';
+export * from './llama2c.js';
