@@ -3,3 +3,4 @@ export * from './utilities.js';
 export * from './debias.js';
 export * from './gate.js';
 export * from './eval.js';
+export * from './features.js';
