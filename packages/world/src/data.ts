@@ -1,0 +1,166 @@
+/**
+ * The world's datasets, written in the formats of real data so the pipeline reads them with the
+ * same code: HH-RLHF `{chosen, rejected}` dialogues, attribute ratings (one rater per row),
+ * preference pairs `{prompt, chosen, rejected}`, prompt lists, a pretraining corpus and a
+ * tokenizer.json (+ tokenizer_config.json).
+ */
+import { join } from 'node:path';
+import { QrlhfError, Rng, writeFileAtomic } from '@qrlhf/core';
+import { ATTRIBUTES, type Attribute } from './spec.js';
+import type { World } from './world.js';
+
+export interface WorldDataSizes {
+  /** dialogues of the pretraining corpus (default 20000) */
+  pretrain?: number;
+  /** SFT dialogues, HH-RLHF {chosen, rejected} (default 4000) */
+  sft?: number;
+  /** rated (prompt, response) items; each gets `ratersPerResponse` rows (default 3000) */
+  ratings?: number;
+  /** raters per rated item, so alike responses get conflicting labels (default 3) */
+  ratersPerResponse?: number;
+  /** probability that one attribute label of a rating row is missing (null) (default 0.05) */
+  missingRate?: number;
+  /** preference pairs for the gate (default 4000) */
+  pairs?: number;
+  /** RL training prompts (default 2000) */
+  prompts?: number;
+  /** held-out evaluation prompts (default 200) */
+  evalPrompts?: number;
+}
+
+export interface WorldFiles {
+  dir: string;
+  pretrain: string;
+  sft: string;
+  ratings: string;
+  pairs: string;
+  prompts: string;
+  evalPrompts: string;
+  tokenizer: string;
+  tokenizerConfig: string;
+  /** world.json: the seed, the params and the sizes the files were drawn with */
+  manifest: string;
+}
+
+export interface RatingRow {
+  prompt: string;
+  response: string;
+  helpfulness: number | null;
+  harmlessness: number | null;
+  verbosity: number | null;
+}
+
+const DEFAULT_SIZES: Required<WorldDataSizes> = {
+  pretrain: 20000,
+  sft: 4000,
+  ratings: 3000,
+  ratersPerResponse: 3,
+  missingRate: 0.05,
+  pairs: 4000,
+  prompts: 2000,
+  evalPrompts: 200,
+};
+
+function jsonl(rows: unknown[]): string {
+  return rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : '');
+}
+
+/** Two different responses to one prompt; the first is the one `rater` scores higher. */
+function preferencePair(world: World, rng: Rng, prompt: string, garbleRate: number): { chosen: string; rejected: string } {
+  let a = world.sampleResponse(prompt, rng, { garbleRate });
+  let b = world.sampleResponse(prompt, rng, { garbleRate });
+  for (let tries = 0; a === b && tries < 20; tries++) b = world.sampleResponse(prompt, rng, { garbleRate });
+  // one rater judges both; their leniency is drawn afresh for each response
+  const rater = world.sampleRater(rng);
+  const ra = world.raterReward(prompt, a, rater);
+  const rb = world.raterReward(prompt, b, { type: rater.type, e: 2 * rng.next() - 1 });
+  if (rb > ra) [a, b] = [b, a];
+  return { chosen: a, rejected: b };
+}
+
+export function sampleRatingRows(world: World, rng: Rng, items: number, ratersPerResponse: number, missingRate: number): RatingRow[] {
+  const rows: RatingRow[] = [];
+  const garbleRate = world.params.behaviour.garbleRate;
+  for (let i = 0; i < items; i++) {
+    const prompt = world.samplePrompt(rng);
+    const response = world.sampleResponse(prompt, rng, { garbleRate });
+    for (let j = 0; j < ratersPerResponse; j++) {
+      const r = world.rate(prompt, response, world.sampleRater(rng));
+      const row = { prompt, response } as RatingRow;
+      for (const a of ATTRIBUTES) row[a as Attribute] = rng.next() < missingRate ? null : Math.round(r[a] * 1e6) / 1e6;
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
+export function samplePreferencePairs(world: World, rng: Rng, n: number): { prompt: string; chosen: string; rejected: string }[] {
+  const out: { prompt: string; chosen: string; rejected: string }[] = [];
+  for (let i = 0; i < n; i++) {
+    const prompt = world.samplePrompt(rng);
+    out.push({ prompt, ...preferencePair(world, rng, prompt, world.params.behaviour.garbleRate) });
+  }
+  return out;
+}
+
+/** SFT dialogues: the rater-preferred of two behaviour responses is `chosen` (no garbled text). */
+export function sampleSftDialogues(world: World, rng: Rng, n: number): { chosen: string; rejected: string }[] {
+  const out: { chosen: string; rejected: string }[] = [];
+  for (let i = 0; i < n; i++) {
+    const prompt = world.samplePrompt(rng);
+    const p = preferencePair(world, rng, prompt, 0);
+    out.push({ chosen: prompt + p.chosen, rejected: prompt + p.rejected });
+  }
+  return out;
+}
+
+/** Writes every dataset of the world into `dir` (each file atomically). Deterministic in world.seed. */
+export async function writeWorldData(world: World, dir: string, sizes: WorldDataSizes = {}): Promise<WorldFiles> {
+  const z = { ...DEFAULT_SIZES, ...sizes };
+  for (const [k, v] of Object.entries(z)) {
+    const ok = k === 'missingRate' ? v >= 0 && v <= 1 : Number.isInteger(v) && v >= 0;
+    if (!ok) throw new QrlhfError(`writeWorldData: sizes.${k} must be ${k === 'missingRate' ? 'in [0, 1]' : 'a non-negative integer'}, got ${v}`);
+  }
+  // one stream per file, so the size of one file never changes the content of another
+  const root = new Rng(`${world.seed}:world-data`);
+  const streams = {
+    pretrain: root.fork('pretrain'),
+    sft: root.fork('sft'),
+    ratings: root.fork('ratings'),
+    pairs: root.fork('pairs'),
+    prompts: root.fork('prompts'),
+    evalPrompts: root.fork('eval-prompts'),
+  };
+  const files: WorldFiles = {
+    dir,
+    pretrain: join(dir, 'pretrain.jsonl'),
+    sft: join(dir, 'sft.jsonl'),
+    ratings: join(dir, 'ratings.jsonl'),
+    pairs: join(dir, 'pairs.jsonl'),
+    prompts: join(dir, 'prompts.jsonl'),
+    evalPrompts: join(dir, 'eval_prompts.jsonl'),
+    tokenizer: join(dir, 'tokenizer.json'),
+    tokenizerConfig: join(dir, 'tokenizer_config.json'),
+    manifest: join(dir, 'world.json'),
+  };
+
+  const pre: { text: string }[] = [];
+  for (let i = 0; i < z.pretrain; i++) {
+    const p = world.samplePrompt(streams.pretrain);
+    pre.push({ text: p + world.sampleResponse(p, streams.pretrain) });
+  }
+  writeFileAtomic(files.pretrain, jsonl(pre));
+  writeFileAtomic(files.sft, jsonl(sampleSftDialogues(world, streams.sft, z.sft)));
+  writeFileAtomic(files.ratings, jsonl(sampleRatingRows(world, streams.ratings, z.ratings, z.ratersPerResponse, z.missingRate)));
+  writeFileAtomic(files.pairs, jsonl(samplePreferencePairs(world, streams.pairs, z.pairs)));
+  const prompts = (rng: Rng, n: number) => Array.from({ length: n }, () => ({ prompt: world.samplePrompt(rng) }));
+  writeFileAtomic(files.prompts, jsonl(prompts(streams.prompts, z.prompts)));
+  writeFileAtomic(files.evalPrompts, jsonl(prompts(streams.evalPrompts, z.evalPrompts)));
+  writeFileAtomic(files.tokenizer, JSON.stringify(world.tokenizerJson()));
+  writeFileAtomic(files.tokenizerConfig, JSON.stringify(world.tokenizerConfigJson(), null, 2) + '\n');
+  writeFileAtomic(
+    files.manifest,
+    JSON.stringify({ seed: world.seed, sizes: z, attributes: world.attributes, rewardWeights: world.rewardWeights, params: world.params }, null, 2) + '\n',
+  );
+  return files;
+}

@@ -1,0 +1,166 @@
+/**
+ * The world's fixed content: topics, templates, moves, rater types and how each move moves each
+ * attribute for each type. Everything the world does is a function of these tables (and of the
+ * seed for its random draws); `createWorld(seed, opts)` may override the tunable parts.
+ */
+
+export const ATTRIBUTES = ['helpfulness', 'harmlessness', 'verbosity'] as const;
+export type Attribute = (typeof ATTRIBUTES)[number];
+
+/** The moves a response is made of. 'garbled' is any sentence that matches no template. */
+export const MOVE_IDS = ['answer', 'detail', 'caution', 'joke', 'refuse', 'ramble'] as const;
+export type MoveId = (typeof MOVE_IDS)[number];
+export type ParsedMoveId = MoveId | 'garbled';
+
+export interface Topic {
+  name: string;
+  objects: string[];
+  verbs: string[];
+}
+
+export const TOPICS: Topic[] = [
+  { name: 'cooking', objects: ['rice', 'pasta', 'soup', 'bread', 'eggs'], verbs: ['cook', 'heat', 'stir', 'season', 'bake'] },
+  { name: 'garden', objects: ['tomatoes', 'roses', 'herbs', 'lawn', 'seeds'], verbs: ['water', 'plant', 'trim', 'feed', 'grow'] },
+  { name: 'travel', objects: ['bags', 'tickets', 'trip', 'hotel', 'passport'], verbs: ['pack', 'book', 'check', 'plan', 'carry'] },
+  { name: 'computer', objects: ['laptop', 'files', 'password', 'printer', 'email'], verbs: ['update', 'save', 'reset', 'clean', 'sort'] },
+  { name: 'fitness', objects: ['legs', 'back', 'breathing', 'sleep', 'posture'], verbs: ['stretch', 'train', 'rest', 'improve', 'relax'] },
+  { name: 'money', objects: ['budget', 'savings', 'bills', 'taxes', 'rent'], verbs: ['track', 'plan', 'pay', 'cut', 'review'] },
+  { name: 'home', objects: ['kitchen', 'floor', 'windows', 'closet', 'garage'], verbs: ['clean', 'paint', 'fix', 'organize', 'dust'] },
+  { name: 'pets', objects: ['dog', 'cat', 'fish', 'puppy', 'parrot'], verbs: ['feed', 'walk', 'train', 'groom', 'wash'] },
+];
+
+export const NUMBERS = ['two', 'three', 'five', 'ten', 'twenty'];
+
+/** Question templates. Slots: {verb}, {obj}. */
+export const QUESTIONS = [
+  'How do I {verb} the {obj}?',
+  'How can I {verb} the {obj}?',
+  'What is the best way to {verb} the {obj}?',
+  'Can you help me {verb} the {obj}?',
+  'I need to {verb} the {obj}. Any tips?',
+  'Any advice on how to {verb} the {obj}?',
+];
+
+/** Follow-up questions of a two-turn dialogue (the final question's object is the one that counts). */
+export const FOLLOW_UPS = [
+  'Thanks. And how do I {verb} the {obj}?',
+  'Okay. What about the {obj}?',
+  'Got it. Can you help me {verb} the {obj} too?',
+];
+
+/**
+ * Sentence templates per move. Slots: {verb}, {obj}, {num}. Each move's templates start with
+ * words no other move starts with, so the choice of move is made at the first token of a sentence.
+ */
+export const MOVE_TEMPLATES: Record<MoveId, string[]> = {
+  answer: [
+    'You can {verb} the {obj} a little at a time.',
+    'The best way is to {verb} the {obj} step by step.',
+    'Try to {verb} the {obj} early in the day.',
+    'Start small and {verb} the {obj} with care.',
+  ],
+  detail: [
+    'In detail, {verb} the {obj} for {num} minutes, then check it again.',
+    'For more detail, {verb} the {obj} {num} times a week and keep notes.',
+    'To be precise, {verb} the {obj} for {num} minutes and adjust as needed.',
+  ],
+  caution: [
+    'Please be careful with the {obj} and ask an expert if unsure.',
+    'Be safe, and stop if anything about the {obj} feels wrong.',
+    'Stay careful, and keep children and pets away from the {obj}.',
+  ],
+  joke: [
+    'Here is a joke: the {obj} is like your ex, it never listens and costs money.',
+    'Funny thing, the {obj} is smarter than most people I know, which is sad.',
+    'Joke time: why fix the {obj} when you can blame your lazy neighbor?',
+  ],
+  refuse: [
+    'I am sorry, but I cannot help with that.',
+    'Sorry, I would rather not answer that.',
+    'I cannot give advice about the {obj}, sorry.',
+  ],
+  ramble: [
+    'Well, there is a lot to say about the {obj}, and so on and so on.',
+    'Honestly, the {obj} is one of those things people talk about all the time.',
+    'So, as they say, the {obj} is what it is, more or less.',
+  ],
+};
+
+/** Moves whose value depends on naming the object the user asked about. */
+export const TOPICAL_MOVES: ReadonlySet<MoveId> = new Set<MoveId>(['answer', 'detail']);
+
+/** Per-attribute score contributions (before the clamp to [0, 1] and the noise). */
+export type Contribution = Partial<Record<Attribute, number>>;
+
+export interface RaterType {
+  name: string;
+  probability: number;
+  /** what this type adds to the default contributions, per move (or 'garbled', 'offTopic', 'repeat') */
+  deltas: Partial<Record<ContributionKey, Contribution>>;
+}
+
+export type ContributionKey = ParsedMoveId | 'offTopic' | 'repeat';
+
+export interface WorldParams {
+  /** score of an empty response, per attribute */
+  base: Record<Attribute, number>;
+  /** default contribution of each move (every type), added once per distinct move */
+  contributions: Record<ContributionKey, Contribution>;
+  raterTypes: RaterType[];
+  /** half-width of a rater's uniform leniency noise, shared by the attributes of one rating */
+  noise: number;
+  /** the reward of a rater is sum_m w_m a_m; w >= 0, sum 1 (the gate's form) */
+  rewardWeights: Record<Attribute, number>;
+  /** behaviour policy of the datasets (pretraining, SFT candidates, ratings, pairs) */
+  behaviour: BehaviourPolicy;
+  /** share of two-turn prompts */
+  twoTurnRate: number;
+  /** target vocabulary size of the byte-level BPE tokenizer (bytes, specials and merges) */
+  vocabSize: number;
+}
+
+/** A response policy over move sequences: the length, then each move i.i.d. from a categorical. */
+export interface BehaviourPolicy {
+  /** P(number of moves = i + 1) */
+  lengths: number[];
+  /** weights of the first move */
+  first: Partial<Record<MoveId, number>>;
+  /** weights of the later moves */
+  next: Partial<Record<MoveId, number>>;
+  /** probability that a topical move names another object than the one asked about */
+  offTopicRate: number;
+  /** probability that a sentence is replaced by a garbled one (ratings and pairs only) */
+  garbleRate: number;
+}
+
+export const DEFAULT_PARAMS: WorldParams = {
+  base: { helpfulness: 0.15, harmlessness: 0.75, verbosity: 0.1 },
+  contributions: {
+    answer: { helpfulness: 0.25, verbosity: 0.05 },
+    detail: { helpfulness: 0.18, verbosity: 0.2 },
+    caution: { helpfulness: -0.02, harmlessness: 0.08, verbosity: 0.1 },
+    joke: { helpfulness: 0.37, harmlessness: -0.05, verbosity: 0.1 },
+    refuse: { helpfulness: -0.15, harmlessness: 0.05, verbosity: 0.0 },
+    ramble: { helpfulness: -0.12, verbosity: 0.35 },
+    garbled: { helpfulness: -0.15, harmlessness: -0.05, verbosity: 0.1 },
+    offTopic: { helpfulness: 0.0, verbosity: 0.1 },
+    repeat: { helpfulness: -0.1, verbosity: 0.15 },
+  },
+  raterTypes: [
+    { name: 'mainstream', probability: 0.51, deltas: {} },
+    { name: 'thorough', probability: 0.18, deltas: { detail: { helpfulness: 0.1 }, joke: { helpfulness: -0.1 } } },
+    { name: 'brisk', probability: 0.14, deltas: { detail: { helpfulness: -0.1 }, ramble: { helpfulness: -0.1 } } },
+    { name: 'sensitive', probability: 0.17, deltas: { joke: { helpfulness: -0.55, harmlessness: -0.65 } } },
+  ],
+  noise: 0.07,
+  rewardWeights: { helpfulness: 0.5, harmlessness: 0.5, verbosity: 0 },
+  behaviour: {
+    lengths: [0.25, 0.45, 0.3],
+    first: { answer: 0.45, detail: 0.15, joke: 0.12, refuse: 0.1, ramble: 0.1, caution: 0.08 },
+    next: { answer: 0.15, detail: 0.25, joke: 0.22, caution: 0.22, ramble: 0.1, refuse: 0.06 },
+    offTopicRate: 0.1,
+    garbleRate: 0.05,
+  },
+  twoTurnRate: 0.25,
+  vocabSize: 768,
+};
