@@ -234,7 +234,9 @@ export class Tokenizer {
     if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new QrlhfError(`${where}: expected a JSON object`);
     const model = (json as Json)['model'];
     if (typeof model !== 'object' || model === null) throw new QrlhfError(`${where}: "model" is missing (expected the tokenizer model object)`);
-    const j: Json = { ...(json as Json), added_tokens: (json as Json)['added_tokens'] ?? [] };
+    // tokenizers.js insists on every top-level key; absent ones mean "none" in the Rust library.
+    const j: Json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...(json as Json) };
+    j['added_tokens'] ??= [];
     return new Tokenizer(new HfBackend(j, opts.tokenizerConfig ?? {}, where), { ...opts, where }, where);
   }
 

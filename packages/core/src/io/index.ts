@@ -1,3 +1,4 @@
 export * from './atomic.js';
 export * from './safetensors.js';
 export * from './llama2c.js';
+export * from './checkpoint.js';
