@@ -3,30 +3,11 @@ import * as tf from '@tensorflow/tfjs';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LlamaModel, QrlhfError, Tokenizer, type LlamaConfig } from '@qrlhf/core';
+import { LlamaModel, QrlhfError } from '@qrlhf/core';
+import { charTokenizer, tinyLlama } from './reference.js';
 import { encodePair, extractPairFeatures, extractRatingFeatures, readPairFeatures, readRatingFeatures, type Backbone } from '@qrlhf/qrm';
 
-/** A character-level tokenizer.json (BPE without merges): no shared data needed. */
-function charTokenizer(): Tokenizer {
-  const chars = " abcdefghijklmnopqrstuvwxyz:.\n,?!HA'".split('');
-  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
-  for (const c of chars) if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
-  const special = (id: number, content: string) => ({ id, content, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
-  return Tokenizer.fromJSON(
-    {
-      version: '1.0',
-      added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
-      normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null,
-      model: { type: 'BPE', vocab, merges: [], unk_token: '<unk>', fuse_unk: false, byte_fallback: false },
-    },
-    { tokenizerConfig: { add_bos_token: true, bos_token: '<s>', eos_token: '</s>' } },
-  );
-}
-
-const config: LlamaConfig = {
-  vocabSize: 40, hiddenSize: 16, intermediateSize: 24, numLayers: 2, numHeads: 4, numKvHeads: 2,
-  rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: true, maxPositionEmbeddings: 128, bosTokenId: 1, eosTokenId: 2,
-};
+const config = tinyLlama;
 
 function backbone(): Backbone {
   return { model: LlamaModel.random(config, 4), tokenizer: charTokenizer() };

@@ -1,32 +1,10 @@
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
 import { Rng } from '@qrlhf/core';
-import { GateNetwork, btLoss, evaluateGate, mixQuantiles, trainGate, type F32Tensor, type GatePairs } from '@qrlhf/qrm';
+import { gateF64, toF64, type F64Params } from './reference.js';
+import { GateNetwork, btLoss, evaluateGate, mixQuantiles, trainGate, type GatePairs } from '@qrlhf/qrm';
 
-/** Float64 forward of the gate from its file layout (Linear weights [out, in]), independent of tfjs. */
-function gateF64(p: Record<string, { shape: number[]; data: Float64Array }>, x: number[], nLayers: number, T: number): number[] {
-  let h = x;
-  for (let i = 0; i < nLayers; i++) {
-    const W = p[`layers.${i}.weight`]!;
-    const b = p[`layers.${i}.bias`]!;
-    const [out, inn] = W.shape as [number, number];
-    const y = new Array<number>(out).fill(0);
-    for (let o = 0; o < out; o++) {
-      let s = b.data[o]!;
-      for (let j = 0; j < inn; j++) s += W.data[o * inn + j]! * h[j]!;
-      y[o] = i < nLayers - 1 ? Math.max(0, s) : s;
-    }
-    h = y;
-  }
-  const z = h.map((v) => v / T);
-  const m = Math.max(...z);
-  const e = z.map((v) => Math.exp(v - m));
-  const s = e.reduce((a, b) => a + b, 0);
-  const beta = p['beta']!.data[0]!;
-  return e.map((v) => (beta * v) / s);
-}
-
-function lossF64(p: Record<string, { shape: number[]; data: Float64Array }>, pairs: GatePairs, nLayers: number, T: number): number {
+function lossF64(p: F64Params, pairs: GatePairs, nLayers: number, T: number): number {
   const { n, d, M, K } = pairs;
   let L = 0;
   for (let i = 0; i < n; i++) {
@@ -77,8 +55,7 @@ test('BT loss gradient w.r.t. every gate parameter matches central finite differ
     btLoss(gate, tf.tensor2d(pairs.promptChosen, [n, d]), tf.tensor2d(pairs.promptRejected, [n, d]), mean(pairs.quantilesChosen), mean(pairs.quantilesRejected)),
   );
   const file = gate.toTensors();
-  const p64: Record<string, { shape: number[]; data: Float64Array }> = {};
-  for (const [k, v] of Object.entries(file) as [string, F32Tensor][]) p64[k] = { shape: v.shape, data: Float64Array.from(v.data) };
+  const p64 = toF64(file);
   const L0 = lossF64(p64, pairs, 4, 10);
   t.true(Math.abs(value.dataSync()[0]! - L0) < 1e-5, `loss ${value.dataSync()[0]} vs float64 ${L0}`);
   let checked = 0;
