@@ -1,0 +1,210 @@
+/**
+ * Decoding with a KV cache, and the per-token log-probabilities that SFT and RLOO train through.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { QrlhfError } from '../errors.js';
+import type { Rng } from '../random.js';
+import type { LlamaModel } from './llama.js';
+
+export interface GenerateOptions {
+  maxNewTokens: number;
+  /** 0 = greedy (argmax, no random draws). */
+  temperature: number;
+  /** Keep only the k most likely tokens (after temperature). */
+  topK?: number;
+  /** Keep the smallest set of most likely tokens whose probability reaches p (after top-k). */
+  topP?: number;
+  /** Stops a row when drawn (and is included in its tokens); default the model's eos; [] never. */
+  eosTokenId?: number | number[];
+  /** Called with a row's new tokens after each draw; true stops that row. */
+  stop?: (generatedIds: number[]) => boolean;
+  rng: Rng;
+}
+
+export interface GenerateResult {
+  /** New tokens only, EOS included when hit. */
+  tokens: number[][];
+  finishedWithEos: boolean[];
+}
+
+/**
+ * Continues each prompt (left-padded together into one batch) until EOS, `stop`, or maxNewTokens.
+ * Every random draw comes from opts.rng, one per active row per step, so the same seed and inputs
+ * give the same tokens. An enabled LoRA adapter is applied unmerged.
+ */
+export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions): GenerateResult {
+  const V = model.config.vocabSize;
+  validateGenerate(prompts, opts, V);
+  const B = prompts.length;
+  const eos = new Set(opts.eosTokenId === undefined ? [model.config.eosTokenId] : [opts.eosTokenId].flat());
+  const tokens: number[][] = prompts.map(() => []);
+  const finishedWithEos = prompts.map(() => false);
+  if (opts.maxNewTokens === 0) return { tokens, finishedWithEos };
+
+  const L = Math.max(...prompts.map((p) => p.length));
+  // The pad id is never seen (its mask is 0); any valid id will do.
+  const pad = model.config.padTokenId ?? 0;
+  const mask: number[][] = prompts.map((p) => [...Array<number>(L - p.length).fill(0), ...Array<number>(p.length).fill(1)]);
+  const done = prompts.map(() => false);
+  const cache = model.createCache(B, L + opts.maxNewTokens);
+
+  // Feeds ids [B, t] and returns the logits of the last fed position, [B, V].
+  const feed = (ids: number[][]): tf.Tensor2D =>
+    tf.tidy(() => {
+      const t = ids[0]!.length;
+      const out = model.step(tf.tensor2d(ids, [B, t], 'int32'), cache, tf.tensor2d(mask, [B, cache.length + t]));
+      return out.slice([0, t - 1, 0], [B, 1, V]).reshape([B, V]) as tf.Tensor2D;
+    });
+
+  let logits: tf.Tensor2D | null = null;
+  try {
+    logits = feed(prompts.map((p) => [...Array<number>(L - p.length).fill(pad), ...p]));
+    for (let n = 0; n < opts.maxNewTokens; n++) {
+      const all = logits.dataSync() as Float32Array;
+      logits.dispose();
+      logits = null;
+      const next: number[] = [];
+      for (let b = 0; b < B; b++) {
+        const wasActive = !done[b];
+        if (wasActive) {
+          const tok = chooseToken(all.subarray(b * V, (b + 1) * V), opts);
+          tokens[b]!.push(tok);
+          if (eos.has(tok)) {
+            done[b] = true;
+            finishedWithEos[b] = true;
+          } else if (opts.stop?.(tokens[b]!.slice())) {
+            done[b] = true;
+          }
+          next.push(tok);
+        } else {
+          next.push(pad);
+        }
+        // A finished row keeps being fed pads that nothing attends to.
+        mask[b]!.push(wasActive ? 1 : 0);
+      }
+      if (done.every(Boolean) || n === opts.maxNewTokens - 1) break;
+      logits = feed(next.map((x) => [x]));
+    }
+  } finally {
+    logits?.dispose();
+    cache.dispose();
+  }
+  return { tokens, finishedWithEos };
+}
+
+function validateGenerate(prompts: number[][], o: GenerateOptions, V: number): void {
+  if (!Array.isArray(prompts) || prompts.length === 0) throw new QrlhfError('generate: expected at least one prompt');
+  prompts.forEach((p, i) => {
+    if (!Array.isArray(p) || p.length === 0) throw new QrlhfError(`generate: prompt ${i} is empty (it needs at least a BOS token)`);
+    const bad = p.findIndex((x) => !Number.isInteger(x) || x < 0 || x >= V);
+    if (bad >= 0) throw new QrlhfError(`generate: prompt ${i}, position ${bad}: token ${p[bad]} is not an id below vocab size ${V}`);
+  });
+  if (!Number.isInteger(o.maxNewTokens) || o.maxNewTokens < 0) {
+    throw new QrlhfError(`generate: maxNewTokens must be a non-negative integer, got ${o.maxNewTokens}`);
+  }
+  if (!(o.temperature >= 0) || !Number.isFinite(o.temperature)) {
+    throw new QrlhfError(`generate: temperature must be >= 0, got ${o.temperature}`);
+  }
+  if (o.topK !== undefined && (!Number.isInteger(o.topK) || o.topK < 1)) {
+    throw new QrlhfError(`generate: topK must be a positive integer, got ${o.topK}`);
+  }
+  if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) throw new QrlhfError(`generate: topP must be in (0, 1], got ${o.topP}`);
+}
+
+/** Index of the largest value (the first on ties). */
+function argmax(x: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+/**
+ * One token from a row of logits: greedy, or a draw at `temperature` from the top-k / top-p
+ * truncated distribution, in that order (as transformers applies its logits warpers).
+ */
+export function chooseToken(row: Float32Array, o: Pick<GenerateOptions, 'temperature' | 'topK' | 'topP' | 'rng'>): number {
+  if (o.temperature === 0) return argmax(row);
+  const V = row.length;
+  const k = o.topK !== undefined && o.topK < V ? o.topK : V;
+  const p = o.topP ?? 1;
+  // Candidates in order of decreasing logit (ties by index); the full vocabulary only when needed.
+  let cand: number[];
+  const byLogit = (a: number, b: number) => row[b]! - row[a]! || a - b;
+  if (k < V) {
+    const kth = Float32Array.from(row).sort()[V - k]!;
+    cand = [];
+    for (let i = 0; i < V; i++) if (row[i]! >= kth) cand.push(i);
+    cand.sort(byLogit);
+    cand.length = k;
+  } else if (p < 1) {
+    cand = Array.from({ length: V }, (_, i) => i).sort(byLogit);
+  } else {
+    cand = Array.from({ length: V }, (_, i) => i);
+  }
+  const top = row[argmax(row)]!;
+  const w = cand.map((i) => Math.exp((row[i]! - top) / o.temperature));
+  let total = w.reduce((a, b) => a + b, 0);
+  if (p < 1) {
+    // cand is sorted here: cut after the prefix whose mass first reaches p.
+    let acc = 0;
+    let keep = 0;
+    while (keep < w.length && acc < p * total) acc += w[keep++]!;
+    cand.length = keep;
+    w.length = keep;
+    total = acc;
+  }
+  let u = o.rng.next() * total;
+  for (let j = 0; j < cand.length; j++) {
+    u -= w[j]!;
+    if (u < 0) return cand[j]!;
+  }
+  return cand[cand.length - 1]!;
+}
+
+export interface LogProbOptions {
+  /** LoRA dropout on. */
+  training?: boolean;
+  /** Log-probs of the distribution at this temperature (the one sampled from); default 1. */
+  temperature?: number;
+}
+
+/**
+ * log pi(ids[:, t] | ids[:, <t]) for t >= 1 as [B, T-1], zero where targetsMask is 0.
+ * targetsMask is [B, T-1] (aligned with the targets ids[:, 1:]) or [B, T] (aligned with ids; its
+ * first column is dropped). Differentiable with respect to the LoRA variables.
+ *
+ * The target's logit is taken as h · w_y with w_y gathered from the (frozen) head matrix rather
+ * than picked out of the [N, V] logits: no one-hot tensor, and no gradient of a gather (which needs
+ * UnsortedSegmentSum, absent on wasm) when the head is not trained.
+ */
+export function sequenceLogProbs(
+  model: LlamaModel,
+  ids: tf.Tensor2D,
+  mask: tf.Tensor2D,
+  targetsMask: tf.Tensor2D,
+  opts: LogProbOptions = {},
+): tf.Tensor2D {
+  const [B, T] = ids.shape;
+  const d = model.config.hiddenSize;
+  if (T < 2) throw new QrlhfError(`sequenceLogProbs: sequences need at least 2 tokens, got ${T}`);
+  const [mb, mt] = targetsMask.shape;
+  if (mb !== B || (mt !== T - 1 && mt !== T)) {
+    throw new QrlhfError(`sequenceLogProbs: targetsMask must be [${B}, ${T - 1}] or [${B}, ${T}], got [${targetsMask.shape}]`);
+  }
+  const temp = opts.temperature ?? 1;
+  if (!(temp > 0)) throw new QrlhfError(`sequenceLogProbs: temperature must be > 0, got ${temp}`);
+  return tf.tidy(() => {
+    const h = model.hidden(ids, { mask, training: opts.training ?? false });
+    const hp = h.slice([0, 0, 0], [B, T - 1, d]).reshape([B * (T - 1), d]);
+    const targets = tf.cast(ids.slice([0, 1], [B, T - 1]), 'int32').reshape([-1]);
+    let logits = model.head(hp);
+    let targetLogit = tf.sum(tf.mul(hp, tf.gather(model.headWeight(), targets)), 1);
+    if (temp !== 1) {
+      logits = tf.div(logits, temp);
+      targetLogit = tf.div(targetLogit, temp);
+    }
+    const lp = tf.sub(targetLogit, tf.logSumExp(logits, 1)).reshape([B, T - 1]);
+    const tm = mt === T ? targetsMask.slice([0, 1], [B, T - 1]) : targetsMask;
+    return tf.mul(lp, tf.cast(tm, 'float32')) as tf.Tensor2D;
+  });
+}
