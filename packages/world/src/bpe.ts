@@ -168,8 +168,8 @@ export function tokenizerJsonFromMerges(merges: [string, string][]): TokenizerJs
 
 /**
  * Trains the world's tokenizer on `nDocs` texts drawn with `sampleText`, plus every world word
- * (with and without a leading space, lower- and capitalised) once, so each word is covered even
- * if the sample misses it.
+ * after a space, twice (a merge needs a pair seen twice), so the words that the sample misses or
+ * sees rarely (they occur in garbled text) still get merges if the budget allows.
  */
 export function buildWorldTokenizer(sampleText: (rng: Rng) => string, words: string[], rng: Rng, vocabSize: number, nDocs = 3000): TokenizerJson {
   const b2u = byteToUnicode();
@@ -178,10 +178,7 @@ export function buildWorldTokenizer(sampleText: (rng: Rng) => string, words: str
     for (const p of pretokenize(t, b2u)) counts.set(p, (counts.get(p) ?? 0) + 1);
   };
   for (let i = 0; i < nDocs; i++) add(sampleText(rng));
-  for (const w of words) {
-    const cap = w[0]!.toUpperCase() + w.slice(1);
-    add(` ${w} ${cap}`);
-  }
+  for (const w of words) add(` ${w} ${w}`);
   const numMerges = vocabSize - ADDED.length - 256;
   return tokenizerJsonFromMerges(trainBpe(counts, numMerges));
 }

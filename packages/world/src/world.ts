@@ -34,7 +34,7 @@ import {
   worldWords,
   type ParsedMove,
 } from './text.js';
-import { mixtureMean, mixtureQuantiles, type UniformMixture } from './mixture.js';
+import { mixtureMean, mixtureQuantile, mixtureQuantiles, type UniformMixture } from './mixture.js';
 import { buildWorldTokenizer, worldTokenizerConfig, type TokenizerJson } from './bpe.js';
 
 export interface Move {
@@ -140,8 +140,21 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
   const contribution = (type: RaterType, key: ContributionKey, a: Attribute): number =>
     (params.contributions[key]?.[a] ?? 0) + (type.deltas[key]?.[a] ?? 0);
 
-  /** per type, the mean of each attribute */
+  // rating a response many times (Monte Carlo, datasets) parses it once
+  const meansCache = new Map<string, Ratings[]>();
   function typeMeans(prompt: string, response: string): Ratings[] {
+    const key = prompt + '\u0000' + response;
+    let v = meansCache.get(key);
+    if (!v) {
+      if (meansCache.size >= 4096) meansCache.clear();
+      v = computeTypeMeans(prompt, response);
+      meansCache.set(key, v);
+    }
+    return v;
+  }
+
+  /** per type, the mean of each attribute */
+  function computeTypeMeans(prompt: string, response: string): Ratings[] {
     const asked = askedObject(prompt);
     const moves = parseResponse(response);
     // the keys that contribute, in order: a move counts once; a repeat, an off-topic answer and a
@@ -167,7 +180,7 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
   }
 
   function trueDistribution(prompt: string, response: string): TrueDistribution {
-    const means = typeMeans(prompt, response);
+    const means = typeMeans(prompt, response).map((m) => ({ ...m }));
     const attributes = {} as Record<Attribute, UniformMixture>;
     for (const a of ATTRIBUTES) {
       attributes[a] = params.raterTypes.map((t, i) => ({ weight: t.probability, lo: means[i]![a] - s, hi: means[i]![a] + s }));
@@ -264,8 +277,8 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
     const eq3 = new Float64Array(taus.length);
     for (const a of ATTRIBUTES) {
       attributes[a] = mixtureQuantiles(d.attributes[a], taus);
-      const q64 = d.attributes[a];
-      for (let k = 0; k < taus.length; k++) eq3[k] += W[a] === 0 ? 0 : W[a] * mixtureQuantiles(q64, [taus[k]!])[0]!;
+      if (W[a] === 0) continue;
+      for (let k = 0; k < taus.length; k++) eq3[k] += W[a] * mixtureQuantile(d.attributes[a], taus[k]!);
     }
     return { reward: mixtureQuantiles(d.reward, taus), rewardEq3: Float32Array.from(eq3), attributes };
   }
