@@ -64,8 +64,15 @@ export async function initBackend(
     }
     if (why === null && !(await activate(tfName))) why = 'did not initialise';
     if (why === null) {
+      let detail = '';
+      if (name === 'wasm') {
+        const { wasmInfo } = await import('./kernels/setup.js');
+        const w = wasmInfo();
+        detail = `, ${w.threads} thread${w.threads === 1 ? '' : 's'}${w.kernels ? '' : ', stock kernels'}` +
+          (w.note ? ` [${w.note}]` : '');
+      }
       const reason =
-        `backend: ${name}` + (skipped.length ? ` (${skipped.join('; ')})` : requested === 'auto' ? '' : ' (requested)');
+        `backend: ${name}${detail}` + (skipped.length ? ` (${skipped.join('; ')})` : requested === 'auto' ? '' : ' (requested)');
       current = { name, tfName, reason };
       if (!opts.quiet) process.stderr.write(reason + '\n');
       return current;

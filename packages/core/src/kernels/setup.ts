@@ -1,14 +1,121 @@
 /**
- * Prepares the wasm backend: loads it and registers qrlhf's kernels on it (see kernels/index.ts).
- * Returns null on success, or why it could not be used.
+ * Prepares the wasm backend: loads it, registers qrlhf's kernels on it (see kernels/index.ts) and,
+ * in Node, makes it use every core.
+ *
+ * Threads. tfjs runs its wasm backend on one thread in Node. setupWasm() replaces the factory
+ * tfjs registered for 'wasm' by one that starts the threaded SIMD build itself
+ * (wasm-module.ts explains how, and why that needs no global patch) and returns tfjs's own
+ * `BackendWasm` class around it (subclassed only to run release hooks, see heap.ts). The thread
+ * count is `QRLHF_WASM_THREADS` if set (1 = tfjs's single-threaded build), else the number of
+ * logical CPUs (at most 8, the workers the build pre-spawns). If the threaded build cannot start,
+ * the single-threaded one is used and wasmInfo().note says why. The workers are unref()ed, so a
+ * process exits by itself; nothing needs to be shut down.
+ */
+import os from 'node:os';
+import * as tf from '@tensorflow/tfjs';
+import { markHookable, runReleaseHooks } from './heap.js';
+import { loadThreadedWasm, releaseIdleWorkers, type WasmModuleLike } from './wasm-module.js';
+
+export interface WasmInfo {
+  /** XNNPACK threads in use (1 until the backend is initialised). */
+  threads: number;
+  /** 'threaded-simd' / 'single-simd' (qrlhf's loader) or 'stock' (tfjs's own loader, one thread). */
+  build: 'threaded-simd' | 'single-simd' | 'stock';
+  /** qrlhf's kernels registered (false with QRLHF_STOCK_KERNELS=1). */
+  kernels: boolean;
+  /** Why the threaded build is not used, when it is not. */
+  note?: string;
+}
+
+const info: WasmInfo = { threads: 1, build: 'stock', kernels: false };
+let prepared = false;
+
+export function wasmInfo(): WasmInfo {
+  return { ...info };
+}
+
+/** Threads wanted: QRLHF_WASM_THREADS, else the logical CPU count, within [1, 8]. */
+export function wantedWasmThreads(): number {
+  const env = process.env['QRLHF_WASM_THREADS'];
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`QRLHF_WASM_THREADS: expected an integer >= 1, got "${env}"`);
+    return Math.min(n, 8);
+  }
+  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return Math.max(1, Math.min(cpus, 8));
+}
+
+interface WasmPackage {
+  BackendWasm: new (wasm: WasmModuleLike) => tf.KernelBackend;
+  setThreadsCount(n: number): void;
+  getThreadsCount(): number;
+}
+
+type Factory = () => tf.KernelBackend | Promise<tf.KernelBackend>;
+
+function registryFactory(name: string): Factory | null {
+  const engine = tf.engine() as unknown as { registryFactory: Record<string, { factory: Factory } | undefined> };
+  return engine.registryFactory[name]?.factory ?? null;
+}
+
+/**
+ * Returns null on success, or why the wasm backend cannot be used.
  */
 export async function setupWasm(): Promise<string | null> {
+  let pkg: WasmPackage;
   try {
-    await import('@tensorflow/tfjs-backend-wasm');
+    pkg = (await import('@tensorflow/tfjs-backend-wasm')) as unknown as WasmPackage;
   } catch (e) {
     return `failed to load (${e instanceof Error ? e.message : String(e)})`;
   }
+  if (prepared) return null;
+  prepared = true;
+  let threads: number;
+  try {
+    threads = wantedWasmThreads();
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
   const { registerWasmKernels } = await import('./index.js');
-  registerWasmKernels();
+  info.kernels = registerWasmKernels();
+
+  const stockFactory = registryFactory('wasm');
+  const alreadyUp = (tf.engine() as unknown as { registry: Record<string, unknown> }).registry['wasm'] !== undefined;
+  if (!stockFactory || alreadyUp) {
+    info.note = alreadyUp ? 'the wasm backend was initialised before setupWasm()' : 'no wasm backend factory';
+    return null;
+  }
+  const Base = pkg.BackendWasm;
+  class QrlhfWasmBackend extends Base {
+    override disposeData(dataId: object, force = false): boolean {
+      const freed = super.disposeData(dataId, force);
+      if (freed) runReleaseHooks(dataId);
+      return freed;
+    }
+  }
+  const factory = async (): Promise<tf.KernelBackend> => {
+    {
+      try {
+        const m = await loadThreadedWasm(threads);
+        pkg.setThreadsCount(threads);
+        const backend = new QrlhfWasmBackend(m);
+        releaseIdleWorkers(m);
+        markHookable(backend);
+        info.threads = pkg.getThreadsCount();
+        info.build = threads > 1 ? 'threaded-simd' : 'single-simd';
+        return backend;
+      } catch (e) {
+        info.note = `qrlhf's wasm loader failed (${e instanceof Error ? e.message : String(e)}); using tfjs's, one thread`;
+      }
+    }
+    // tfjs's own loader (single-threaded SIMD build in Node).
+    const stock = await stockFactory();
+    info.threads = 1;
+    info.build = 'stock';
+    return stock;
+  };
+  tf.removeBackend('wasm');
+  tf.registerBackend('wasm', factory, 2);
   return null;
 }
