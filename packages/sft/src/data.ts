@@ -64,24 +64,27 @@ export function tokenizeExample(
   return { example: { ids: [tok.bosId, ...p, ...r, tok.eosId], promptLength: 1 + p.length }, mismatch };
 }
 
-/** Tokenises all pairs, filtering out those longer than maxLength tokens (counted in the stats). */
+/** Tokenises all pairs, filtering out those longer than maxLength tokens (counted in the stats);
+ *  `kept[i]` is the index in `pairs` of `examples[i]`. */
 export function tokenizeExamples(
   tok: SftTokenizer,
   pairs: readonly { prompt: string; response: string }[],
   maxLength: number,
-): { examples: SftExample[]; stats: TokenizeStats } {
+): { examples: SftExample[]; kept: number[]; stats: TokenizeStats } {
   const examples: SftExample[] = [];
+  const kept: number[] = [];
   const stats: TokenizeStats = { total: pairs.length, tooLong: 0, boundaryMismatch: 0 };
-  for (const { prompt, response } of pairs) {
+  pairs.forEach(({ prompt, response }, i) => {
     const { example, mismatch } = tokenizeExample(tok, prompt, response);
     if (mismatch) stats.boundaryMismatch++;
     if (example.ids.length > maxLength) {
       stats.tooLong++;
-      continue;
+      return;
     }
     examples.push(example);
-  }
-  return { examples, stats };
+    kept.push(i);
+  });
+  return { examples, kept, stats };
 }
 
 /**

@@ -1,0 +1,458 @@
+/**
+ * runSft: supervised fine-tuning with LoRA on chosen dialogues (SPEC §3).
+ *
+ * The walk: load the base model and tokenizer → read and tokenise the data, drop the examples
+ * over maxLength → split off the held-out set → attach a fresh LoRA adapter (or restore the last
+ * checkpoint) → for each optimiser step, sum the gradients of `gradAccumSteps` micro-batches of
+ * the loss (mean token cross-entropy of response + EOS over the whole effective batch), clip,
+ * AdamW with warmup + cosine → evaluate, log, checkpoint → save the adapter (PEFT layout), merge it
+ * and save the merged model (a Hugging Face folder) → a few greedy samples of the merged model.
+ *
+ * Reproducibility: the data order of step s is a pure function of (seed, s) (ExampleStream), the
+ * only other random draws (LoRA init, dropout) come from one Rng whose state is checkpointed with
+ * the adapter and the optimiser, so a run killed at any moment and resumed ends bit-identical to
+ * an uninterrupted one.
+ */
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import {
+  AdamW,
+  LoraAdapter,
+  QrlhfError,
+  Rng,
+  Tracker,
+  clipGradNorm,
+  constantSchedule,
+  cosineSchedule,
+  disposeTrainingState,
+  generate,
+  globalNorm,
+  initBackend,
+  loadModel,
+  loadTrainingState,
+  readSftExamples,
+  saveHfFolder,
+  saveLoraAdapter,
+  saveTrainingState,
+  sequenceLogProbs,
+  writeDirAtomic,
+  writeFileAtomic,
+  type LlamaModel,
+  type LoraConfig,
+  type Metrics,
+  type Tokenizer,
+} from '@qrlhf/core';
+import type { SftConfig } from './config.js';
+import { ExampleStream, lossTokenCount, padBatch, splitHeldOut, tokenizeExamples, type SftExample, type TokenizeStats } from './data.js';
+import { maskedCorrect, maskedNllSum } from './loss.js';
+
+export interface SftHooks {
+  /** Every metrics row, as it is logged (training rows and evaluation rows). */
+  onMetrics?: (row: Metrics) => void;
+  /** After each optimiser step, with the step number (1 = the first update). */
+  onStep?: (step: number) => void;
+  /** No progress bar or messages on stderr. */
+  quiet?: boolean;
+}
+
+export interface SftDataSummary extends TokenizeStats {
+  /** Rows skipped by the reader (empty response). */
+  skippedEmpty: number;
+  train: number;
+  heldOut: number;
+  /** Held-out examples actually evaluated (maxEvalExamples). */
+  evaluated: number;
+}
+
+export interface SftResult {
+  outDir: string;
+  adapterDir: string;
+  mergedDir: string;
+  /** Optimiser steps done in total (including those of a resumed run). */
+  steps: number;
+  /** Step resumed from (0 for a fresh run). */
+  resumedFrom: number;
+  /** Held-out response loss before the first update (null without a held-out set). */
+  evalLossBefore: number | null;
+  /** Held-out response loss and token accuracy after the last update. */
+  evalLossAfter: number | null;
+  tokenAccuracyAfter: number | null;
+  data: SftDataSummary;
+  /** Greedy generations of the merged model on held-out prompts. */
+  samples: { prompt: string; response: string; reference: string }[];
+}
+
+/** Config keys that fix the training trajectory: a resumed run must agree with its checkpoint on them. */
+const TRAJECTORY_KEYS = [
+  'model', 'tokenizer', 'data', 'seed', 'loraR', 'loraAlpha', 'loraDropout', 'loraTargets', 'maxLength', 'maxExamples',
+  'heldOutFraction', 'microBatchSize', 'gradAccumSteps',
+] as const satisfies readonly (keyof SftConfig)[];
+
+interface Prepared {
+  train: SftExample[];
+  heldOut: SftExample[];
+  heldOutText: { prompt: string; response: string }[];
+  summary: SftDataSummary;
+}
+
+async function prepareData(cfg: SftConfig, tok: Tokenizer): Promise<Prepared> {
+  let skippedEmpty = 0;
+  let pairs = await readSftExamples(cfg.data, { onSkip: () => skippedEmpty++ });
+  if (cfg.maxExamples > 0) pairs = pairs.slice(0, cfg.maxExamples);
+  const { examples, kept, stats } = tokenizeExamples(tok, pairs, cfg.maxLength);
+  if (examples.length === 0) {
+    throw new QrlhfError(
+      `${cfg.data}: no example left after filtering: all ${stats.total} are longer than maxLength = ${cfg.maxLength} tokens ` +
+        '(BOS + prompt + response + EOS); raise maxLength',
+    );
+  }
+  const split = splitHeldOut(examples.map((e, i) => i), cfg.heldOutFraction, cfg.seed);
+  if (split.train.length === 0) {
+    throw new QrlhfError(`${cfg.data}: only ${examples.length} example(s) left after filtering, none for training (heldOutFraction ${cfg.heldOutFraction})`);
+  }
+  const evalIdx = cfg.maxEvalExamples > 0 ? split.heldOut.slice(0, cfg.maxEvalExamples) : split.heldOut;
+  return {
+    train: split.train.map((i) => examples[i]!),
+    heldOut: evalIdx.map((i) => examples[i]!),
+    heldOutText: evalIdx.map((i) => pairs[kept[i]!]!),
+    summary: { ...stats, skippedEmpty, train: split.train.length, heldOut: split.heldOut.length, evaluated: evalIdx.length },
+  };
+}
+
+/** The stream positions [start, end) of optimiser step s (0-based). */
+function stepRange(s: number, effective: number, endPos: number): [number, number] {
+  return [s * effective, Math.min((s + 1) * effective, endPos)];
+}
+
+function batchTensors(b: ReturnType<typeof padBatch>) {
+  return {
+    ids: tf.tensor2d(b.ids, [b.batch, b.length], 'int32'),
+    mask: tf.tensor2d(b.attention, [b.batch, b.length]),
+    loss: tf.tensor2d(b.lossMask, [b.batch, b.length]),
+  };
+}
+
+/** Mean response loss and token accuracy of the model on the examples (no dropout). */
+export function evaluateSft(model: LlamaModel, examples: readonly SftExample[], batchSize: number, padId: number) {
+  let nll = 0;
+  let correct = 0;
+  let tokens = 0;
+  for (let i = 0; i < examples.length; i += batchSize) {
+    const b = padBatch(examples.slice(i, i + batchSize), padId);
+    const t = batchTensors(b);
+    const [s, c] = tf.tidy(() => {
+      const logits = model.forward(t.ids, { mask: t.mask });
+      return [maskedNllSum(logits, t.ids, t.loss), maskedCorrect(logits, t.ids, t.loss)];
+    });
+    nll += s!.dataSync()[0]!;
+    correct += c!.dataSync()[0]!;
+    tokens += b.lossTokens;
+    tf.dispose([s!, c!, t.ids, t.mask, t.loss]);
+  }
+  return { loss: tokens ? nll / tokens : NaN, accuracy: tokens ? correct / tokens : NaN, tokens };
+}
+
+function loraConfigOf(cfg: SftConfig): LoraConfig {
+  return { r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targetModules: cfg.loraTargets };
+}
+
+function say(quiet: boolean | undefined, tracker: Tracker | null, text: string): void {
+  if (quiet) return;
+  if (tracker) tracker.println(text);
+  else process.stderr.write(`${text}\n`);
+}
+
+/** Runs SFT with LoRA as configured; see the file comment. Paths in `cfg` are taken relative to the working directory. */
+export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
+  const cfg: SftConfig = {
+    ...config,
+    model: resolve(config.model),
+    data: resolve(config.data),
+    out: resolve(config.out),
+    tokenizer: config.tokenizer ? resolve(config.tokenizer) : '',
+  };
+  validateRuntime(cfg);
+  await initBackend(cfg.backend, { quiet: hooks.quiet ?? false });
+
+  const out = cfg.out;
+  const ckptDir = join(out, 'checkpoints');
+  const adapterDir = join(out, 'adapter');
+  const mergedDir = join(out, 'merged');
+  const hasCheckpoint = existsSync(join(ckptDir, 'state.json'));
+  if (hasCheckpoint && !cfg.resume) {
+    throw new QrlhfError(`${out}: this run folder already has a checkpoint; pass --resume to continue it, or choose another --out`);
+  }
+
+  const loaded = await loadModel(cfg.model, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+  const model = loaded.model;
+  const tok = loaded.tokenizer;
+  let tracker: Tracker | null = null;
+  let opt: AdamW | null = null;
+  try {
+    const data = await prepareData(cfg, tok);
+    const nTrain = data.train.length;
+    const effective = cfg.microBatchSize * cfg.gradAccumSteps;
+    const endPos = cfg.maxSteps > 0 ? cfg.maxSteps * effective : Math.max(1, Math.floor(cfg.epochs * nTrain));
+    const totalSteps = cfg.maxSteps > 0 ? cfg.maxSteps : Math.ceil(endPos / effective);
+    const stream = new ExampleStream(nTrain, cfg.seed);
+
+    // The adapter, the optimiser and the Rng: fresh, or from the checkpoint.
+    const lcfg = loraConfigOf(cfg);
+    const state = cfg.resume ? loadTrainingState(ckptDir) : null;
+    let rng: Rng;
+    let adapter: LoraAdapter;
+    let step = 0;
+    if (state) {
+      checkResumable(cfg, state.extra, ckptDir);
+      rng = new Rng(cfg.seed, state.rng);
+      adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(ckptDir, 'state.json'), rng);
+      model.lora?.dispose();
+      model.lora = adapter;
+      step = state.step;
+    } else {
+      rng = new Rng(`${cfg.seed}:sft`);
+      adapter = model.addLora(lcfg, rng);
+    }
+    opt = new AdamW(adapter.variables, { lr: cfg.lr, weightDecay: cfg.weightDecay, beta1: cfg.beta1, beta2: cfg.beta2 });
+    if (state) {
+      opt.setState(state.optimizer);
+      for (const t of Object.values(state.optimizer.tensors)) t.dispose();
+      // state.variables were taken over by fromTensors
+    } else if (!cfg.resume || !hasCheckpoint) {
+      rmSync(ckptDir, { recursive: true, force: true });
+    }
+    const resumedFrom = step;
+    if (resumedFrom > totalSteps) {
+      throw new QrlhfError(`${ckptDir}: the checkpoint is at step ${resumedFrom}, past this config's ${totalSteps} steps`);
+    }
+    const schedule =
+      cfg.schedule === 'cosine'
+        ? cosineSchedule({ lr: cfg.lr, warmupSteps: Math.min(cfg.warmupSteps, totalSteps), totalSteps, minLr: cfg.minLr })
+        : (s: number) => (s < cfg.warmupSteps ? (cfg.lr * (s + 1)) / cfg.warmupSteps : constantSchedule(cfg.lr)(s));
+
+    // The run folder: the resolved config, then the metrics (on resume, without the rows a killed
+    // run logged after its last checkpoint).
+    writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    let evalLossBefore: number | null = null;
+    tracker = await Tracker.create({
+      dir: out,
+      console: !hooks.quiet,
+      label: 'sft',
+      total: totalSteps,
+      start: resumedFrom,
+      keys: ['loss', 'eval_loss', 'token_accuracy', 'lr'],
+      resume: resumedFrom > 0,
+      keep: (row) => {
+        const s = row['step'];
+        if (s === 0 && typeof row['eval_loss'] === 'number') evalLossBefore = row['eval_loss'];
+        return typeof s === 'number' && s <= resumedFrom;
+      },
+      wandb: cfg.wandbProject ? { project: cfg.wandbProject, config: { ...cfg } } : false,
+    });
+    const log = (row: Metrics) => {
+      tracker!.log(row);
+      hooks.onMetrics?.(row);
+    };
+    const d = data.summary;
+    say(hooks.quiet, tracker,
+      `sft: ${d.total} rows (${d.skippedEmpty} empty skipped), ${d.tooLong} over ${cfg.maxLength} tokens filtered out, ` +
+        `${d.train} train / ${d.heldOut} held out; ${totalSteps} steps of ${effective} sequences ` +
+        `(${cfg.microBatchSize} × ${cfg.gradAccumSteps} accumulated)` + (resumedFrom ? `; resuming at step ${resumedFrom}` : ''));
+
+    let lastEval: { loss: number; accuracy: number } | null = null;
+    const runEval = (s: number) => {
+      if (data.heldOut.length === 0) return;
+      const e = evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
+      lastEval = e;
+      if (s === 0) evalLossBefore = e.loss;
+      log({ step: s, eval_loss: e.loss, token_accuracy: e.accuracy, eval_tokens: e.tokens });
+    };
+    const saveCheckpoint = (s: number) =>
+      saveTrainingState(ckptDir, {
+        step: s,
+        variables: adapter.variables,
+        optimizer: opt!.getState(),
+        rng: rng.state(),
+        extra: { position: s * effective, totalSteps, config: Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])) },
+      });
+
+    if (step === 0) runEval(0);
+
+    // Variables of the adapter by tfjs name → PEFT key (variableGrads keys its result by tfjs name).
+    const keyOf = new Map(Object.entries(adapter.variables).map(([k, v]) => [v.name, k]));
+    const varList = Object.values(adapter.variables);
+    let lastCkpt = resumedFrom;
+
+    while (step < totalSteps) {
+      const t0 = performance.now();
+      const [a, b] = stepRange(step, effective, endPos);
+      const idx = stream.slice(a, b).map((i) => data.train[i]!);
+      // Sorting the step's examples by length cuts padding; the loss is a sum over the whole step.
+      idx.sort((x, y) => x.ids.length - y.ids.length);
+      const groupTokens = idx.reduce((n, e) => n + lossTokenCount(e), 0);
+      let acc: Record<string, tf.Tensor> | null = null;
+      let lossSum = 0;
+      let tokens = 0;
+      for (let i = 0; i < idx.length; i += cfg.microBatchSize) {
+        const pb = padBatch(idx.slice(i, i + cfg.microBatchSize), tok.padId);
+        tokens += pb.tokens;
+        const bt = batchTensors(pb);
+        const { value, grads } = tf.variableGrads(() => {
+          const lp = sequenceLogProbs(model, bt.ids, bt.mask, bt.loss, { training: true });
+          return tf.div(tf.neg(tf.sum(lp)), groupTokens) as tf.Scalar;
+        }, varList);
+        lossSum += value.dataSync()[0]!;
+        value.dispose();
+        tf.dispose([bt.ids, bt.mask, bt.loss]);
+        if (acc === null) {
+          acc = {};
+          for (const [name, g] of Object.entries(grads)) acc[keyOf.get(name)!] = g;
+        } else {
+          for (const [name, g] of Object.entries(grads)) {
+            const k = keyOf.get(name)!;
+            const prev = acc[k]!;
+            acc[k] = tf.add(prev, g);
+            prev.dispose();
+            g.dispose();
+          }
+        }
+      }
+      const lr = schedule(step);
+      let norm: number;
+      if (cfg.gradClip > 0) {
+        const c = clipGradNorm(acc!, cfg.gradClip);
+        norm = c.norm;
+        if (Number.isFinite(norm)) opt.step(c.grads, lr);
+        tf.dispose(Object.values(c.grads));
+      } else {
+        norm = globalNorm(acc!);
+        if (Number.isFinite(norm)) opt.step(acc!, lr);
+      }
+      tf.dispose(Object.values(acc!));
+      if (!Number.isFinite(norm) || !Number.isFinite(lossSum)) {
+        throw new QrlhfError(`sft: step ${step + 1}: the loss or the gradient is not finite (loss ${lossSum}, grad norm ${norm}); lower lr`);
+      }
+      step++;
+      const seconds = (performance.now() - t0) / 1000;
+      if (step % cfg.logEvery === 0 || step === totalSteps || step === 1) {
+        log({ step, loss: lossSum, lr, grad_norm: norm, tokens_per_s: tokens / seconds, epoch: Math.min(b, endPos) / nTrain });
+      } else {
+        tracker.console?.progress.update(step);
+      }
+      if ((cfg.evalEvery > 0 && step % cfg.evalEvery === 0) || step === totalSteps) runEval(step);
+      if ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || step === totalSteps) {
+        saveCheckpoint(step);
+        lastCkpt = step;
+      }
+      hooks.onStep?.(step);
+    }
+    if (lastCkpt !== step) saveCheckpoint(step);
+    if (lastEval === null && data.heldOut.length > 0) {
+      // a resumed run that had already finished: evaluate what it ends with
+      const e = evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
+      lastEval = e;
+    }
+
+    // Outputs: the adapter (PEFT layout), then the merged model (a Hugging Face folder).
+    await writeDirAtomic(adapterDir, (tmp) => saveLoraAdapter(tmp, adapter, cfg.model));
+    model.mergeLora();
+    await saveHfFolder(mergedDir, model, tok);
+
+    const samples = sampleMerged(model, tok, data.heldOutText.slice(0, cfg.samples), cfg);
+    if (samples.length) writeFileAtomic(join(out, 'samples.jsonl'), samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
+    const le = lastEval as { loss: number; accuracy: number } | null;
+    say(hooks.quiet, tracker,
+      `sft: done at step ${step}; held-out response loss ${fmt(evalLossBefore)} before → ${fmt(le?.loss ?? null)} after; ` +
+        `adapter ${adapterDir}, merged model ${mergedDir}`);
+    return {
+      outDir: out,
+      adapterDir,
+      mergedDir,
+      steps: step,
+      resumedFrom,
+      evalLossBefore,
+      evalLossAfter: le?.loss ?? null,
+      tokenAccuracyAfter: le?.accuracy ?? null,
+      data: data.summary,
+      samples,
+    };
+  } finally {
+    opt?.dispose();
+    model.dispose();
+    await tracker?.close();
+  }
+}
+
+function fmt(x: number | null): string {
+  return x === null ? 'n/a' : x.toFixed(4);
+}
+
+/** Greedy continuations of held-out prompts, cut at EOS or at the next "\n\nHuman:" turn. */
+function sampleMerged(model: LlamaModel, tok: Tokenizer, items: { prompt: string; response: string }[], cfg: SftConfig) {
+  const out: { prompt: string; response: string; reference: string }[] = [];
+  const rng = new Rng(`${cfg.seed}:samples`);
+  for (const it of items) {
+    const ids = [tok.bosId, ...tok.encode(it.prompt, { addBos: false })];
+    const room = model.config.maxPositionEmbeddings - ids.length;
+    const maxNew = Math.min(cfg.sampleMaxTokens, room);
+    if (maxNew <= 0) continue;
+    const g = generate(model, [ids], {
+      maxNewTokens: maxNew,
+      temperature: 0,
+      rng,
+      stop: (gen) => tok.decode(gen, { skipSpecial: true }).includes('\n\nHuman:'),
+    });
+    let text = tok.decode(g.tokens[0]!, { skipSpecial: true });
+    const cut = text.indexOf('\n\nHuman:');
+    if (cut >= 0) text = text.slice(0, cut);
+    out.push({ prompt: it.prompt, response: text, reference: it.response });
+  }
+  return out;
+}
+
+function validateRuntime(cfg: SftConfig): void {
+  const pos = (k: keyof SftConfig) => {
+    const v = cfg[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new QrlhfError(`config "${k}": expected a positive integer, got ${JSON.stringify(v)}`);
+  };
+  const nonneg = (k: keyof SftConfig) => {
+    const v = cfg[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new QrlhfError(`config "${k}": expected an integer >= 0, got ${JSON.stringify(v)}`);
+  };
+  for (const k of ['loraR', 'maxLength', 'microBatchSize', 'gradAccumSteps', 'logEvery'] as const) pos(k);
+  for (const k of ['maxSteps', 'maxExamples', 'maxEvalExamples', 'warmupSteps', 'evalEvery', 'checkpointEvery', 'samples', 'sampleMaxTokens'] as const) nonneg(k);
+  if (cfg.maxLength < 2) throw new QrlhfError(`config "maxLength": expected at least 2, got ${cfg.maxLength}`);
+  if (!(cfg.heldOutFraction >= 0 && cfg.heldOutFraction < 1)) throw new QrlhfError(`config "heldOutFraction": expected a number in [0, 1), got ${cfg.heldOutFraction}`);
+  if (cfg.maxSteps === 0 && !(cfg.epochs > 0)) throw new QrlhfError(`config "epochs": expected > 0 when maxSteps is 0, got ${cfg.epochs}`);
+  if (!(cfg.lr > 0)) throw new QrlhfError(`config "lr": expected > 0, got ${cfg.lr}`);
+  if (!(cfg.minLr >= 0 && cfg.minLr <= cfg.lr)) throw new QrlhfError(`config "minLr": expected a number in [0, lr], got ${cfg.minLr}`);
+  if (!(cfg.gradClip >= 0)) throw new QrlhfError(`config "gradClip": expected >= 0, got ${cfg.gradClip}`);
+  if (!cfg.model) throw new QrlhfError('config "model": a model path is required (--model)');
+  if (!cfg.data) throw new QrlhfError('config "data": a data path is required (--data)');
+  if (!cfg.out) throw new QrlhfError('config "out": a run folder is required (--out)');
+}
+
+function checkResumable(cfg: SftConfig, extra: Record<string, unknown>, ckptDir: string): void {
+  const saved = extra['config'];
+  if (typeof saved !== 'object' || saved === null) return;
+  const s = saved as Record<string, unknown>;
+  const diff = TRAJECTORY_KEYS.filter((k) => JSON.stringify(s[k]) !== JSON.stringify(cfg[k]));
+  if (diff.length) {
+    throw new QrlhfError(
+      `${ckptDir}: cannot resume: the checkpoint was made with different ${diff
+        .map((k) => `"${k}" (${JSON.stringify(s[k])}, now ${JSON.stringify(cfg[k])})`)
+        .join(', ')}`,
+    );
+  }
+}
+
+/** Reads a run folder's metrics.jsonl rows (for tests and reports). */
+export function readMetrics(outDir: string): Metrics[] {
+  const p = join(outDir, 'metrics.jsonl');
+  if (!existsSync(p)) return [];
+  return readFileSync(p, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as Metrics);
+}
