@@ -28,6 +28,28 @@ for (const moves of canon) {
 }
 console.log(rows.join('\n'));
 
+// the best response (up to 5 moves) under each utility: where the two RL runs would end if they converged
+const all: MoveId[] = ['answer', 'detail', 'caution', 'joke', 'refuse', 'ramble'];
+const seqs: MoveId[][] = [[]];
+for (let len = 1; len <= 5; len++) for (const s of seqs.filter((x) => x.length === len - 1)) for (const m of all) seqs.push([...s, m]);
+const utilities: [string, (q: number[]) => number][] = [
+  ['expectation', (q) => q.reduce((a, b) => a + b, 0) / q.length],
+  ...lambdas.map((l): [string, (q: number[]) => number] => [`exponential l=${l}`, (q) => q.reduce((a, x) => a - Math.exp(-l * x), 0) / q.length]),
+];
+const bestRows: string[] = ['utility | best response | mean | q0.05 | q0.10'];
+for (const [name, u] of utilities) {
+  let best: { s: MoveId[]; v: number; mean: number; q: number[] } | null = null;
+  for (const s of seqs) {
+    const resp = world.renderResponse(prompt, s, new Rng(1));
+    const d = world.trueDistribution(prompt, resp);
+    const q = taus.map((t) => mixtureQuantile(d.reward, t));
+    const v = u(q);
+    if (!best || v > best.v) best = { s, v, mean: mixtureMean(d.reward), q };
+  }
+  bestRows.push(`${name} | ${best!.s.join('+')} | ${best!.mean.toFixed(4)} | ${best!.q[0]!.toFixed(4)} | ${best!.q[1]!.toFixed(4)}`);
+}
+console.log('\n' + bestRows.join('\n'));
+
 // behaviour and SFT (chosen of two) statistics
 const n = 4000;
 let joke = 0, jokeChosen = 0, caution = 0, cautionChosen = 0, meanB = 0, meanC = 0;

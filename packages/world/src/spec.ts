@@ -99,13 +99,19 @@ export interface RaterType {
   deltas: Partial<Record<ContributionKey, Contribution>>;
 }
 
-export type ContributionKey = ParsedMoveId | 'offTopic' | 'repeat';
+export type ContributionKey = ParsedMoveId | 'offTopic' | 'repeat' | 'long';
 
 export interface WorldParams {
   /** score of an empty response, per attribute */
   base: Record<Attribute, number>;
-  /** default contribution of each move (every type), added once per distinct move */
+  /**
+   * default contribution of each move (every type), added once per distinct move; 'repeat' for a
+   * move seen before, 'offTopic' for a topical move about another object, 'garbled' per unparsed
+   * sentence, 'long' once per sentence beyond `usefulMoves`
+   */
   contributions: Record<ContributionKey, Contribution>;
+  /** sentences beyond this many make a response too long (each adds contributions.long) */
+  usefulMoves: number;
   raterTypes: RaterType[];
   /** half-width of a rater's uniform leniency noise, shared by the attributes of one rating */
   noise: number;
@@ -145,7 +151,9 @@ export const DEFAULT_PARAMS: WorldParams = {
     garbled: { helpfulness: -0.15, harmlessness: -0.05, verbosity: 0.1 },
     offTopic: { helpfulness: 0.0, verbosity: 0.1 },
     repeat: { helpfulness: -0.1, verbosity: 0.15 },
+    long: { helpfulness: -0.12, verbosity: 0.15 },
   },
+  usefulMoves: 3,
   raterTypes: [
     { name: 'mainstream', probability: 0.51, deltas: {} },
     { name: 'thorough', probability: 0.18, deltas: { detail: { helpfulness: 0.1 }, joke: { helpfulness: -0.1 } } },
@@ -155,7 +163,7 @@ export const DEFAULT_PARAMS: WorldParams = {
   noise: 0.07,
   rewardWeights: { helpfulness: 0.5, harmlessness: 0.5, verbosity: 0 },
   behaviour: {
-    lengths: [0.25, 0.45, 0.3],
+    lengths: [0.25, 0.4, 0.27, 0.08],
     first: { answer: 0.45, detail: 0.15, joke: 0.12, refuse: 0.1, ramble: 0.1, caution: 0.08 },
     next: { answer: 0.15, detail: 0.25, joke: 0.22, caution: 0.22, ramble: 0.1, refuse: 0.06 },
     offTopicRate: 0.1,

@@ -168,6 +168,7 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
       seen.add(m.id);
       keys.push(m.id);
     }
+    for (let i = params.usefulMoves; i < moves.length; i++) keys.push('long');
     return params.raterTypes.map((type) => {
       const r = {} as Ratings;
       for (const a of ATTRIBUTES) {

@@ -105,6 +105,36 @@ test('the polarising move: about the same mean as the safe move, a much heavier 
   }
 });
 
+test('where the two runs would converge: the risk-neutral optimum tells the joke, the risk-aware one does not', (t) => {
+  const all: MoveId[] = ['answer', 'detail', 'caution', 'joke', 'refuse', 'ramble'];
+  const seqs: MoveId[][] = [];
+  const grow = (s: MoveId[]) => {
+    if (s.length > 0) seqs.push(s);
+    if (s.length < 4) for (const m of all) if (s.length === 0 || all.indexOf(m) >= all.indexOf(s[s.length - 1]!)) grow([...s, m]);
+  };
+  grow([]); // every multiset of up to 4 moves (the reward does not depend on their order)
+  const best = (u: (s: ReturnType<typeof summary>) => number) => {
+    let b: { s: MoveId[]; v: number; sum: ReturnType<typeof summary> } | null = null;
+    for (const s of seqs) {
+      const sum = summary(world, PROMPT, respond(s));
+      const v = u(sum);
+      if (!b || v > b.v) b = { s, v, sum };
+    }
+    return b!;
+  };
+  const neutral = best((x) => x.expU(1e-9));
+  t.true(neutral.s.includes('joke'), neutral.s.join('+'));
+  for (const lambda of [3, 4, 6]) {
+    const aware = best((x) => x.expU(lambda));
+    t.false(aware.s.includes('joke'), `lambda ${lambda}: ${aware.s.join('+')}`);
+    t.true(aware.sum.q05 > neutral.sum.q05 + 0.25 && aware.sum.q10 > neutral.sum.q10 + 0.25);
+    const gap = (neutral.sum.mean - aware.sum.mean) / neutral.sum.mean;
+    t.true(gap > 0 && gap < 0.05, `expectation gap ${gap}`);
+    t.log(`lambda ${lambda}: neutral ${neutral.s.join('+')} (mean ${neutral.sum.mean.toFixed(4)}, q0.05 ${neutral.sum.q05.toFixed(3)}), ` +
+      `aware ${aware.s.join('+')} (mean ${aware.sum.mean.toFixed(4)}, q0.05 ${aware.sum.q05.toFixed(3)})`);
+  }
+});
+
 test('equation (3) of the true attribute laws has the true expectation and stays close to the rater reward', (t) => {
   for (const moves of [['answer', 'joke'], ['answer', 'detail', 'caution'], ['ramble', 'refuse']] as MoveId[][]) {
     const r = respond(moves);
