@@ -209,13 +209,48 @@ export class LlamaModel {
       if (total > cache.maxLen) throw new QrlhfError(`step: ${total} positions exceed the cache's maxLen ${cache.maxLen}`);
     }
     const rope = this.ropeTables(total);
-    const { numHeads: H, numKvHeads: Hkv, hiddenSize: d } = c;
-    const hd = headDim(c);
-    const g = H / Hkv;
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
 
-    const out = tf.tidy(() => {
+    let out: tf.Tensor3D;
+    try {
+      out = this.body(ids, mask, cache, training, rope, newK, newV);
+    } catch (e) {
+      // The cache stays as it was; the keys/values kept for it so far are released.
+      tf.dispose([...newK, ...newV]);
+      throw e;
+    }
+    if (cache) {
+      for (let i = 0; i < c.numLayers; i++) {
+        const [ok, ov] = [cache.keys[i], cache.values[i]];
+        cache.keys[i] = newK[i]!;
+        cache.values[i] = newV[i]!;
+        if (ok && ok !== newK[i]) ok.dispose();
+        if (ov && ov !== newV[i]) ov.dispose();
+      }
+      cache.length = total;
+    }
+    return out;
+  }
+
+  /** The layers themselves, for run(): new keys/values are pushed (kept) onto newK / newV. */
+  private body(
+    ids: tf.Tensor2D,
+    mask: tf.Tensor2D | undefined,
+    cache: KVCache | null,
+    training: boolean,
+    rope: RopeTables,
+    newK: tf.Tensor4D[],
+    newV: tf.Tensor4D[],
+  ): tf.Tensor3D {
+    const c = this.config;
+    const [B, T] = ids.shape;
+    const past = cache?.length ?? 0;
+    const total = past + T;
+    const { numHeads: H, numKvHeads: Hkv, hiddenSize: d } = c;
+    const hd = headDim(c);
+    const g = H / Hkv;
+    return tf.tidy(() => {
       const m = mask ? (mask.dtype === 'float32' ? mask : tf.cast(mask, 'float32')) : tf.ones([B, total]);
 
       // Positions count real tokens only, so a left-padded prompt starts at 0 like an unpadded one.
@@ -274,18 +309,6 @@ export class LlamaModel {
       }
       return rmsNorm(h, this.weights['model.norm.weight']!, c.rmsNormEps).reshape([B, T, d]) as tf.Tensor3D;
     });
-
-    if (cache) {
-      for (let i = 0; i < c.numLayers; i++) {
-        const [ok, ov] = [cache.keys[i], cache.values[i]];
-        cache.keys[i] = newK[i]!;
-        cache.values[i] = newV[i]!;
-        if (ok && ok !== newK[i]) ok.dispose();
-        if (ov && ov !== newV[i]) ov.dispose();
-      }
-      cache.length = total;
-    }
-    return out;
   }
 
   /** x Wᵀ for a layer's linear module, plus the LoRA update when an enabled adapter covers it. */
