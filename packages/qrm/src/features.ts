@@ -410,6 +410,8 @@ export interface RatingFeatures {
   embeddings: Float32Array;
   labels: Float32Array;
   attributes: string[];
+  /** The backbone recorded in the file's metadata ('' or absent when none). */
+  backbone?: string;
 }
 
 export interface PairFeatures {
@@ -418,6 +420,7 @@ export interface PairFeatures {
   /** [n, 2, d] */
   embeddings: Float32Array;
   prompt_embeddings: Float32Array;
+  backbone?: string;
 }
 
 /** A stage-1 file: `embeddings` [N, d], `labels` [N, M], attribute names from the metadata. */
@@ -439,18 +442,18 @@ export function readRatingFeatures(path: string): RatingFeatures {
   }
   if (!Array.isArray(attributes) || attributes.length === 0) attributes = Array.from({ length: M }, (_, j) => `attribute_${j}`);
   if (attributes.length !== M) throw new QrlhfError(`${path}: metadata names ${attributes.length} attributes, labels have ${M} columns`);
-  return { n: e.shape[0]!, d: e.shape[1]!, embeddings: f32(e, 'embeddings', path), labels: f32(l, 'labels', path), attributes };
+  return { n: e.shape[0]!, d: e.shape[1]!, embeddings: f32(e, 'embeddings', path), labels: f32(l, 'labels', path), attributes, backbone: metadata['backbone'] };
 }
 
 /** A stage-2 file: `embeddings` and `prompt_embeddings`, both [N, 2, d]. */
 export function readPairFeatures(path: string): PairFeatures {
   if (!existsSync(path)) throw new QrlhfError(`${path}: features file not found`);
-  const { tensors } = readSafetensors(path);
+  const { tensors, metadata } = readSafetensors(path);
   const e = tensors['embeddings'];
   const p = tensors['prompt_embeddings'];
   if (!e || e.shape.length !== 3 || e.shape[1] !== 2) throw new QrlhfError(`${path}: expected a tensor "embeddings" [N, 2, d] (a stage-2 features file)`);
   if (!p || p.shape.join() !== e.shape.join()) throw new QrlhfError(`${path}: expected a tensor "prompt_embeddings" [${e.shape.join(', ')}]`);
-  return { n: e.shape[0]!, d: e.shape[2]!, embeddings: f32(e, 'embeddings', path), prompt_embeddings: f32(p, 'prompt_embeddings', path) };
+  return { n: e.shape[0]!, d: e.shape[2]!, embeddings: f32(e, 'embeddings', path), prompt_embeddings: f32(p, 'prompt_embeddings', path), backbone: metadata['backbone'] };
 }
 
 /** Splits [n, 2, d] into the chosen [n, d] and rejected [n, d] halves. */

@@ -75,7 +75,13 @@ export class GateNetwork {
     cfg: Pick<GateConfig, 'inputDim' | 'numAttributes'> & Partial<GateConfig>,
     rng: Rng,
   ): GateNetwork {
-    const config: GateConfig = { ...DEFAULT_GATE_CONFIG, ...cfg };
+    const config: GateConfig = {
+      inputDim: cfg.inputDim,
+      numAttributes: cfg.numAttributes,
+      hiddenSize: cfg.hiddenSize ?? DEFAULT_GATE_CONFIG.hiddenSize,
+      numHidden: cfg.numHidden ?? DEFAULT_GATE_CONFIG.numHidden,
+      temperature: cfg.temperature ?? DEFAULT_GATE_CONFIG.temperature,
+    };
     checkConfig(config);
     const vars: Record<string, tf.Variable> = {};
     GateNetwork.layerShapes(config).forEach(([fin, fout], i) => {
