@@ -1,1 +1,5 @@
-export {};
+export * from './sink.js';
+export * from './jsonl.js';
+export * from './console.js';
+export * from './wandb.js';
+export * from './tracker.js';
