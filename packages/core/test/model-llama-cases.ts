@@ -214,3 +214,24 @@ export function defineConfigTests(test: TestFn): void {
     removed.dispose();
   });
 }
+
+export function defineRandomModelTests(test: TestFn): void {
+  test('LlamaModel.random: every weight of the HF layout, seeded, std about 0.02, norms at 1', (t) => {
+    const c = smallConfig({ tieWordEmbeddings: true });
+    const a = LlamaModel.random(c, 5);
+    const b = LlamaModel.random(c, 5);
+    const d = LlamaModel.random(c, 6);
+    t.false('lm_head.weight' in a.weights);
+    t.is(Object.keys(a.weights).length, 2 + 9 * c.numLayers);
+    const q = 'model.layers.1.self_attn.q_proj.weight';
+    t.deepEqual(a.weights[q]!.shape, [16, 16]);
+    t.deepEqual(Array.from(a.weights[q]!.dataSync()), Array.from(b.weights[q]!.dataSync()));
+    t.notDeepEqual(Array.from(a.weights[q]!.dataSync()), Array.from(d.weights[q]!.dataSync()));
+    const e = a.weights['model.embed_tokens.weight']!.dataSync();
+    const sd = Math.sqrt(e.reduce((s, x) => s + x * x, 0) / e.length);
+    t.true(sd > 0.015 && sd < 0.025, `sd ${sd}`);
+    t.true(a.weights['model.norm.weight']!.dataSync().every((x) => x === 1));
+    t.false(a.weights[q]!.trainable);
+    [a, b, d].forEach((m) => m.dispose());
+  });
+}
