@@ -87,3 +87,6 @@ export async function initBackend(
 export function currentBackend(): BackendChoice | null {
   return current;
 }
+
+/** How the wasm backend runs (threads, kernels); see kernels/setup.ts. */
+export { wasmInfo, type WasmInfo } from './kernels/setup.js';
