@@ -76,7 +76,7 @@ export function cvarUtility(q: Float32Array, taus: Float32Array, alpha: number):
   }
   if (c === 0) {
     throw new QrlhfError(
-      `cvar: no quantile level tau <= alpha = ${alpha} (the smallest level is ${taus[0]}); choose alpha >= ${taus[0]}`,
+      `cvar: no quantile level tau <= alpha = ${alpha} (the smallest level is ${+taus[0]!.toPrecision(6)}); choose alpha >= ${+taus[0]!.toPrecision(6)}`,
     );
   }
   return s / c;
