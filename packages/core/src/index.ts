@@ -8,3 +8,4 @@ export * from './tokenizer.js';
 export * from './data/index.js';
 export * from './train/index.js';
 export * from './track/index.js';
+export * from './config.js';
