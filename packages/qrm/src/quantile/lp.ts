@@ -185,7 +185,8 @@ export function solveBoundedLP(lp: BoundedLP, opts: LPOptions = {}): LPResult {
   let status = run();
   let infeas = 0;
   for (let k = 0; k < m; k++) infeas += x[N + k]!;
-  const scale = 1 + Array.prototype.reduce.call(lp.b, (s: number, v: unknown) => s + Math.abs(v as number), 0) as number;
+  let scale = 1;
+  for (let i = 0; i < m; i++) scale += Math.abs(lp.b[i]!);
   if (status === 'iteration-limit') return finish('iteration-limit');
   if (infeas > 1e-7 * scale) return finish('infeasible');
   // Artificials are now fixed at zero; those still basic stay there harmlessly (redundant rows).
