@@ -1,0 +1,398 @@
+/**
+ * One RLOO step in memory (SPEC §6), without files: rollouts → reward quantiles → utility → KL to
+ * the reference (the same model with its LoRA adapter off) → leave-one-out advantages → REINFORCE
+ * (or PPO-clipped) gradient of the adapter → AdamW. runRloo wraps this with data, logging and
+ * checkpoints; tests drive it directly.
+ */
+import * as tf from '@tensorflow/tfjs';
+import {
+  AdamW,
+  QrlhfError,
+  clipGradNorm,
+  generate,
+  globalNorm,
+  sequenceLogProbs,
+  withLoraDisabled,
+  type LlamaModel,
+  type Metrics,
+  type Rng,
+  type Tokenizer,
+} from '@qrlhf/core';
+import type { Utility } from '@qrlhf/qrm';
+import { leaveOneOutAdvantages, ppoClipLoss, reinforceLoss, rlooRewards, sequenceKl, type KlEstimator } from './objective.js';
+import type { RlPrompt } from './prompts.js';
+import { checkQuantiles, type RewardSource } from './reward.js';
+
+export interface RlooSettings {
+  k: number;
+  betaKl: number;
+  klEstimator: KlEstimator;
+  missingEosPenalty: number;
+  maxNewTokens: number;
+  temperature: number;
+  topP: number;
+  /** 0 = off. */
+  topK: number;
+  /** 0 = one REINFORCE update per batch; n > 0 = n PPO-clipped updates. */
+  ppoEpochs: number;
+  clipRange: number;
+  microBatchSize: number;
+  generationBatchSize: number;
+  /** 0 = no clipping. */
+  gradClip: number;
+}
+
+export const DEFAULT_SETTINGS: RlooSettings = {
+  k: 2,
+  betaKl: 0.05,
+  klEstimator: 'k1',
+  missingEosPenalty: 0,
+  maxNewTokens: 64,
+  temperature: 1,
+  topP: 1,
+  topK: 0,
+  ppoEpochs: 0,
+  clipRange: 0.2,
+  microBatchSize: 8,
+  generationBatchSize: 32,
+  gradClip: 1,
+};
+
+/** One batch of rollouts with everything the update needs; row g*k + j is response j of prompt g. */
+export interface RolloutBatch {
+  prompts: RlPrompt[];
+  k: number;
+  /** New tokens of each response, EOS included when drawn. */
+  responses: number[][];
+  eos: boolean[];
+  /** Decoded responses (no EOS, no special tokens): what the reward source scored. */
+  texts: string[];
+  quantiles: Float32Array[];
+  utilities: Float64Array;
+  /** Per response token: log pi_old (the policy that sampled) and log pi_ref. */
+  logp: Float32Array[];
+  logpRef: Float32Array[];
+  /** Per row: sum over its tokens of the policy's entropy. */
+  entropySum: Float64Array;
+  /** Per row: sum_t kl_t with the configured estimator. */
+  kl: Float64Array;
+  penalties: Float64Array;
+  rewards: Float64Array;
+  advantages: Float64Array;
+}
+
+type Decoder = Pick<Tokenizer, 'eosId' | 'decode'>;
+
+export interface RlooLearnerOptions {
+  model: LlamaModel;
+  tokenizer: Decoder;
+  reward: RewardSource;
+  utility: Utility;
+  settings: RlooSettings;
+  /** Every random draw (sampling; LoRA dropout takes the adapter's own). */
+  rng: Rng;
+  /** AdamW over the adapter's variables (the learner does not own it). */
+  optimizer: AdamW;
+}
+
+interface SeqTensors {
+  ids: tf.Tensor2D;
+  attn: tf.Tensor2D;
+  /** [n, T-1], 1 at response targets. */
+  targets: tf.Tensor2D;
+  rows: number[];
+  /** per row: index of its first response target in the [T-1] axis, and its count */
+  start: number[];
+  len: number[];
+  T: number;
+}
+
+function seqTensors(batch: Pick<RolloutBatch, 'prompts' | 'k' | 'responses'>, rows: number[], pad: number): SeqTensors {
+  const seqs = rows.map((r) => [...batch.prompts[Math.floor(r / batch.k)]!.ids, ...batch.responses[r]!]);
+  const T = Math.max(...seqs.map((s) => s.length));
+  const n = rows.length;
+  const ids = new Int32Array(n * T).fill(pad);
+  const attn = new Float32Array(n * T);
+  const tgt = new Float32Array(n * (T - 1));
+  const start: number[] = [];
+  const len: number[] = [];
+  rows.forEach((r, i) => {
+    const s = seqs[i]!;
+    ids.set(s, i * T);
+    attn.fill(1, i * T, i * T + s.length);
+    const p = batch.prompts[Math.floor(r / batch.k)]!.ids.length;
+    const L = batch.responses[r]!.length;
+    // target column t predicts ids[t + 1]: response token j sits at ids[p + j], column p + j - 1
+    tgt.fill(1, i * (T - 1) + p - 1, i * (T - 1) + p - 1 + L);
+    start.push(p - 1);
+    len.push(L);
+  });
+  return {
+    ids: tf.tensor2d(ids, [n, T], 'int32'),
+    attn: tf.tensor2d(attn, [n, T]),
+    targets: tf.tensor2d(tgt, [n, T - 1]),
+    rows,
+    start,
+    len,
+    T,
+  };
+}
+
+function disposeSeq(s: SeqTensors): void {
+  tf.dispose([s.ids, s.attn, s.targets]);
+}
+
+/**
+ * Per-token log pi(target) and per-token entropy of the model at `temperature`, [n, T-1] each,
+ * zero off the targets mask; the log-prob is computed as sequenceLogProbs computes it.
+ */
+export function tokenLogProbsAndEntropy(
+  model: LlamaModel,
+  ids: tf.Tensor2D,
+  attn: tf.Tensor2D,
+  targets: tf.Tensor2D,
+  temperature: number,
+): { logp: tf.Tensor2D; entropy: tf.Tensor2D } {
+  const [B, T] = ids.shape;
+  const d = model.config.hiddenSize;
+  return tf.tidy(() => {
+    const h = model.hidden(ids, { mask: attn, training: false });
+    const hp = h.slice([0, 0, 0], [B, T - 1, d]).reshape([B * (T - 1), d]);
+    const tgt = tf.cast(ids.slice([0, 1], [B, T - 1]), 'int32').reshape([-1]);
+    let logits = model.head(hp);
+    let targetLogit = tf.sum(tf.mul(hp, tf.gather(model.headWeight(), tgt)), 1);
+    if (temperature !== 1) {
+      logits = tf.div(logits, temperature);
+      targetLogit = tf.div(targetLogit, temperature);
+    }
+    const lse = tf.logSumExp(logits, 1);
+    const lp = tf.sub(targetLogit, lse).reshape([B, T - 1]);
+    const logSm = tf.sub(logits, lse.reshape([-1, 1]));
+    const ent = tf.neg(tf.sum(tf.mul(tf.exp(logSm), logSm), 1)).reshape([B, T - 1]);
+    return { logp: tf.mul(lp, targets) as tf.Tensor2D, entropy: tf.mul(ent, targets) as tf.Tensor2D };
+  });
+}
+
+/** Rows in micro-batches of similar total length (less padding); a fixed order. */
+function microBatches(batch: Pick<RolloutBatch, 'prompts' | 'k' | 'responses'>, size: number): number[][] {
+  const n = batch.responses.length;
+  const lenOf = (r: number) => batch.prompts[Math.floor(r / batch.k)]!.ids.length + batch.responses[r]!.length;
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => lenOf(a) - lenOf(b) || a - b);
+  const out: number[][] = [];
+  for (let i = 0; i < n; i += size) out.push(order.slice(i, i + size));
+  return out;
+}
+
+export interface StepResult {
+  batch: RolloutBatch;
+  /** The step's metrics (without step, lr and time, which the caller adds). */
+  metrics: Metrics;
+}
+
+export class RlooLearner {
+  readonly model: LlamaModel;
+  readonly tokenizer: Decoder;
+  readonly reward: RewardSource;
+  readonly utility: Utility;
+  readonly settings: RlooSettings;
+  rng: Rng;
+  readonly optimizer: AdamW;
+  private readonly pad: number;
+
+  constructor(o: RlooLearnerOptions) {
+    this.model = o.model;
+    this.tokenizer = o.tokenizer;
+    this.reward = o.reward;
+    this.utility = o.utility;
+    this.settings = { ...o.settings };
+    this.rng = o.rng;
+    this.optimizer = o.optimizer;
+    this.pad = o.model.config.padTokenId ?? o.model.config.eosTokenId;
+    if (!o.model.lora) throw new QrlhfError('RlooLearner: the policy needs a LoRA adapter (the RL adapter; off, it is the reference)');
+    const s = this.settings;
+    if (!Number.isInteger(s.k) || s.k < 2) throw new QrlhfError(`RLOO: k must be an integer >= 2, got ${s.k}`);
+    if (!(s.temperature > 0)) throw new QrlhfError(`RLOO: temperature must be > 0 for training (the policy's log-probs are taken at it), got ${s.temperature}`);
+  }
+
+  /** Samples k responses per prompt (batched generate with the KV cache, draws from this.rng). */
+  rollout(prompts: RlPrompt[]): { responses: number[][]; eos: boolean[] } {
+    const { k, generationBatchSize: gb } = this.settings;
+    const rows = prompts.flatMap((p) => Array.from({ length: k }, () => p.ids));
+    const responses: number[][] = [];
+    const eos: boolean[] = [];
+    for (let i = 0; i < rows.length; i += gb) {
+      const g = generate(this.model, rows.slice(i, i + gb), {
+        maxNewTokens: this.settings.maxNewTokens,
+        temperature: this.settings.temperature,
+        ...(this.settings.topP < 1 ? { topP: this.settings.topP } : {}),
+        ...(this.settings.topK > 0 ? { topK: this.settings.topK } : {}),
+        eosTokenId: this.tokenizer.eosId,
+        rng: this.rng,
+      });
+      responses.push(...g.tokens);
+      eos.push(...g.finishedWithEos);
+    }
+    return { responses, eos };
+  }
+
+  /** Rollouts, rewards, KL and advantages for these prompts (no update). */
+  async collect(prompts: RlPrompt[]): Promise<RolloutBatch> {
+    const { k } = this.settings;
+    const { responses, eos } = this.rollout(prompts);
+    const eosId = this.tokenizer.eosId;
+    const texts = responses.map((r) => this.tokenizer.decode(r.length && r[r.length - 1] === eosId ? r.slice(0, -1) : r, { skipSpecial: true }));
+    const items = texts.map((response, i) => ({ prompt: prompts[Math.floor(i / k)]!.text, response }));
+    const taus = this.reward.taus;
+    const quantiles = await this.reward.quantiles(items);
+    checkQuantiles(quantiles, items.length, taus.length, items);
+    const utilities = Float64Array.from(quantiles, (q) => this.utility(q, taus));
+    const partial = { prompts, k, responses };
+    const n = responses.length;
+    const logp: Float32Array[] = new Array<Float32Array>(n);
+    const logpRef: Float32Array[] = new Array<Float32Array>(n);
+    const entropySum = new Float64Array(n);
+    for (const mb of microBatches(partial, this.settings.microBatchSize)) {
+      const s = seqTensors(partial, mb, this.pad);
+      const pol = tokenLogProbsAndEntropy(this.model, s.ids, s.attn, s.targets, this.settings.temperature);
+      const ref = withLoraDisabled(this.model, () => tf.tidy(() => sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { temperature: this.settings.temperature })));
+      const [lpA, entA, refA] = [pol.logp.dataSync(), pol.entropy.dataSync(), ref.dataSync()] as Float32Array[];
+      tf.dispose([pol.logp, pol.entropy, ref]);
+      disposeSeq(s);
+      mb.forEach((r, i) => {
+        const a = i * (s.T - 1) + s.start[i]!;
+        logp[r] = lpA!.slice(a, a + s.len[i]!);
+        logpRef[r] = refA!.slice(a, a + s.len[i]!);
+        let e = 0;
+        for (let t = 0; t < s.len[i]!; t++) e += entA![a + t]!;
+        entropySum[r] = e;
+      });
+    }
+    const kl = Float64Array.from(logp, (lp, i) => sequenceKl(lp, logpRef[i]!, this.settings.klEstimator));
+    const penalties = Float64Array.from(eos, (e) => (e ? 0 : this.settings.missingEosPenalty));
+    const rewards = rlooRewards(utilities, kl, this.settings.betaKl, penalties);
+    const advantages = leaveOneOutAdvantages(rewards, k);
+    return { prompts, k, responses, eos, texts, quantiles, utilities, logp, logpRef, entropySum, kl, penalties, rewards, advantages };
+  }
+
+  /**
+   * The gradient of the batch's loss with respect to the adapter's variables (keyed like
+   * adapter.variables), summed over micro-batches; `ppo` uses the clipped-ratio loss against the
+   * batch's sampling log-probs. The caller disposes the gradients.
+   */
+  gradients(batch: RolloutBatch, opts: { ppo?: boolean; training?: boolean } = {}): { grads: Record<string, tf.Tensor>; loss: number } {
+    const adapter = this.model.lora!;
+    const keyOf = new Map(Object.entries(adapter.variables).map(([key, v]) => [v.name, key]));
+    const vars = Object.values(adapter.variables);
+    const N = batch.responses.length;
+    let acc: Record<string, tf.Tensor> | null = null;
+    let loss = 0;
+    for (const mb of microBatches(batch, this.settings.microBatchSize)) {
+      const s = seqTensors(batch, mb, this.pad);
+      const adv = tf.tensor1d(mb.map((r) => batch.advantages[r]!), 'float32');
+      let old: tf.Tensor2D | null = null;
+      if (opts.ppo) {
+        const o = new Float32Array(mb.length * (s.T - 1));
+        mb.forEach((r, i) => o.set(batch.logp[r]!, i * (s.T - 1) + s.start[i]!));
+        old = tf.tensor2d(o, [mb.length, s.T - 1]);
+      }
+      const { value, grads } = tf.variableGrads(() => {
+        const lp = sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { training: opts.training ?? true, temperature: this.settings.temperature });
+        return old ? ppoClipLoss(lp, old, s.targets, adv, N, this.settings.clipRange) : reinforceLoss(lp, adv, N);
+      }, vars);
+      loss += value.dataSync()[0]!;
+      tf.dispose([value, adv, ...(old ? [old] : [])]);
+      disposeSeq(s);
+      if (acc === null) {
+        acc = {};
+        for (const [name, g] of Object.entries(grads)) acc[keyOf.get(name)!] = g;
+      } else {
+        for (const [name, g] of Object.entries(grads)) {
+          const key = keyOf.get(name)!;
+          const prev = acc[key]!;
+          acc[key] = tf.add(prev, g);
+          tf.dispose([prev, g]);
+        }
+      }
+    }
+    return { grads: acc ?? {}, loss };
+  }
+
+  /** One optimiser update from a batch's gradient; returns the loss and the gradient norm (before clipping). */
+  update(batch: RolloutBatch, lr: number, ppo: boolean): { loss: number; gradNorm: number } {
+    const { grads, loss } = this.gradients(batch, { ppo });
+    let norm: number;
+    try {
+      if (this.settings.gradClip > 0) {
+        const c = clipGradNorm(grads, this.settings.gradClip);
+        norm = c.norm;
+        if (Number.isFinite(norm)) this.optimizer.step(c.grads, lr);
+        tf.dispose(Object.values(c.grads));
+      } else {
+        norm = globalNorm(grads);
+        if (Number.isFinite(norm)) this.optimizer.step(grads, lr);
+      }
+    } finally {
+      tf.dispose(Object.values(grads));
+    }
+    if (!Number.isFinite(norm) || !Number.isFinite(loss)) {
+      throw new QrlhfError(`rloo: the loss or the gradient is not finite (loss ${loss}, grad norm ${norm}); lower lr or betaKl, or check the reward source`);
+    }
+    return { loss, gradNorm: norm };
+  }
+
+  /** A whole step: collect, then one REINFORCE update or ppoEpochs clipped ones. */
+  async step(prompts: RlPrompt[], lr: number): Promise<StepResult> {
+    const batch = await this.collect(prompts);
+    const epochs = Math.max(1, this.settings.ppoEpochs);
+    let loss = 0;
+    let gradNorm = 0;
+    for (let e = 0; e < epochs; e++) {
+      const u = this.update(batch, lr, this.settings.ppoEpochs > 0);
+      if (e === 0) {
+        loss = u.loss;
+        gradNorm = u.gradNorm;
+      }
+    }
+    return { batch, metrics: batchMetrics(batch, this.reward.taus, { loss, grad_norm: gradNorm }) };
+  }
+}
+
+/** The metric key of a quantile level: 'q' + tau with two decimals (q0.05, q0.10, ...). */
+export function quantileKey(tau: number): string {
+  return `q${tau.toFixed(2)}`;
+}
+
+/** SPEC §6 metrics of a batch: batch means of each quantile, the expectation, utility, KL, entropy, lengths. */
+export function batchMetrics(b: RolloutBatch, taus: Float32Array, extra: Record<string, number> = {}): Metrics {
+  const n = b.responses.length;
+  const K = taus.length;
+  const m: Metrics = {};
+  const qMean = new Float64Array(K);
+  let expectation = 0;
+  for (const q of b.quantiles) {
+    let s = 0;
+    for (let j = 0; j < K; j++) {
+      qMean[j]! += q[j]!;
+      s += q[j]!;
+    }
+    expectation += s / K;
+  }
+  for (let j = 0; j < K; j++) m[quantileKey(taus[j]!)] = qMean[j]! / n;
+  const mean = (xs: ArrayLike<number>) => {
+    let s = 0;
+    for (let i = 0; i < xs.length; i++) s += xs[i]!;
+    return s / xs.length;
+  };
+  const tokens = b.responses.reduce((a, r) => a + r.length, 0);
+  const entropy = b.entropySum.reduce((a, x) => a + x, 0);
+  m['expectation'] = expectation / n;
+  m['utility'] = mean(b.utilities);
+  m['kl'] = mean(b.kl);
+  m['entropy'] = tokens ? entropy / tokens : 0;
+  m['response_length'] = tokens / n;
+  m['eos_rate'] = b.eos.filter(Boolean).length / n;
+  m['reward'] = mean(b.rewards);
+  m['advantage_abs'] = mean(Array.from(b.advantages, Math.abs));
+  for (const [key, v] of Object.entries(extra)) m[key] = v;
+  return m;
+}

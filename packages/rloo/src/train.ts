@@ -1,0 +1,343 @@
+/**
+ * runRloo: risk-aware RLOO (SPEC §6) on a policy with a fresh LoRA adapter.
+ *
+ * The walk: load the policy and tokenizer → read the prompts, drop (and count) those over
+ * maxPromptLength → the reward source (a QRM folder, or the caller's) and the utility → attach the
+ * RL adapter (or restore the last checkpoint) → per step: the step's prompts (a seeded order,
+ * a pure function of (seed, step)), k responses each, their reward quantiles, U, KL to the
+ * reference (the same weights with the adapter off), leave-one-out advantages, one REINFORCE
+ * update (or ppoEpochs clipped ones) with AdamW → metrics, samples, checkpoints → the adapter in
+ * PEFT layout.
+ *
+ * Reproducibility: the prompt order depends only on (seed, step); every other draw (LoRA init,
+ * sampling, dropout) comes from one Rng checkpointed with the adapter and AdamW's moments, so a run
+ * killed at any moment and resumed ends with the same adapter as an uninterrupted one.
+ */
+import { appendFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import {
+  AdamW,
+  LoraAdapter,
+  QrlhfError,
+  Rng,
+  Tracker,
+  initBackend,
+  loadModel,
+  loadTrainingState,
+  saveLoraAdapter,
+  saveTrainingState,
+  writeDirAtomic,
+  writeFileAtomic,
+  type BackendName,
+  type LoraConfig,
+  type Metrics,
+} from '@qrlhf/core';
+import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
+import type { RlooConfig } from './config.js';
+import { RlooLearner, quantileKey, type RlooSettings, type RolloutBatch } from './learner.js';
+import { PromptStream, preparePrompts, readPromptTexts } from './prompts.js';
+import { qrmRewardSource, type RewardSource } from './reward.js';
+
+/** One response of a step, as given to the extraMetrics hook. */
+export interface RlooBatchItem {
+  prompt: string;
+  response: string;
+  /** The reward source's K quantiles of this response. */
+  quantiles: Float32Array;
+}
+
+export interface RlooHooks {
+  /** The reward source to use instead of the config's QRM folder. */
+  reward?: RewardSource;
+  /** The utility to use instead of the config's `utility`. */
+  utility?: Utility;
+  /** Extra metrics of a step's responses, merged into its metrics line (e.g. the world's true quantiles as `true/q0.05`). */
+  extraMetrics?: (batch: RlooBatchItem[], step: number) => Record<string, number> | Promise<Record<string, number>>;
+  /** Every metrics row, as it is logged. */
+  onMetrics?: (row: Metrics) => void;
+  /** After each step (1 = the first update), once its checkpoint (if any) is written. */
+  onStep?: (step: number) => void;
+  /** No progress bar or messages on stderr. */
+  quiet?: boolean;
+}
+
+export interface RlooResult {
+  outDir: string;
+  adapterDir: string;
+  /** Steps done in total (including those before a resume). */
+  steps: number;
+  /** Step resumed from (0 for a fresh run). */
+  resumedFrom: number;
+  prompts: { read: number; filtered: number; used: number };
+  /** The last metrics row logged by this process (null when the run was already finished). */
+  last: Metrics | null;
+}
+
+/** Config keys that fix the trajectory: a resumed run must agree with its checkpoint on them. */
+const TRAJECTORY_KEYS = [
+  'policy', 'tokenizer', 'qrm', 'prompts', 'maxPrompts', 'seed', 'utility', 'lambda', 'alpha', 'k', 'batchSize', 'lr',
+  'weightDecay', 'gradClip', 'loraR', 'loraAlpha', 'loraDropout', 'loraTargets', 'betaKl', 'klEstimator',
+  'missingEosPenalty', 'maxPromptLength', 'maxNewTokens', 'temperature', 'topP', 'topK', 'ppoEpochs', 'clipRange',
+  'microBatchSize', 'generationBatchSize',
+] as const satisfies readonly (keyof RlooConfig)[];
+
+export function loraConfigOf(cfg: RlooConfig): LoraConfig {
+  return {
+    r: cfg.loraR,
+    alpha: cfg.loraAlpha,
+    dropout: cfg.loraDropout,
+    targetModules: cfg.loraTargets.includes('all-linear') ? 'all-linear' : [...cfg.loraTargets],
+  };
+}
+
+export function settingsOf(cfg: RlooConfig): RlooSettings {
+  return {
+    k: cfg.k,
+    betaKl: cfg.betaKl,
+    klEstimator: cfg.klEstimator,
+    missingEosPenalty: cfg.missingEosPenalty,
+    maxNewTokens: cfg.maxNewTokens,
+    temperature: cfg.temperature,
+    topP: cfg.topP,
+    topK: cfg.topK,
+    ppoEpochs: cfg.ppoEpochs,
+    clipRange: cfg.clipRange,
+    microBatchSize: cfg.microBatchSize,
+    generationBatchSize: cfg.generationBatchSize,
+    gradClip: cfg.gradClip,
+  };
+}
+
+function validate(cfg: RlooConfig, hooks: RlooHooks): void {
+  const missing: string[] = [];
+  if (!cfg.policy) missing.push('"policy" (--policy)');
+  if (!cfg.prompts) missing.push('"prompts" (--prompts)');
+  if (!cfg.qrm && !hooks.reward) missing.push('"qrm" (--qrm)');
+  if (missing.length) throw new QrlhfError(`rloo config: ${missing.join(', ')} must be set, in the config file or as a flag`);
+  if (!cfg.out) throw new QrlhfError('rloo config: "out" (--out) must be a folder');
+  if (!(cfg.temperature > 0)) throw new QrlhfError(`rloo config: "temperature" must be > 0 for training, got ${cfg.temperature}`);
+  if (!(cfg.topP > 0)) throw new QrlhfError(`rloo config: "topP" must be in (0, 1], got ${cfg.topP}`);
+  if (cfg.loraTargets.length === 0) throw new QrlhfError('rloo config: "loraTargets" must name at least one module (or "all-linear")');
+  if (!(cfg.loraAlpha > 0)) throw new QrlhfError(`rloo config: "loraAlpha" must be > 0, got ${cfg.loraAlpha}`);
+  if (!(cfg.lr > 0)) throw new QrlhfError(`rloo config: "lr" must be > 0, got ${cfg.lr}`);
+}
+
+function checkResumable(cfg: RlooConfig, extra: Record<string, unknown>, where: string): void {
+  const saved = extra['config'];
+  if (typeof saved !== 'object' || saved === null) return;
+  const s = saved as Record<string, unknown>;
+  const diff = TRAJECTORY_KEYS.filter((k) => JSON.stringify(s[k]) !== JSON.stringify(cfg[k]));
+  if (diff.length) {
+    throw new QrlhfError(
+      `${where}: cannot resume: the checkpoint was made with different ${diff.map((k) => `"${k}" (${JSON.stringify(s[k])}, now ${JSON.stringify(cfg[k])})`).join(', ')}`,
+    );
+  }
+}
+
+function say(quiet: boolean | undefined, tracker: Tracker | null, text: string): void {
+  if (quiet) return;
+  if (tracker) tracker.println(text);
+  else process.stderr.write(`${text}\n`);
+}
+
+/** samples.jsonl rows of one step: the first `n` responses with their quantiles. */
+function sampleRows(b: RolloutBatch, step: number, n: number, taus: Float32Array): string {
+  const rows: string[] = [];
+  for (let i = 0; i < Math.min(n, b.responses.length); i++) {
+    const q = b.quantiles[i]!;
+    rows.push(
+      JSON.stringify({
+        step,
+        prompt: b.prompts[Math.floor(i / b.k)]!.text,
+        response: b.texts[i],
+        eos: b.eos[i],
+        tokens: b.responses[i]!.length,
+        quantiles: Object.fromEntries(Array.from(taus, (t, j) => [quantileKey(t), q[j]])),
+        expectation: q.reduce((a, x) => a + x, 0) / q.length,
+        utility: b.utilities[i],
+        kl: b.kl[i],
+        reward: b.rewards[i],
+        advantage: b.advantages[i],
+      }),
+    );
+  }
+  return rows.map((r) => r + '\n').join('');
+}
+
+/** Runs RLOO as configured; see the file comment. Relative paths in `cfg` are taken against the working directory. */
+export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promise<RlooResult> {
+  const cfg: RlooConfig = {
+    ...config,
+    loraTargets: [...config.loraTargets],
+    out: resolve(config.out),
+    policy: config.policy ? resolve(config.policy) : null,
+    prompts: config.prompts ? resolve(config.prompts) : null,
+    qrm: config.qrm ? resolve(config.qrm) : null,
+    tokenizer: config.tokenizer ? resolve(config.tokenizer) : null,
+  };
+  validate(cfg, hooks);
+  const utility = hooks.utility ?? (await makeUtility({ name: cfg.utility, lambda: cfg.lambda, alpha: cfg.alpha }));
+  await initBackend(cfg.backend as BackendName, { quiet: hooks.quiet ?? false });
+
+  const out = cfg.out;
+  const ckptDir = join(out, 'checkpoints');
+  const adapterDir = join(out, 'adapter');
+  const samplesPath = join(out, 'samples.jsonl');
+  const hasCheckpoint = existsSync(join(ckptDir, 'state.json'));
+  if (hasCheckpoint && !cfg.resume) {
+    throw new QrlhfError(`${out}: this run folder already has a checkpoint; pass --resume to continue it, or choose another --out`);
+  }
+
+  const texts = await readPromptTexts(cfg.prompts!, cfg.maxPrompts);
+  const loaded = await loadModel(cfg.policy!, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+  const model = loaded.model;
+  const tok = loaded.tokenizer;
+  let qrm: QuantileRewardModel | null = null;
+  let tracker: Tracker | null = null;
+  let opt: AdamW | null = null;
+  try {
+    const pset = preparePrompts(texts, tok, {
+      maxPromptLength: cfg.maxPromptLength,
+      maxNewTokens: cfg.maxNewTokens,
+      contextLength: model.config.maxPositionEmbeddings,
+    });
+    if (cfg.maxNewTokens + 1 > model.config.maxPositionEmbeddings) {
+      throw new QrlhfError(`rloo config: "maxNewTokens" ${cfg.maxNewTokens} leaves no room for a prompt in the policy's ${model.config.maxPositionEmbeddings}-token context`);
+    }
+    const stream = new PromptStream(pset.prompts.length, cfg.seed);
+    let reward: RewardSource;
+    if (hooks.reward) reward = hooks.reward;
+    else {
+      qrm = await QuantileRewardModel.load(cfg.qrm!);
+      reward = qrmRewardSource(qrm, { batchSize: cfg.rewardBatchSize });
+    }
+
+    // The adapter, the optimiser and the Rng: fresh, or from the checkpoint.
+    const lcfg = loraConfigOf(cfg);
+    const state = cfg.resume ? loadTrainingState(ckptDir) : null;
+    let rng: Rng;
+    let step = 0;
+    let adapter: LoraAdapter;
+    if (model.lora) throw new QrlhfError(`${cfg.policy}: the policy already carries a LoRA adapter; merge it first (the SFT run's merged/ folder)`);
+    if (state) {
+      checkResumable(cfg, state.extra, join(ckptDir, 'state.json'));
+      rng = new Rng(cfg.seed, state.rng);
+      adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(ckptDir, 'state.json'), rng);
+      model.lora = adapter;
+      step = state.step;
+    } else {
+      rng = new Rng(`${cfg.seed}:rloo`);
+      adapter = model.addLora(lcfg, rng);
+    }
+    opt = new AdamW(adapter.variables, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+    if (state) {
+      opt.setState(state.optimizer);
+      for (const t of Object.values(state.optimizer.tensors)) t.dispose();
+    } else {
+      rmSync(ckptDir, { recursive: true, force: true });
+    }
+    const resumedFrom = step;
+    if (resumedFrom > cfg.steps) throw new QrlhfError(`${ckptDir}: the checkpoint is at step ${resumedFrom}, past this config's ${cfg.steps} steps`);
+
+    writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    // samples.jsonl: on resume keep the rows up to the checkpoint, as metrics.jsonl does
+    if (resumedFrom > 0 && existsSync(samplesPath)) {
+      const kept = readFileSync(samplesPath, 'utf8')
+        .split('\n')
+        .filter((l) => {
+          if (!l.trim()) return false;
+          try {
+            const s = (JSON.parse(l) as { step?: unknown }).step;
+            return typeof s === 'number' && s <= resumedFrom;
+          } catch {
+            return false;
+          }
+        });
+      writeFileAtomic(samplesPath, kept.map((l) => l + '\n').join(''));
+    } else {
+      rmSync(samplesPath, { force: true });
+    }
+    const taus = reward.taus;
+    tracker = await Tracker.create({
+      dir: out,
+      console: !hooks.quiet,
+      label: `rloo ${cfg.utility.length > 24 ? 'custom' : cfg.utility}`,
+      total: cfg.steps,
+      start: resumedFrom,
+      keys: ['utility', 'expectation', quantileKey(taus[0] ?? 0.05), 'kl'],
+      resume: resumedFrom > 0,
+      keep: (row) => typeof row['step'] === 'number' && row['step'] <= resumedFrom,
+      wandb: cfg.wandbProject ? { project: cfg.wandbProject, config: { ...cfg } } : false,
+    });
+    const log = (row: Metrics) => {
+      tracker!.log(row);
+      hooks.onMetrics?.(row);
+    };
+    say(hooks.quiet, tracker,
+      `rloo: ${pset.read} prompts read, ${pset.filtered} over ${cfg.maxPromptLength} tokens filtered out, ${pset.prompts.length} used; ` +
+        `${cfg.steps} steps of ${cfg.batchSize} prompts x ${cfg.k} responses; utility ${cfg.utility}` +
+        (resumedFrom ? `; resuming at step ${resumedFrom}` : ''));
+
+    const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: settingsOf(cfg), rng, optimizer: opt });
+    const saveCheckpoint = (s: number) =>
+      saveTrainingState(ckptDir, {
+        step: s,
+        variables: adapter.variables,
+        optimizer: opt!.getState(),
+        rng: rng.state(),
+        extra: { config: Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])) },
+      });
+    let last: Metrics | null = null;
+    let lastCkpt = resumedFrom;
+    while (step < cfg.steps) {
+      const t0 = performance.now();
+      const idx = stream.slice(step * cfg.batchSize, (step + 1) * cfg.batchSize);
+      const { batch, metrics } = await learner.step(idx.map((i) => pset.prompts[i]!), cfg.lr);
+      step++;
+      let extra: Record<string, number> = {};
+      if (hooks.extraMetrics) {
+        const items = batch.texts.map((response, i) => ({ prompt: batch.prompts[Math.floor(i / batch.k)]!.text, response, quantiles: batch.quantiles[i]! }));
+        extra = await hooks.extraMetrics(items, step);
+      }
+      const row: Metrics = { step, ...metrics, lr: cfg.lr, step_time_s: (performance.now() - t0) / 1000, filtered_prompts: pset.filtered, ...extra };
+      if (step % cfg.logEvery === 0 || step === cfg.steps || step === 1) {
+        log(row);
+        last = row;
+      } else {
+        tracker.console?.progress.update(step);
+      }
+      if (cfg.sampleEvery > 0 && (step % cfg.sampleEvery === 0 || step === 1)) appendFileSync(samplesPath, sampleRows(batch, step, cfg.samplesPerLog, taus));
+      if ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || step === cfg.steps) {
+        saveCheckpoint(step);
+        lastCkpt = step;
+      }
+      hooks.onStep?.(step);
+    }
+    if (lastCkpt !== step) saveCheckpoint(step);
+    await writeDirAtomic(adapterDir, (tmp) => saveLoraAdapter(tmp, adapter, cfg.policy!));
+    say(hooks.quiet, tracker, `rloo: done at step ${step}; adapter ${adapterDir}`);
+    return {
+      outDir: out,
+      adapterDir,
+      steps: step,
+      resumedFrom,
+      prompts: { read: pset.read, filtered: pset.filtered, used: pset.prompts.length },
+      last,
+    };
+  } finally {
+    opt?.dispose();
+    model.dispose();
+    qrm?.dispose();
+    await tracker?.close();
+  }
+}
+
+/** Reads a run folder's metrics.jsonl rows. */
+export function readRlooMetrics(outDir: string): Metrics[] {
+  const p = join(outDir, 'metrics.jsonl');
+  if (!existsSync(p)) return [];
+  return readFileSync(p, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as Metrics);
+}
