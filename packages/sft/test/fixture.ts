@@ -5,7 +5,8 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LlamaModel, Tokenizer, saveHfFolder, type LlamaConfig } from '@qrlhf/core';
+import * as tf from '@tensorflow/tfjs';
+import { LlamaModel, Rng, Tokenizer, llamaWeightShapes, saveHfFolder, type LlamaConfig } from '@qrlhf/core';
 import type { SftConfig } from '../src/config.js';
 import { sftDefaults } from '../src/config.js';
 
@@ -40,7 +41,17 @@ export function tmp(label: string): string {
 /** A random tiny model with the char tokenizer, saved as a Hugging Face folder in `dir`. */
 export async function writeTinyModel(dir: string, seed = 1): Promise<string> {
   const tok = Tokenizer.fromJSON(charTokenizerJson(), { config: TINY });
-  const model = LlamaModel.random(TINY, seed);
+  // Weights drawn here rather than by LlamaModel.random (std 0.02): with a tied embedding that
+  // small, logits stay within about ±0.3 and no adapter could fit the data; std 1 embeddings and
+  // 1/sqrt(fan-in) linear layers give a model whose output a LoRA can actually move.
+  const rng = new Rng(`tiny-model:${seed}`);
+  const tensors: Record<string, tf.Tensor> = {};
+  for (const [name, shape] of Object.entries(llamaWeightShapes(TINY))) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const std = name.endsWith('norm.weight') ? 0 : name.includes('embed') ? 1 : 1 / Math.sqrt(shape[1]!);
+    tensors[name] = tf.tensor(Float32Array.from({ length: n }, () => (std === 0 ? 1 : std * rng.normal())), shape);
+  }
+  const model = LlamaModel.fromTensors(TINY, tensors);
   await saveHfFolder(dir, model, tok);
   model.dispose();
   return dir;
