@@ -1,0 +1,341 @@
+/**
+ * The quantile reward model as one object and one folder:
+ *   heads.safetensors  `weight` [M, K, d] f32, `bias` [M, K] f32, `taus` [K] f32 (the stage-1
+ *                      heads; attribute names and label scaling in the metadata)
+ *   gate.safetensors   the gating MLP (Linear weights [out, in], `beta` [1])
+ *   qrm.json           taus, attributes, verbosity attribute and debias penalties, label scaling,
+ *                      the backbone reference, the gate's shape, the mixing rule
+ * Scoring: attribute quantiles from the heads on the response feature, verbosity debiasing, gate
+ * weights from the prompt feature, mixing (eq. 3 by default).
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { QrlhfError, loadModel, readSafetensors, writeFileAtomic, writeSafetensors } from '@qrlhf/core';
+import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
+import { applyDebias } from './debias.js';
+import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
+import { pairFeatures, type Backbone, type PromptResponseItem } from './features.js';
+
+export interface QrmScore {
+  /** K mixed reward quantiles, non-decreasing. */
+  quantiles: Float32Array;
+  /** mean_k of `quantiles`. */
+  expectation: number;
+  /** Gate weights g (M values, summing to beta). */
+  gate: Float32Array;
+  /** [M, K] the debiased attribute quantiles that were mixed (quantiles = Σ_m gate_m · these, eq. 3). */
+  attributeQuantiles: Float32Array;
+}
+
+export interface LabelScale {
+  min: number;
+  max: number;
+}
+
+/** Per-attribute min/max that mapped the raw labels onto [0, 1] before fitting. */
+export type LabelScaling = Record<string, LabelScale>;
+
+export interface QrmJson {
+  format: 'qrlhf-qrm/1';
+  taus: number[];
+  attributes: string[];
+  /** The verbosity attribute (null: no debiasing). */
+  verbosity: string | null;
+  /** p_j per attribute (ArmoRM's rule); all 0 when verbosity is null. */
+  debiasPenalties: number[];
+  /** Informational copy of the heads' label scaling (heads.safetensors metadata is what is read back). */
+  labelScaling: LabelScaling | null;
+  /** The frozen backbone the features come from: a model folder or llama2.c file (relative to qrm.json's folder, or absolute). */
+  backbone: string | null;
+  /** A tokenizer to use instead of the backbone's own (optional). */
+  tokenizer?: string | null;
+  /** Longest token sequence fed to the backbone (default: its maxPositionEmbeddings). */
+  maxTokens?: number | null;
+  gate: GateConfig;
+  mixture: MixtureMode;
+}
+
+// ---------------------------------------------------------------------------------------------
+// heads.safetensors
+
+/** The heads' min-max label scaling by attribute name, or null when labels were used as given. */
+export function headsLabelScaling(heads: QuantileHeads): LabelScaling | null {
+  if (!heads.labelMin || !heads.labelMax) return null;
+  const out: LabelScaling = {};
+  heads.attributes.forEach((a, m) => (out[a] = { min: heads.labelMin![m]!, max: heads.labelMax![m]! }));
+  return out;
+}
+
+/**
+ * Writes stage-1 heads in the contract layout (atomic): tensors `weight` [M, K, d], `bias` [M, K],
+ * `taus` [K], all F32; attribute names and the label scaling go in the metadata.
+ */
+export function saveHeads(path: string, heads: QuantileHeads): void {
+  const M = heads.attributes.length;
+  const K = heads.taus.length;
+  const d = heads.d;
+  if (heads.weight.length !== M * K * d || heads.bias.length !== M * K) {
+    throw new QrlhfError(`saveHeads: weight must be [${M}, ${K}, ${d}] and bias [${M}, ${K}]`);
+  }
+  const metadata: Record<string, string> = { format: 'qrlhf-heads/1', attributes: JSON.stringify(heads.attributes) };
+  const scaling = headsLabelScaling(heads);
+  if (scaling) metadata['label_scaling'] = JSON.stringify(scaling);
+  writeSafetensors(
+    path,
+    {
+      weight: { dtype: 'F32', shape: [M, K, d], data: heads.weight },
+      bias: { dtype: 'F32', shape: [M, K], data: heads.bias },
+      taus: { dtype: 'F32', shape: [K], data: heads.taus },
+    },
+    metadata,
+  );
+}
+
+/** Reads heads.safetensors; checks the contract's names, shapes and dtypes. */
+export function loadHeads(path: string): QuantileHeads {
+  if (!existsSync(path)) throw new QrlhfError(`${path}: heads file not found`);
+  const { tensors, metadata } = readSafetensors(path);
+  const get = (name: string, rank: number): { shape: number[]; data: Float32Array } => {
+    const t = tensors[name];
+    if (!t) throw new QrlhfError(`${path}: tensor "${name}" is missing (expected weight [M, K, d], bias [M, K], taus [K])`);
+    if (t.dtype !== 'F32' || !(t.data instanceof Float32Array)) throw new QrlhfError(`${path}: tensor "${name}" is ${t.dtype}, expected F32`);
+    if (t.shape.length !== rank) throw new QrlhfError(`${path}: tensor "${name}" has shape [${t.shape.join(', ')}], expected ${rank} dimensions`);
+    return { shape: t.shape, data: t.data };
+  };
+  const w = get('weight', 3);
+  const b = get('bias', 2);
+  const taus = get('taus', 1);
+  const [M, K, d] = w.shape as [number, number, number];
+  if (b.shape[0] !== M || b.shape[1] !== K) throw new QrlhfError(`${path}: bias is [${b.shape.join(', ')}], expected [${M}, ${K}]`);
+  if (taus.shape[0] !== K) throw new QrlhfError(`${path}: taus has ${taus.shape[0]} levels, weight has ${K}`);
+  for (let k = 0; k < K; k++) {
+    const t = taus.data[k]!;
+    if (!(t > 0 && t < 1) || (k > 0 && !(t > taus.data[k - 1]!))) throw new QrlhfError(`${path}: taus must increase strictly inside (0, 1), got ${Array.from(taus.data).join(', ')}`);
+  }
+  let attributes: string[] = Array.from({ length: M }, (_, j) => `attribute_${j}`);
+  if (metadata['attributes']) {
+    let a: unknown;
+    try {
+      a = JSON.parse(metadata['attributes']);
+    } catch {
+      a = null;
+    }
+    if (!Array.isArray(a) || a.length !== M || !a.every((x) => typeof x === 'string')) {
+      throw new QrlhfError(`${path}: metadata "attributes" must be a JSON list of ${M} names`);
+    }
+    attributes = a as string[];
+  }
+  const heads: QuantileHeads = { weight: w.data, bias: b.data, taus: taus.data, attributes, d };
+  if (metadata['label_scaling']) {
+    let s: LabelScaling;
+    try {
+      s = JSON.parse(metadata['label_scaling']) as LabelScaling;
+    } catch {
+      throw new QrlhfError(`${path}: metadata "label_scaling" is not JSON`);
+    }
+    const missing = attributes.filter((a) => !s[a] || !Number.isFinite(s[a]!.min) || !Number.isFinite(s[a]!.max));
+    if (missing.length) throw new QrlhfError(`${path}: metadata "label_scaling" lacks {min, max} for ${missing.join(', ')}`);
+    heads.labelMin = Float32Array.from(attributes, (a) => s[a]!.min);
+    heads.labelMax = Float32Array.from(attributes, (a) => s[a]!.max);
+  }
+  return heads;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+export interface QrmParts {
+  heads: QuantileHeads;
+  gate: GateNetwork;
+  /** Name of the verbosity attribute, or null for no debiasing. */
+  verbosity: string | null;
+  debiasPenalties: number[];
+  backbone?: string | null;
+  tokenizer?: string | null;
+  maxTokens?: number | null;
+  mixture?: MixtureMode;
+}
+
+export class QuantileRewardModel {
+  readonly heads: QuantileHeads;
+  readonly gate: GateNetwork;
+  readonly verbosity: string | null;
+  readonly debiasPenalties: number[];
+  /** The backbone reference as resolved (absolute when it came from a file). */
+  backbonePath: string | null;
+  tokenizerPath: string | null;
+  readonly maxTokens: number | null;
+  /** How the attribute distributions are mixed: eq. 3 (default) or the true mixture. */
+  mixture: MixtureMode;
+  private backbone: Backbone | null = null;
+  private ownsBackbone = false;
+
+  constructor(p: QrmParts) {
+    const M = p.heads.attributes.length;
+    if (p.gate.config.numAttributes !== M) throw new QrlhfError(`QRM: the gate has ${p.gate.config.numAttributes} outputs for ${M} attributes`);
+    if (p.debiasPenalties.length !== M) throw new QrlhfError(`QRM: ${p.debiasPenalties.length} debias penalties for ${M} attributes`);
+    if (p.verbosity !== null && !p.heads.attributes.includes(p.verbosity)) {
+      throw new QrlhfError(`QRM: verbosity attribute "${p.verbosity}" is not one of ${p.heads.attributes.join(', ')}`);
+    }
+    this.heads = p.heads;
+    this.gate = p.gate;
+    this.verbosity = p.verbosity;
+    this.debiasPenalties = [...p.debiasPenalties];
+    this.backbonePath = p.backbone ?? null;
+    this.tokenizerPath = p.tokenizer ?? null;
+    this.maxTokens = p.maxTokens ?? null;
+    this.mixture = p.mixture ?? 'eq3';
+  }
+
+  /** Per-attribute min/max that mapped raw labels onto the heads' [0, 1] scale (null: none). */
+  get labelScaling(): LabelScaling | null {
+    return headsLabelScaling(this.heads);
+  }
+
+  get taus(): Float32Array {
+    return this.heads.taus;
+  }
+
+  get attributes(): string[] {
+    return this.heads.attributes;
+  }
+
+  /** Uses this backbone for score() instead of loading the one named in qrm.json. */
+  setBackbone(b: Backbone): void {
+    if (b.model.config.hiddenSize !== this.heads.d) {
+      throw new QrlhfError(`QRM: the backbone's hidden size is ${b.model.config.hiddenSize}, the heads expect ${this.heads.d}`);
+    }
+    if (this.ownsBackbone && this.backbone && this.backbone !== b) this.backbone.model.dispose();
+    this.backbone = b;
+    this.ownsBackbone = false;
+  }
+
+  static async load(dir: string): Promise<QuantileRewardModel> {
+    const cfgPath = join(dir, 'qrm.json');
+    if (!existsSync(cfgPath)) throw new QrlhfError(`${dir}: not a QRM folder (no qrm.json)`);
+    let j: QrmJson;
+    try {
+      j = JSON.parse(readFileSync(cfgPath, 'utf8')) as QrmJson;
+    } catch (e) {
+      throw new QrlhfError(`${cfgPath}: not valid JSON (${e instanceof Error ? e.message : String(e)})`);
+    }
+    if (j.format !== 'qrlhf-qrm/1') throw new QrlhfError(`${cfgPath}: "format" must be "qrlhf-qrm/1", got ${JSON.stringify(j.format)}`);
+    const heads = loadHeads(join(dir, 'heads.safetensors'));
+    if (!Array.isArray(j.attributes) || j.attributes.join('\u0000') !== heads.attributes.join('\u0000')) {
+      throw new QrlhfError(`${cfgPath}: "attributes" (${j.attributes}) differ from heads.safetensors (${heads.attributes})`);
+    }
+    if (!Array.isArray(j.taus) || j.taus.length !== heads.taus.length || j.taus.some((t, k) => Math.abs(t - heads.taus[k]!) > 1e-6)) {
+      throw new QrlhfError(`${cfgPath}: "taus" differ from heads.safetensors`);
+    }
+    if (!j.gate || typeof j.gate !== 'object') throw new QrlhfError(`${cfgPath}: "gate" (the gate's shape) is missing`);
+    const gatePath = join(dir, 'gate.safetensors');
+    if (!existsSync(gatePath)) throw new QrlhfError(`${gatePath}: gate file not found`);
+    const gate = GateNetwork.fromTensors(j.gate, readSafetensors(gatePath).tensors as Record<string, { shape: number[]; data: Float32Array }>, gatePath);
+    const ref = (p: string | null | undefined): string | null => (p ? (isAbsolute(p) ? p : resolve(dir, p)) : null);
+    return new QuantileRewardModel({
+      heads,
+      gate,
+      verbosity: j.verbosity ?? null,
+      debiasPenalties: j.debiasPenalties,
+      backbone: ref(j.backbone),
+      tokenizer: ref(j.tokenizer),
+      maxTokens: j.maxTokens ?? null,
+      mixture: j.mixture ?? 'eq3',
+    });
+  }
+
+  toJSON(): QrmJson {
+    return {
+      format: 'qrlhf-qrm/1',
+      taus: Array.from(this.heads.taus),
+      attributes: [...this.heads.attributes],
+      verbosity: this.verbosity,
+      debiasPenalties: [...this.debiasPenalties],
+      labelScaling: this.labelScaling,
+      backbone: this.backbonePath,
+      tokenizer: this.tokenizerPath,
+      maxTokens: this.maxTokens,
+      gate: { ...this.gate.config },
+      mixture: this.mixture,
+    };
+  }
+
+  /** Writes the folder atomically: built under a temporary name beside it, then swapped in. */
+  save(dir: string): void {
+    const target = resolve(dir);
+    mkdirSync(dirname(target), { recursive: true });
+    const tmp = `${target}.tmp-${process.pid}`;
+    rmSync(tmp, { recursive: true, force: true });
+    mkdirSync(tmp);
+    try {
+      saveHeads(join(tmp, 'heads.safetensors'), this.heads);
+      writeSafetensors(join(tmp, 'gate.safetensors'), this.gate.toTensors(), { format: 'qrlhf-gate/1' });
+      writeFileAtomic(join(tmp, 'qrm.json'), JSON.stringify(this.toJSON(), null, 2) + '\n');
+    } catch (e) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    const old = `${target}.old-${process.pid}`;
+    if (existsSync(target)) renameSync(target, old);
+    renameSync(tmp, target);
+    rmSync(old, { recursive: true, force: true });
+  }
+
+  /**
+   * Scores n (prompt feature, response feature) pairs, each [n, d] row-major: attribute quantiles
+   * from the heads on the response feature, debiasing, the gate on the prompt feature, mixing.
+   */
+  scoreFeatures(promptFeat: Float32Array, respFeat: Float32Array, n: number): QrmScore[] {
+    const { d, attributes } = this.heads;
+    const M = attributes.length;
+    const K = this.heads.taus.length;
+    if (promptFeat.length !== n * d || respFeat.length !== n * d) {
+      throw new QrlhfError(`QRM: expected prompt and response features of ${n} x ${d}, got ${promptFeat.length} and ${respFeat.length} values`);
+    }
+    const raw = predictAttributeQuantiles(this.heads, respFeat, n);
+    const vIdx = this.verbosity === null ? -1 : attributes.indexOf(this.verbosity);
+    const attrQ = applyDebias(raw, n, M, K, this.debiasPenalties, vIdx);
+    const g = this.gate.predict(promptFeat, n);
+    const mixed = mixQuantiles(attrQ, g, n, M, this.heads.taus, this.mixture);
+    const out: QrmScore[] = [];
+    for (let i = 0; i < n; i++) {
+      const quantiles = mixed.slice(i * K, (i + 1) * K);
+      let s = 0;
+      for (let k = 0; k < K; k++) s += quantiles[k]!;
+      out.push({
+        quantiles,
+        expectation: s / K,
+        gate: g.slice(i * M, (i + 1) * M),
+        attributeQuantiles: attrQ.slice(i * M * K, (i + 1) * M * K),
+      });
+    }
+    return out;
+  }
+
+  /** Loads the backbone named in qrm.json (once) and returns it. */
+  async loadBackbone(): Promise<Backbone> {
+    if (this.backbone) return this.backbone;
+    if (!this.backbonePath) {
+      throw new QrlhfError('QRM: no backbone is recorded in qrm.json; give one (--backbone) or call setBackbone()');
+    }
+    const loaded = await loadModel(this.backbonePath, this.tokenizerPath ? { tokenizer: this.tokenizerPath } : {});
+    this.setBackbone({ model: loaded.model, tokenizer: loaded.tokenizer });
+    this.ownsBackbone = true;
+    return this.backbone!;
+  }
+
+  /** Scores (prompt, response) pairs end to end: one backbone pass each, then scoreFeatures. */
+  async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
+    if (pairs.length === 0) return [];
+    const b = await this.loadBackbone();
+    const f = pairFeatures(b, pairs, { batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined });
+    return this.scoreFeatures(f.prompt, f.response, pairs.length);
+  }
+
+  /** Frees the gate (and the backbone when this model loaded it). */
+  dispose(): void {
+    this.gate.dispose();
+    if (this.ownsBackbone) this.backbone?.model.dispose();
+    this.backbone = null;
+  }
+}
