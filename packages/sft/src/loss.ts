@@ -17,15 +17,17 @@ function shifted(logits: tf.Tensor3D, ids: tf.Tensor2D, lossMask: tf.Tensor2D) {
 
 /**
  * Sum over scored tokens of -log softmax(logits)[target], a scalar (divide by the number of
- * scored tokens for the mean). Written as logsumexp - logit[target] with a one-hot product, whose
- * gradient needs no scatter kernel (gather's gradient is missing on the wasm backend).
+ * scored tokens for the mean). Written as logsumexp - logit[target], the target logit gathered
+ * from the flattened logits (no [B, T, V] one-hot: the logits are the largest tensor already).
  */
 export function maskedNllSum(logits: tf.Tensor3D, ids: tf.Tensor2D, lossMask: tf.Tensor2D): tf.Scalar {
   return tf.tidy(() => {
     const { pred, targets, weights, V } = shifted(logits, ids, lossMask);
-    const lse = tf.logSumExp(pred, -1);
-    const picked = tf.sum(tf.mul(pred, tf.oneHot(targets, V)), -1);
-    return tf.sum(tf.mul(tf.sub(lse, picked), weights)) as tf.Scalar;
+    const n = targets.size;
+    const lse = tf.logSumExp(pred, -1).reshape([n]);
+    const flat = tf.add(tf.mul(tf.range(0, n, 1, 'int32'), tf.scalar(V, 'int32')), targets.toInt().reshape([n]));
+    const picked = tf.gather(pred.reshape([n * V]), flat);
+    return tf.sum(tf.mul(tf.sub(lse, picked), weights.reshape([n]))) as tf.Scalar;
   });
 }
 

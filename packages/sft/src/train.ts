@@ -226,10 +226,12 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     if (resumedFrom > totalSteps) {
       throw new QrlhfError(`${ckptDir}: the checkpoint is at step ${resumedFrom}, past this config's ${totalSteps} steps`);
     }
+    const warmup = Math.min(cfg.warmupSteps, totalSteps);
+    const flat = constantSchedule(cfg.lr);
     const schedule =
       cfg.schedule === 'cosine'
-        ? cosineSchedule({ lr: cfg.lr, warmupSteps: Math.min(cfg.warmupSteps, totalSteps), totalSteps, minLr: cfg.minLr })
-        : (s: number) => (s < cfg.warmupSteps ? (cfg.lr * (s + 1)) / cfg.warmupSteps : constantSchedule(cfg.lr)(s));
+        ? cosineSchedule({ lr: cfg.lr, warmupSteps: warmup, totalSteps, minLr: cfg.minLr })
+        : (s: number) => (s < warmup ? (cfg.lr * (s + 1)) / warmup : flat(s));
 
     // The run folder: the resolved config, then the metrics (on resume, without the rows a killed
     // run logged after its last checkpoint).
