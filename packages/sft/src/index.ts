@@ -1,6 +1,6 @@
 export {
-  SFT_FIELDS, LORA_TARGET_NAMES, BACKENDS, sftDefaults, parseSftConfig, resolveConfigPaths, loadSftConfigFile,
-  applySftOverrides, loadSftConfig, type SftConfig, type SftConfigKey,
+  SFT_SCHEMA, SFT_PATH_KEYS, LORA_TARGET_NAMES, BACKENDS, sftDefaults, resolveConfigPaths, loadSftConfigFile,
+  applySftOverrides, loadSftConfig, checkSftConfig, type SftConfig, type SftConfigKey,
 } from './config.js';
 export { runSft, evaluateSft, readMetrics, type SftHooks, type SftResult, type SftDataSummary } from './train.js';
 export {

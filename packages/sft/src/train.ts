@@ -43,7 +43,7 @@ import {
   type Metrics,
   type Tokenizer,
 } from '@qrlhf/core';
-import type { SftConfig } from './config.js';
+import { checkSftConfig, type SftConfig } from './config.js';
 import { ExampleStream, lossTokenCount, padBatch, splitHeldOut, tokenizeExamples, type SftExample, type TokenizeStats } from './data.js';
 import { maskedCorrect, maskedNllSum } from './loss.js';
 
@@ -96,7 +96,7 @@ interface Prepared {
   summary: SftDataSummary;
 }
 
-async function prepareData(cfg: SftConfig, tok: Tokenizer): Promise<Prepared> {
+async function prepareData(cfg: SftConfig & { data: string }, tok: Tokenizer): Promise<Prepared> {
   let skippedEmpty = 0;
   let pairs = await readSftExamples(cfg.data, { onSkip: () => skippedEmpty++ });
   if (cfg.maxExamples > 0) pairs = pairs.slice(0, cfg.maxExamples);
@@ -154,7 +154,8 @@ export function evaluateSft(model: LlamaModel, examples: readonly SftExample[], 
 }
 
 function loraConfigOf(cfg: SftConfig): LoraConfig {
-  return { r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targetModules: cfg.loraTargets };
+  const all = cfg.loraTargets.includes('all-linear');
+  return { r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targetModules: all ? 'all-linear' : [...cfg.loraTargets] };
 }
 
 function say(quiet: boolean | undefined, tracker: Tracker | null, text: string): void {
@@ -165,14 +166,14 @@ function say(quiet: boolean | undefined, tracker: Tracker | null, text: string):
 
 /** Runs SFT with LoRA as configured; see the file comment. Paths in `cfg` are taken relative to the working directory. */
 export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
-  const cfg: SftConfig = {
-    ...config,
-    model: resolve(config.model),
-    data: resolve(config.data),
-    out: resolve(config.out),
-    tokenizer: config.tokenizer ? resolve(config.tokenizer) : '',
+  const checked = checkSftConfig(config);
+  const cfg = {
+    ...checked,
+    model: resolve(checked.model),
+    data: resolve(checked.data),
+    out: resolve(checked.out),
+    tokenizer: checked.tokenizer ? resolve(checked.tokenizer) : null,
   };
-  validateRuntime(cfg);
   await initBackend(cfg.backend, { quiet: hooks.quiet ?? false });
 
   const out = cfg.out;
@@ -411,28 +412,6 @@ function sampleMerged(model: LlamaModel, tok: Tokenizer, items: { prompt: string
     out.push({ prompt: it.prompt, response: text, reference: it.response });
   }
   return out;
-}
-
-function validateRuntime(cfg: SftConfig): void {
-  const pos = (k: keyof SftConfig) => {
-    const v = cfg[k];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw new QrlhfError(`config "${k}": expected a positive integer, got ${JSON.stringify(v)}`);
-  };
-  const nonneg = (k: keyof SftConfig) => {
-    const v = cfg[k];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new QrlhfError(`config "${k}": expected an integer >= 0, got ${JSON.stringify(v)}`);
-  };
-  for (const k of ['loraR', 'maxLength', 'microBatchSize', 'gradAccumSteps', 'logEvery'] as const) pos(k);
-  for (const k of ['maxSteps', 'maxExamples', 'maxEvalExamples', 'warmupSteps', 'evalEvery', 'checkpointEvery', 'samples', 'sampleMaxTokens'] as const) nonneg(k);
-  if (cfg.maxLength < 2) throw new QrlhfError(`config "maxLength": expected at least 2, got ${cfg.maxLength}`);
-  if (!(cfg.heldOutFraction >= 0 && cfg.heldOutFraction < 1)) throw new QrlhfError(`config "heldOutFraction": expected a number in [0, 1), got ${cfg.heldOutFraction}`);
-  if (cfg.maxSteps === 0 && !(cfg.epochs > 0)) throw new QrlhfError(`config "epochs": expected > 0 when maxSteps is 0, got ${cfg.epochs}`);
-  if (!(cfg.lr > 0)) throw new QrlhfError(`config "lr": expected > 0, got ${cfg.lr}`);
-  if (!(cfg.minLr >= 0 && cfg.minLr <= cfg.lr)) throw new QrlhfError(`config "minLr": expected a number in [0, lr], got ${cfg.minLr}`);
-  if (!(cfg.gradClip >= 0)) throw new QrlhfError(`config "gradClip": expected >= 0, got ${cfg.gradClip}`);
-  if (!cfg.model) throw new QrlhfError('config "model": a model path is required (--model)');
-  if (!cfg.data) throw new QrlhfError('config "data": a data path is required (--data)');
-  if (!cfg.out) throw new QrlhfError('config "out": a run folder is required (--out)');
 }
 
 function checkResumable(cfg: SftConfig, extra: Record<string, unknown>, ckptDir: string): void {

@@ -8,7 +8,7 @@ test('the response loss falls on a tiny set it can memorise (all-linear LoRA)', 
   const model = await writeTinyModel(join(d, 'model'), 3);
   const data = writeJsonl(join(d, 'data.jsonl'), hhRows(4));
   const cfg = tinyConfig({
-    model, data, out: join(d, 'run'), heldOutFraction: 0, loraTargets: 'all-linear', loraR: 8, loraAlpha: 16,
+    model, data, out: join(d, 'run'), heldOutFraction: 0, loraTargets: ['all-linear'], loraR: 8, loraAlpha: 16,
     lr: 3e-2, warmupSteps: 0, schedule: 'constant', microBatchSize: 2, gradAccumSteps: 2, maxSteps: 40,
     evalEvery: 0, checkpointEvery: 0, samples: 0,
   });

@@ -104,8 +104,8 @@ test('the adapter files carry PEFT names, shapes and config keys', (t) => {
 
 test('merged and unmerged models give the same logits (1e-4 relative), and differ from the base', async (t) => {
   const merged = await loadModel(result.mergedDir);
-  const base = await loadModel(cfg.model);
-  const withAdapter = await loadModel(cfg.model);
+  const base = await loadModel(cfg.model!);
+  const withAdapter = await loadModel(cfg.model!);
   loadLoraAdapter(result.adapterDir, withAdapter.model);
   const text = '\n\nHuman: tell me about owls\n\nAssistant: owls are nice.';
   const ids = tf.tensor2d([merged.tokenizer.encode(text, { addBos: true })], undefined, 'int32');
