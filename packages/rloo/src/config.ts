@@ -47,7 +47,7 @@ export const RLOO_SCHEMA = defineConfig({
   loraR: { type: 'int', default: 32, min: 1, doc: 'LoRA rank r of the RL adapter' },
   loraAlpha: { type: 'number', default: 64, min: 0, doc: 'LoRA alpha: the update is scaled by alpha / r' },
   loraDropout: { type: 'number', default: 0, min: 0, max: 0.99, doc: "dropout on the LoRA branch's input, in the gradient pass only" },
-  loraTargets: { type: 'string[]', default: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], choices: [...LORA_MODULES, 'all-linear'], doc: 'adapted layers (or ["all-linear"])' },
+  loraTargets: { type: 'string[]', default: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], choices: [...LORA_MODULES, 'all-linear'], doc: 'adapted layers: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all-linear (comma-separated as a flag)' },
 
   betaKl: { type: 'number', default: 0.05, min: 0, doc: 'KL coefficient beta: R = U - beta * sum_t kl_t' },
   klEstimator: { type: 'string', default: 'k1', choices: ['k1', 'k3'], doc: 'per-token KL estimate, d = log pi - log pi_ref: k1 = d; k3 = exp(-d) - 1 + d' },
@@ -55,7 +55,7 @@ export const RLOO_SCHEMA = defineConfig({
 
   maxPromptLength: { type: 'int', default: 348, min: 1, doc: 'prompts of more tokens than this (BOS included) are filtered out and counted' },
   maxNewTokens: { type: 'int', default: 64, min: 1, doc: 'longest response in tokens (EOS included)' },
-  temperature: { type: 'number', default: 1, min: 0, doc: 'sampling temperature (log-probs are taken at the same temperature; 0 = greedy, only for evaluation)' },
+  temperature: { type: 'number', default: 1, min: 0, doc: 'sampling temperature, > 0 (the log-probs of the loss and the KL are taken at the same temperature)' },
   topP: { type: 'number', default: 1, min: 0, max: 1, doc: 'nucleus sampling mass (1 = off)' },
   topK: { type: 'int', default: 0, min: 0, doc: 'sample from the k most likely tokens only (0 = off)' },
 
@@ -82,6 +82,10 @@ export function rlooDefaults(): RlooConfig {
 }
 
 const BUILTIN_SET = new Set<string>(BUILTIN);
+/** A utility given as a module (a path or a file name with a module extension), as makeUtility tells them apart. */
+function isModulePath(u: string): boolean {
+  return !BUILTIN_SET.has(u) && (u.includes('/') || u.includes('\\') || /\.(m?js|cjs|m?ts)$/.test(u));
+}
 const PATH_KEYS = ['policy', 'tokenizer', 'qrm', 'prompts', 'out'] as const;
 
 /** Resolves the relative paths among `keys` of cfg against `base` (the utility only when it is a module path). */
@@ -91,7 +95,7 @@ function resolvePaths(cfg: RlooConfig, keys: readonly string[], base: string): R
     const v = out[k];
     if (keys.includes(k) && typeof v === 'string' && v !== '' && !isAbsolute(v)) out[k] = resolve(base, v);
   }
-  if (keys.includes('utility') && !BUILTIN_SET.has(out.utility) && !isAbsolute(out.utility)) out.utility = resolve(base, out.utility);
+  if (keys.includes('utility') && isModulePath(out.utility) && !isAbsolute(out.utility)) out.utility = resolve(base, out.utility);
   return out;
 }
 
