@@ -1,4 +1,4 @@
-// The wasm backend in Node uses every core by default (QRLHF_WASM_THREADS overrides), leaves no
+// The wasm backend in Node uses every core by default (large products on the thread pool) (QRLHF_WASM_THREADS overrides), leaves no
 // global behind, computes the same products with one thread as with several, and a process that
 // used it exits by itself.
 import test from 'ava';
@@ -25,6 +25,7 @@ test('default threads = logical CPUs; the process exits by itself; no global Wor
   t.is(multi.out['threads'], cpus);
   t.is(multi.out['globalWorker'], 'undefined');
   t.is(multi.out['newListeners'], 0);
+  if (cpus > 1) t.true(multi.out['pool'] as boolean, 'thread pool switch verified (pool.ts)');
   const single = run({ QRLHF_WASM_THREADS: '1' });
   t.is(single.code, 0, single.err);
   t.is(single.out['threads'], 1);

@@ -24,6 +24,7 @@ import {
   type DataId, type TensorInfoLike, type WasmBackendLike,
 } from './heap.js';
 import { runStock, setupStock, transposeStock, type KernelArgs } from './stock.js';
+import { THREADED_MIN_FLOPS, withThreads } from './pool.js';
 
 type XnnFn = (
   aId: number, aShape: Uint8Array, aRank: number, bId: number, bShape: Uint8Array, bRank: number,
@@ -44,9 +45,14 @@ function shapeBytes(s: number[]): Uint8Array {
   return new Uint8Array(new Int32Array(s).buffer);
 }
 
-/** One XNNPACK product out[r, c] = x[r, k] · y[k, c] on C++ tensor ids (all plain). */
+/**
+ * One XNNPACK product out[r, c] = x[r, k] · y[k, c] on C++ tensor ids (all plain); on the thread
+ * pool only when it is large enough to gain from it (pool.ts).
+ */
 function xnnProduct(xId: number, r: number, k: number, yId: number, c: number, outId: number): void {
-  xnnCall!(xId, shapeBytes([1, r, k]), 3, yId, shapeBytes([1, k, c]), 3, 0, 0, outId);
+  const run = () => xnnCall!(xId, shapeBytes([1, r, k]), 3, yId, shapeBytes([1, k, c]), 3, 0, 0, outId);
+  if (2 * r * k * c >= THREADED_MIN_FLOPS) withThreads(run);
+  else run();
 }
 
 // ------------------------------------------------------------ right-operand bookkeeping

@@ -15,6 +15,7 @@ import os from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { markHookable, runReleaseHooks } from './heap.js';
 import { loadThreadedWasm, releaseIdleWorkers, type WasmModuleLike } from './wasm-module.js';
+import { initPoolSwitch } from './pool.js';
 
 export interface WasmInfo {
   /** XNNPACK threads in use (1 until the backend is initialised). */
@@ -23,6 +24,8 @@ export interface WasmInfo {
   build: 'threaded-simd' | 'single-simd' | 'stock';
   /** qrlhf's kernels registered (false with QRLHF_STOCK_KERNELS=1). */
   kernels: boolean;
+  /** The pool is on only around large matrix products (pool.ts); false: on for every XNNPACK op. */
+  poolOnlyForLargeProducts?: boolean;
   /** Why the threaded build is not used, when it is not. */
   note?: string;
 }
@@ -103,6 +106,7 @@ export async function setupWasm(): Promise<string | null> {
         releaseIdleWorkers(m);
         markHookable(backend);
         info.threads = pkg.getThreadsCount();
+        info.poolOnlyForLargeProducts = initPoolSwitch(m, info.threads);
         info.build = threads > 1 ? 'threaded-simd' : 'single-simd';
         return backend;
       } catch (e) {

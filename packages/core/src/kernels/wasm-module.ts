@@ -49,6 +49,8 @@ export interface WasmModuleLike {
     dispose(): void;
   };
   PThread?: { runningWorkers: NodeWorker[]; unusedWorkers: NodeWorker[] };
+  /** Heap address of tfjs's C++ `threadpool` pointer (threaded build; see threadpoolSlot). */
+  qrlhfPoolSlot?: number | null;
 }
 interface NodeWorker {
   unref(): void;
@@ -146,10 +148,98 @@ export async function loadThreadedWasm(threads: number, timeoutMs = 30_000): Pro
   try {
     const m = await Promise.race([ready, instantiateFailed, timeout]);
     addTfjsBridge(m);
+    m.qrlhfPoolSlot = threaded ? threadpoolSlot(bytes) : null;
     return m;
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Finds the heap address of the C++ global `tfjs::backend::threadpool` in a threaded binary: the
+ * exported `get_threads_count` begins by loading it (`i32.const A; i32.load offset=O`). Returns
+ * null when the code does not look like that. Callers must verify the address at run time
+ * (pool.ts does: writing 0 there must make get_threads_count() return -1).
+ */
+export function threadpoolSlot(bytes: Uint8Array): number | null {
+  let p = 8;
+  const leb = (): number => {
+    let r = 0, s = 0, x: number;
+    do {
+      x = bytes[p++]!;
+      r += (x & 0x7f) * 2 ** s;
+      s += 7;
+    } while (x & 0x80);
+    return r;
+  };
+  const skipLimits = (): void => {
+    const f = bytes[p++]!;
+    leb();
+    if (f & 1) leb();
+  };
+  let importedFuncs = 0;
+  let fn = -1;
+  let code = -1;
+  while (p < bytes.length) {
+    const id = bytes[p++]!;
+    const size = leb();
+    const end = p + size;
+    if (id === 2) {
+      const n = leb();
+      for (let i = 0; i < n; i++) {
+        const moduleLen = leb();
+        p += moduleLen;
+        const nameLen = leb();
+        p += nameLen;
+        const kind = bytes[p++]!;
+        if (kind === 0) {
+          leb();
+          importedFuncs++;
+        } else if (kind === 1) {
+          p++;
+          skipLimits();
+        } else if (kind === 2) skipLimits();
+        else if (kind === 3) p += 2;
+        else return null;
+      }
+    } else if (id === 7) {
+      const n = leb();
+      for (let i = 0; i < n; i++) {
+        const l = leb();
+        const name = Buffer.from(bytes.subarray(p, p + l)).toString('utf8');
+        p += l;
+        const kind = bytes[p++]!;
+        const idx = leb();
+        if (kind === 0 && name === 'get_threads_count') fn = idx;
+      }
+    } else if (id === 10) code = p;
+    p = end;
+  }
+  if (fn < importedFuncs || code < 0) return null;
+  p = code;
+  const n = leb();
+  for (let i = 0; i < n; i++) {
+    const size = leb();
+    if (i !== fn - importedFuncs) {
+      p += size;
+      continue;
+    }
+    const end = p + size;
+    const groups = leb();
+    for (let g = 0; g < groups; g++) {
+      leb();
+      p++;
+    }
+    if (bytes[p] !== 0x41) return null; // i32.const
+    p++;
+    const base = leb();
+    if (bytes[p] !== 0x28) return null; // i32.load
+    p++;
+    leb(); // align
+    const offset = leb();
+    return p <= end ? base + offset : null;
+  }
+  return null;
 }
 
 /**
