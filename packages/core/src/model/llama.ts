@@ -68,14 +68,18 @@ export class KVCache {
 
 interface RopeTables {
   len: number;
-  /** cos and sign-folded sin per position, repeated for every head ([len, heads * hd]) so they
-   *  multiply a projection's output without broadcasting (a broadcast multiply costs ~0.3 ms of
-   *  fixed overhead on the wasm backend, a same-shape one microseconds). The q tables are
+  /** cos and sign-folded sin per position, repeated for every head ([len, heads * hd], row-major
+   *  in JS memory): the rows at a forward's positions are copied out into tensors of the
+   *  projections' shape, so they multiply without broadcasting (a broadcast multiply costs ~0.3 ms
+   *  of fixed overhead on the wasm backend, a same-shape one microseconds). The q tables are
    *  pre-multiplied by 1/sqrt(hd), so the attention scores need no separate scaling. */
-  cosK: tf.Tensor2D;
-  sinK: tf.Tensor2D;
-  cosQ: tf.Tensor2D;
-  sinQ: tf.Tensor2D;
+  cosK: Float32Array;
+  sinK: Float32Array;
+  cosQ: Float32Array;
+  sinQ: Float32Array;
+  /** The same for decode(): per position one row laid out like its fused projection (per kv
+   *  head: its g query heads, its key, its value; value columns cos 1, sin 0). Built on demand. */
+  dec: { cos: Float32Array; sin: Float32Array; width: number } | null;
 }
 
 export interface ForwardOptions {
@@ -250,24 +254,20 @@ export class LlamaModel {
     const { numHeads: H, numKvHeads: Hkv, hiddenSize: d } = c;
     const hd = headDim(c);
     const g = H / Hkv;
+    // Positions, the rope rows at them and the attention mask are worked out in JS from the mask's
+    // values (a few small arrays): no cumsum / gather / tile kernels per forward.
+    const { pos, bias } = this.maskLayout(mask ? mask.dataSync() : null, B, T, past);
     return tf.tidy(() => {
-      const m = mask ? (mask.dtype === 'float32' ? mask : tf.cast(mask, 'float32')) : tf.ones([B, total]);
-
-      // Positions count real tokens only, so a left-padded prompt starts at 0 like an unpadded one.
-      const posAll = tf.sub(tf.cumsum(m, 1), 1);
-      const pos = tf.cast(tf.maximum(past > 0 ? tf.slice(posAll, [0, past], [B, T]) : posAll, 0), 'int32');
-      const flatPos = pos.reshape([-1]);
-      const [cosQ, sinQ, cosK, sinK] = [rope.cosQ, rope.sinQ, rope.cosK, rope.sinK].map((tb) => tf.gather(tb, flatPos));
-
-      // A query at position past+j sees keys 0..past+j that are not pads.
-      const causal = new Float32Array(T * total);
-      for (let j = 0; j < T; j++) causal.fill(1, j * total, past + j + 1 + j * total);
-      const visible = tf.mul(tf.tensor3d(causal, [1, T, total]), m.reshape([B, 1, total]));
+      const rows = (table: Float32Array) => {
+        const w = table.length / rope.len;
+        const out = new Float32Array(B * T * w);
+        for (let r = 0; r < B * T; r++) out.set(table.subarray(pos[r]! * w, (pos[r]! + 1) * w), r * w);
+        return tf.tensor2d(out, [B * T, w]);
+      };
+      const [cosQ, sinQ, cosK, sinK] = [rope.cosQ, rope.sinQ, rope.cosK, rope.sinK].map(rows);
       // Laid out once like the scores of every layer ([B, Hkv, g*T, total], see below), so each
-      // layer adds it without broadcasting.
-      const bias = tf
-        .tile(tf.mul(tf.sub(visible, 1), -MASKED).reshape([B, 1, 1, T, total]), [1, Hkv, g, 1, 1])
-        .reshape([B, Hkv, g * T, total]);
+      // layer adds it without broadcasting; null when nothing is hidden (one new token, no pads).
+      const biasT = bias ? tf.tensor4d(bias, [B, Hkv, g * T, total]) : null;
 
       const idsInt = ids.dtype === 'int32' ? ids : tf.cast(ids, 'int32');
       let h: tf.Tensor = tf.gather(this.weights['model.embed_tokens.weight']!, idsInt.reshape([-1]));
@@ -295,7 +295,8 @@ export class LlamaModel {
           newV.push(tf.keep(vh));
         }
         const qh = tf.transpose(q, [0, 2, 1, 3]).reshape([B, Hkv, g * T, hd]);
-        const probs = tf.softmax(tf.add(tf.matMul(qh, kh, false, true), bias));
+        const scores = tf.matMul(qh, kh, false, true);
+        const probs = tf.softmax(biasT ? tf.add(scores, biasT) : scores);
         const att = tf.matMul(probs, vh).reshape([B, H, T, hd]);
         const merged = tf.transpose(att, [0, 2, 1, 3]).reshape([B * T, d]);
         h = tf.add(h, this.linear(merged, i, 'o_proj', training));
@@ -317,6 +318,40 @@ export class LlamaModel {
     const y = tf.matMul(x, W, false, true);
     const delta = this.lora?.enabled ? this.lora.delta(layer, module, x, training) : null;
     return delta ? tf.add(y, delta) : y;
+  }
+
+  /**
+   * From the mask's values ([B, past + T] row-major; null means all ones): the position of every
+   * new token (the real tokens before it, so left pads do not shift a prompt; a pad sits at 0), and
+   * the additive attention bias laid out like the scores, [B, Hkv, g*T, past + T]: 0 where query j
+   * may see key s (s <= past + j and s is not a pad), MASKED elsewhere; null when nothing is hidden.
+   */
+  private maskLayout(m: ArrayLike<number> | null, B: number, T: number, past: number): { pos: Int32Array; bias: Float32Array | null } {
+    const total = past + T;
+    const pos = new Int32Array(B * T);
+    let anyPad = false;
+    for (let b = 0; b < B; b++) {
+      let count = 0;
+      for (let s = 0; s < total; s++) {
+        if (!m || m[b * total + s] !== 0) count++;
+        else anyPad = true;
+        if (s >= past) pos[b * T + s - past] = Math.max(count - 1, 0);
+      }
+    }
+    if (T === 1 && !anyPad) return { pos, bias: null };
+    const H = this.config.numHeads;
+    const size = T * total;
+    const bias = new Float32Array(B * H * size);
+    for (let b = 0; b < B; b++) {
+      const at = b * H * size;
+      for (let j = 0; j < T; j++) {
+        for (let s = 0; s < total; s++) {
+          if (s > past + j || (m && m[b * total + s] === 0)) bias[at + j * total + s] = MASKED;
+        }
+      }
+      for (let h = 1; h < H; h++) bias.copyWithin(at + h * size, at, at + size);
+    }
+    return { pos, bias };
   }
 
   /** cos / sin tables for positions below n, grown by doubling and kept outside any tidy scope. */
@@ -348,15 +383,15 @@ export class LlamaModel {
           for (let i = 0; i < hd; i++) out[(p * heads + h) * hd + i] = a[p * hd + i]! * mult;
         }
       }
-      return tf.keep(tf.tensor2d(out, [len, heads * hd]));
+      return out;
     };
-    this.disposeRope();
     this.rope = {
       len,
       cosK: perHead(cos, Hkv, 1),
       sinK: perHead(sin, Hkv, 1),
       cosQ: perHead(cos, H, scale),
       sinQ: perHead(sin, H, scale),
+      dec: null,
     };
     return this.rope;
   }
@@ -368,12 +403,6 @@ export class LlamaModel {
       this.headT = { source: W.dataId, t: tf.keep(tf.tidy(() => tf.transpose(W) as tf.Tensor2D)) };
     }
     return this.headT.t;
-  }
-
-  private disposeRope(): void {
-    if (!this.rope) return;
-    for (const t of [this.rope.cosK, this.rope.sinK, this.rope.cosQ, this.rope.sinQ]) t.dispose();
-    this.rope = null;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -403,7 +432,7 @@ export class LlamaModel {
     this.lora?.dispose();
     this.lora = null;
     for (const v of Object.values(this.weights)) v.dispose();
-    this.disposeRope();
+    this.rope = null;
     this.headT?.t.dispose();
     this.headT = null;
   }
@@ -421,11 +450,12 @@ function rmsNorm(x: tf.Tensor, w: tf.Tensor, eps: number): tf.Tensor {
 
 /**
  * Rotary embedding, rotate-half layout, on a projection x [N, heads * hd] with per-head tables of
- * the same shape: x·cos + swap_halves(x)·sin, the sign of rotate-half living in the sin table.
+ * the same shape: x·cos + swap_halves(x)·sin, the sign of rotate-half living in the sin table. The
+ * halves of every head are swapped by one Reverse over a [N·heads, 2, hd/2] view (its gradient is
+ * the same Reverse) rather than a split and a concat.
  */
 function rotate(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, hd: number): tf.Tensor {
   const [N, width] = x.shape as [number, number];
-  const [x1, x2] = tf.split(x.reshape([N * (width / hd), hd]), 2, 1);
-  const swapped = tf.concat([x2!, x1!], 1).reshape([N, width]);
+  const swapped = tf.reverse(x.reshape([N * (width / hd), 2, hd / 2]), 1).reshape([N, width]);
   return tf.add(tf.mul(x, cos), tf.mul(swapped, sin));
 }

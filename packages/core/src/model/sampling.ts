@@ -203,8 +203,30 @@ export function sequenceLogProbs(
       logits = tf.div(logits, temp);
       targetLogit = tf.div(targetLogit, temp);
     }
-    const lp = tf.sub(targetLogit, tf.logSumExp(logits, 1)).reshape([B, T - 1]);
+    const lp = tf.sub(targetLogit, logSumExpRows(logits)).reshape([B, T - 1]);
     const tm = mt === T ? targetsMask.slice([0, 1], [B, T - 1]) : targetsMask;
     return tf.mul(lp, tf.cast(tm, 'float32')) as tf.Tensor2D;
   });
 }
+
+/**
+ * log Σ_v exp(x[n, v]) for x [N, V], as [N], with its gradient written out: d/dx = softmax(x) · dy.
+ * The max subtracted for stability is a constant to the gradient (the result does not depend on
+ * it), so nothing flows through it; differentiating tf.logSumExp instead goes through its max,
+ * which costs an Equal and more over the whole [N, V]. The forward's exp(x - max) and its row sums
+ * are kept for the backward, which is then one multiply.
+ */
+const logSumExpRows = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const [x, save] = args as [tf.Tensor2D, tf.GradSaveFunc];
+  const m = tf.max(x, 1, true);
+  const e = tf.exp(tf.sub(x, m));
+  const s = tf.sum(e, 1, true);
+  save([e, s]);
+  return {
+    value: tf.add(tf.log(s), m).reshape([-1]) as tf.Tensor1D,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const [es, ss] = saved as [tf.Tensor, tf.Tensor];
+      return tf.mul(es, tf.div(dy.reshape([-1, 1]), ss));
+    },
+  };
+}) as (x: tf.Tensor) => tf.Tensor1D;
