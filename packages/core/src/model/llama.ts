@@ -82,6 +82,27 @@ interface RopeTables {
   dec: { cos: Float32Array; sin: Float32Array; width: number } | null;
 }
 
+/** One layer of decodingWeights(), every matrix [in, out] (so products need no transpose). */
+export interface DecodeLayer {
+  /** q, k, v rows grouped per kv head (its g query heads, its key, its value), times the input norm. */
+  qkv: tf.Tensor2D;
+  /** qkv with the two halves of every head swapped (the rotate-half partner). */
+  qkvSwap: tf.Tensor2D;
+  o: tf.Tensor2D;
+  /** gate and up times the post-attention norm. */
+  gate: tf.Tensor2D;
+  up: tf.Tensor2D;
+  down: tf.Tensor2D;
+}
+
+export interface DecodingWeights {
+  layers: DecodeLayer[];
+  /** The head [d, V] times the final norm. */
+  head: tf.Tensor2D;
+  ones: tf.Tensor2D;
+  eps: tf.Scalar;
+}
+
 export interface ForwardOptions {
   /** [B, T] 1 for a token, 0 for a pad; default all 1. */
   mask?: tf.Tensor2D;
@@ -98,6 +119,7 @@ export class LlamaModel {
   /** The head matrix transposed once to [d, V] (PERF-NOTES: transposing per step is costly);
    *  remade when the head variable is reassigned (its dataId changes). */
   private headT: { source: object; t: tf.Tensor2D } | null = null;
+  private dec: (DecodingWeights & { sources: unknown[] }) | null = null;
 
   private constructor(config: LlamaConfig, weights: Record<string, tf.Variable>) {
     this.config = config;
@@ -197,6 +219,87 @@ export class LlamaModel {
   }
 
   /**
+   * One decoding step for generation: feeds one new token per row (ids[b]) after the cache's
+   * positions, mask[b] covering the whole history (past + 1 entries, 1 token, 0 pad), and returns
+   * the logits of the new position, [B, V]. Same result as step() within float32 rounding, in
+   * about half the kernel calls: it runs on decodingWeights() (q/k/v as one product with RoPE's
+   * half swap folded into a second one, norms folded into the next product, an enabled LoRA
+   * merged, residual adds fused into the products), and takes positions, RoPE rows and the mask
+   * from JS arrays. No gradient flows through it (use step() or hidden() for that).
+   */
+  decode(ids: number[], cache: KVCache, mask: number[][]): tf.Tensor2D {
+    const c = this.config;
+    const B = ids.length;
+    const past = cache.length;
+    const total = past + 1;
+    if (cache.batch !== B) throw new QrlhfError(`decode: ${B} ids for a cache of batch ${cache.batch}`);
+    if (total > cache.maxLen) throw new QrlhfError(`decode: ${total} positions exceed the cache's maxLen ${cache.maxLen}`);
+    if (mask.length !== B) throw new QrlhfError(`decode: mask has ${mask.length} rows, expected ${B}`);
+    const flat = new Float32Array(B * total);
+    mask.forEach((row, b) => {
+      if (row.length !== total) throw new QrlhfError(`decode: mask row ${b} has ${row.length} entries, expected ${total} (cached + new)`);
+      flat.set(row, b * total);
+    });
+    ids.forEach((x, b) => {
+      if (!Number.isInteger(x) || x < 0 || x >= c.vocabSize) throw new QrlhfError(`decode: row ${b}: token ${x} is not an id below vocab size ${c.vocabSize}`);
+    });
+    const dw = this.decodingWeights();
+    const { numHeads: H, numKvHeads: Hkv } = c;
+    const hd = headDim(c);
+    const g = H / Hkv;
+    const tables = this.decodeRope(this.ropeTables(total));
+    const { pos, bias } = this.maskLayout(flat, B, 1, past);
+    const newK: tf.Tensor4D[] = [];
+    const newV: tf.Tensor4D[] = [];
+    let out: tf.Tensor2D;
+    try {
+      out = tf.tidy(() => {
+        const rows = (table: Float32Array) => {
+          const w = tables.width;
+          const t = new Float32Array(B * w);
+          for (let b = 0; b < B; b++) t.set(table.subarray(pos[b]! * w, (pos[b]! + 1) * w), b * w);
+          return tf.tensor2d(t, [B, w]);
+        };
+        const [cos, sin] = [rows(tables.cos), rows(tables.sin)];
+        const biasT = bias ? tf.tensor4d(bias, [B, Hkv, g, total]) : null;
+        // x / sqrt(mean(x²) + eps); the norm's weights are folded into the next product.
+        const norm = (x: tf.Tensor2D) =>
+          tf.mul(x, tf.matMul(tf.rsqrt(tf.add(tf.mean(tf.square(x), 1, true), dw.eps)), dw.ones)) as tf.Tensor2D;
+        let h = tf.gather(this.weights['model.embed_tokens.weight']!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
+        for (let i = 0; i < c.numLayers; i++) {
+          const L = dw.layers[i]!;
+          const n = norm(h);
+          // Rotated q and k and plain v, grouped per kv head: [B, Hkv, g + 2, hd].
+          const y = tf
+            .add(tf.mul(tf.matMul(n, L.qkv), cos), tf.mul(tf.matMul(n, L.qkvSwap), sin))
+            .reshape([B, Hkv, g + 2, hd]);
+          const q = tf.slice(y, [0, 0, 0, 0], [B, Hkv, g, hd]);
+          const k = tf.slice(y, [0, 0, g, 0], [B, Hkv, 1, hd]) as tf.Tensor4D;
+          const v = tf.slice(y, [0, 0, g + 1, 0], [B, Hkv, 1, hd]) as tf.Tensor4D;
+          const [pk, pv] = [cache.keys[i], cache.values[i]];
+          const K = pk ? (tf.concat([pk, k], 2) as tf.Tensor4D) : k;
+          const V = pv ? (tf.concat([pv, v], 2) as tf.Tensor4D) : v;
+          newK.push(tf.keep(K));
+          newV.push(tf.keep(V));
+          const scores = tf.matMul(q, K, false, true);
+          const att = tf.matMul(tf.softmax(biasT ? tf.add(scores, biasT) : scores), V).reshape([B, H * hd]);
+          h = tf.fused.matMul({ a: att as tf.Tensor2D, b: L.o, bias: h }) as tf.Tensor2D;
+          const n2 = norm(h);
+          const gate = tf.matMul(n2, L.gate);
+          const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), tf.matMul(n2, L.up));
+          h = tf.fused.matMul({ a: act as tf.Tensor2D, b: L.down, bias: h }) as tf.Tensor2D;
+        }
+        return tf.matMul(norm(h), dw.head) as tf.Tensor2D;
+      });
+    } catch (e) {
+      tf.dispose([...newK, ...newV]);
+      throw e;
+    }
+    commitCache(cache, newK, newV, total);
+    return out;
+  }
+
+  /**
    * The shared body of hidden() and step(): ids [B, T] at positions past..past+T-1 of the sequence
    * (past = cache length, 0 without a cache). Returns final-norm hidden states [B, T, d].
    */
@@ -224,16 +327,7 @@ export class LlamaModel {
       tf.dispose([...newK, ...newV]);
       throw e;
     }
-    if (cache) {
-      for (let i = 0; i < c.numLayers; i++) {
-        const [ok, ov] = [cache.keys[i], cache.values[i]];
-        cache.keys[i] = newK[i]!;
-        cache.values[i] = newV[i]!;
-        if (ok && ok !== newK[i]) ok.dispose();
-        if (ov && ov !== newV[i]) ov.dispose();
-      }
-      cache.length = total;
-    }
+    if (cache) commitCache(cache, newK, newV, total);
     return out;
   }
 
@@ -396,6 +490,102 @@ export class LlamaModel {
     return this.rope;
   }
 
+  /**
+   * The weights decode() runs on, built from the variables (and the enabled LoRA adapter, merged
+   * as W + (alpha/r) B A) and kept while none of them changes: every source tensor's dataId is
+   * compared on each call (tfjs gives a variable a new dataId on every assign, so an optimiser
+   * step on the adapter, mergeLora or loading new weights all rebuild them).
+   */
+  decodingWeights(): DecodingWeights {
+    const sources = this.decodingSources();
+    const cur = this.dec;
+    if (cur && cur.sources.length === sources.length && cur.sources.every((x, i) => x === sources[i])) return cur;
+    this.disposeDecoding();
+    const c = this.config;
+    const { hiddenSize: d, numHeads: H, numKvHeads: Hkv } = c;
+    const hd = headDim(c);
+    const g = H / Hkv;
+    const width = Hkv * (g + 2) * hd;
+    const lora = this.lora?.enabled ? this.lora : null;
+    const pairs = new Map((lora?.modules() ?? []).map((p) => [`${p.layer}.${p.module}`, p]));
+    const built = {} as DecodingWeights;
+    tf.tidy(() => {
+      const layers: DecodeLayer[] = [];
+      for (let i = 0; i < c.numLayers; i++) {
+        const eff = (m: LoraModule): tf.Tensor => {
+          const W = this.weights[`model.layers.${i}.${loraGroup(m)}.${m}.weight`]!;
+          const p = pairs.get(`${i}.${m}`);
+          return p ? tf.add(W, tf.mul(tf.matMul(p.B, p.A), lora!.scale)) : W;
+        };
+        const normW = (name: string) => this.weights[`model.layers.${i}.${name}.weight`]!.reshape([1, d]);
+        // Rows per kv head j: its query heads j*g .. j*g+g-1, then its key head, then its value head.
+        const qkv = tf.mul(
+          tf.concat([eff('q_proj').reshape([Hkv, g, hd, d]), eff('k_proj').reshape([Hkv, 1, hd, d]), eff('v_proj').reshape([Hkv, 1, hd, d])], 1).reshape([width, d]),
+          normW('input_layernorm'),
+        );
+        // Every head's halves swapped: x · swappedᵀ = rotate-half's partner of x · qkvᵀ.
+        const swapped = tf.reverse(qkv.reshape([width / hd, 2, hd / 2, d]), 1).reshape([width, d]);
+        const post = normW('post_attention_layernorm');
+        layers.push({
+          qkv: tf.keep(tf.transpose(qkv) as tf.Tensor2D),
+          qkvSwap: tf.keep(tf.transpose(swapped) as tf.Tensor2D),
+          o: tf.keep(tf.transpose(eff('o_proj')) as tf.Tensor2D),
+          gate: tf.keep(tf.transpose(tf.mul(eff('gate_proj'), post)) as tf.Tensor2D),
+          up: tf.keep(tf.transpose(tf.mul(eff('up_proj'), post)) as tf.Tensor2D),
+          down: tf.keep(tf.transpose(eff('down_proj')) as tf.Tensor2D),
+        });
+      }
+      const head = tf.keep(tf.transpose(tf.mul(this.headWeight(), this.weights['model.norm.weight']!.reshape([1, d]))) as tf.Tensor2D);
+      Object.assign(built, { layers, head, ones: tf.keep(tf.ones([1, d]) as tf.Tensor2D), eps: tf.keep(tf.scalar(c.rmsNormEps)) });
+    });
+    const dec = { sources, ...built };
+    this.dec = dec;
+    return dec;
+  }
+
+  /** What decodingWeights() are made from: every weight's and adapter factor's dataId, the adapter, its scale. */
+  private decodingSources(): unknown[] {
+    const out: unknown[] = Object.keys(this.weights).sort().map((k) => this.weights[k]!.dataId);
+    const a = this.lora?.enabled ? this.lora : null;
+    out.push(a, a?.scale);
+    if (a) for (const k of Object.keys(a.variables).sort()) out.push(a.variables[k]!.dataId);
+    return out;
+  }
+
+  /** Frees decodingWeights() (they are rebuilt on the next decode). */
+  disposeDecoding(): void {
+    if (!this.dec) return;
+    const { layers, head, ones, eps } = this.dec;
+    for (const L of layers) tf.dispose([L.qkv, L.qkvSwap, L.o, L.gate, L.up, L.down]);
+    tf.dispose([head, ones, eps]);
+    this.dec = null;
+  }
+
+  /** RoPE rows for decode(): per position, cos / sin laid out like a decoding layer's qkv product. */
+  private decodeRope(rope: RopeTables): NonNullable<RopeTables['dec']> {
+    if (rope.dec) return rope.dec;
+    const { numHeads: H, numKvHeads: Hkv } = this.config;
+    const hd = headDim(this.config);
+    const g = H / Hkv;
+    const width = Hkv * (g + 2) * hd;
+    const cos = new Float32Array(rope.len * width);
+    const sin = new Float32Array(rope.len * width);
+    for (let p = 0; p < rope.len; p++) {
+      for (let j = 0; j < Hkv; j++) {
+        const at = p * width + j * (g + 2) * hd;
+        const q = (p * H + j * g) * hd;
+        cos.set(rope.cosQ.subarray(q, q + g * hd), at);
+        sin.set(rope.sinQ.subarray(q, q + g * hd), at);
+        const k = (p * Hkv + j) * hd;
+        cos.set(rope.cosK.subarray(k, k + hd), at + g * hd);
+        sin.set(rope.sinK.subarray(k, k + hd), at + g * hd);
+        cos.fill(1, at + (g + 1) * hd, at + (g + 2) * hd); // values pass through (sin stays 0)
+      }
+    }
+    rope.dec = { cos, sin, width };
+    return rope.dec;
+  }
+
   private headTransposed(): tf.Tensor2D {
     const W = this.headWeight();
     if (this.headT?.source !== W.dataId) {
@@ -433,6 +623,7 @@ export class LlamaModel {
     this.lora = null;
     for (const v of Object.values(this.weights)) v.dispose();
     this.rope = null;
+    this.disposeDecoding();
     this.headT?.t.dispose();
     this.headT = null;
   }
@@ -458,4 +649,16 @@ function rotate(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, hd: number): tf.Te
   const [N, width] = x.shape as [number, number];
   const swapped = tf.reverse(x.reshape([N * (width / hd), 2, hd / 2]), 1).reshape([N, width]);
   return tf.add(tf.mul(x, cos), tf.mul(swapped, sin));
+}
+
+/** Installs a step's keys / values in the cache (disposing the ones they replace). */
+function commitCache(cache: KVCache, newK: tf.Tensor4D[], newV: tf.Tensor4D[], total: number): void {
+  for (let i = 0; i < newK.length; i++) {
+    const [ok, ov] = [cache.keys[i], cache.values[i]];
+    cache.keys[i] = newK[i]!;
+    cache.values[i] = newV[i]!;
+    if (ok && ok !== newK[i]) ok.dispose();
+    if (ov && ov !== newV[i]) ov.dispose();
+  }
+  cache.length = total;
 }

@@ -30,7 +30,8 @@ export interface GenerateResult {
 /**
  * Continues each prompt (left-padded together into one batch) until EOS, `stop`, or maxNewTokens.
  * Every random draw comes from opts.rng, one per active row per step, so the same seed and inputs
- * give the same tokens. An enabled LoRA adapter is applied unmerged.
+ * give the same tokens. An enabled LoRA adapter is applied unmerged to the prompt and merged into
+ * the decoding weights for the new tokens (rebuilt whenever the adapter or weights have changed).
  */
 export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions): GenerateResult {
   const V = model.config.vocabSize;
@@ -48,17 +49,15 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
   const done = prompts.map(() => false);
   const cache = model.createCache(B, L + opts.maxNewTokens);
 
-  // Feeds ids [B, t] and returns the logits of the last fed position, [B, V].
-  const feed = (ids: number[][]): tf.Tensor2D =>
-    tf.tidy(() => {
-      const t = ids[0]!.length;
-      const out = model.step(tf.tensor2d(ids, [B, t], 'int32'), cache, tf.tensor2d(mask, [B, cache.length + t]));
-      return out.slice([0, t - 1, 0], [B, 1, V]).reshape([B, V]) as tf.Tensor2D;
-    });
-
   let logits: tf.Tensor2D | null = null;
   try {
-    logits = feed(prompts.map((p) => [...Array<number>(L - p.length).fill(pad), ...p]));
+    // The prompts in one step() (its products are large enough to run well as they are); then one
+    // decode() per token, on fused weights with the adapter merged (LlamaModel.decodingWeights).
+    const ids = prompts.map((p) => [...Array<number>(L - p.length).fill(pad), ...p]);
+    logits = tf.tidy(() => {
+      const out = model.step(tf.tensor2d(ids, [B, L], 'int32'), cache, tf.tensor2d(mask, [B, L]));
+      return out.slice([0, L - 1, 0], [B, 1, V]).reshape([B, V]) as tf.Tensor2D;
+    });
     for (let n = 0; n < opts.maxNewTokens; n++) {
       const all = logits.dataSync() as Float32Array;
       logits.dispose();
@@ -83,7 +82,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
         mask[b]!.push(wasActive ? 1 : 0);
       }
       if (done.every(Boolean) || n === opts.maxNewTokens - 1) break;
-      logits = feed(next.map((x) => [x]));
+      logits = model.decode(next, cache, mask);
     }
   } finally {
     logits?.dispose();
