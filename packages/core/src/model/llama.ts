@@ -78,16 +78,17 @@ interface RopeTables {
   cosQ: Float32Array;
   sinQ: Float32Array;
   /** The same for decode(): per position one row laid out like its fused projection (per kv
-   *  head: its g query heads, its key, its value; value columns cos 1, sin 0). Built on demand. */
-  dec: { cos: Float32Array; sin: Float32Array; width: number } | null;
+   *  head: its g query heads, its key, its value; each column as a (cos, sin) pair, values
+   *  (1, 0)). Built on demand. */
+  dec: { rot: Float32Array; width: number } | null;
 }
 
 /** One layer of decodingWeights(), every matrix [in, out] (so products need no transpose). */
 export interface DecodeLayer {
-  /** q, k, v rows grouped per kv head (its g query heads, its key, its value), times the input norm. */
+  /** q, k, v rows grouped per kv head (its g query heads, its key, its value), times the input
+   *  norm, each output column followed by its rotate-half partner (the same head's other half):
+   *  [d, 2 · Hkv (g + 2) hd]. */
   qkv: tf.Tensor2D;
-  /** qkv with the two halves of every head swapped (the rotate-half partner). */
-  qkvSwap: tf.Tensor2D;
   o: tf.Tensor2D;
   /** gate and up times the post-attention norm. */
   gate: tf.Tensor2D;
@@ -99,7 +100,9 @@ export interface DecodingWeights {
   layers: DecodeLayer[];
   /** The head [d, V] times the final norm. */
   head: tf.Tensor2D;
+  /** [1, d] ones, [d, 1] of 1/d, the norm's epsilon. */
   ones: tf.Tensor2D;
+  meanCol: tf.Tensor2D;
   eps: tf.Scalar;
 }
 
@@ -222,10 +225,10 @@ export class LlamaModel {
    * One decoding step for generation: feeds one new token per row (ids[b]) after the cache's
    * positions, mask[b] covering the whole history (past + 1 entries, 1 token, 0 pad), and returns
    * the logits of the new position, [B, V]. Same result as step() within float32 rounding, in
-   * about half the kernel calls: it runs on decodingWeights() (q/k/v as one product with RoPE's
-   * half swap folded into a second one, norms folded into the next product, an enabled LoRA
-   * merged, residual adds fused into the products), and takes positions, RoPE rows and the mask
-   * from JS arrays. No gradient flows through it (use step() or hidden() for that).
+   * about 33 kernel calls per layer instead of ~55: it runs on decodingWeights() (q, k, v and
+   * their rotate-half partners from one product, RoPE as a multiply and a pairwise sum, norms'
+   * weights folded into the next product, an enabled LoRA merged), and takes positions, RoPE rows
+   * and the mask from JS arrays. No gradient flows through it (use step() or hidden() for that).
    */
   decode(ids: number[], cache: KVCache, mask: number[][]): tf.Tensor2D {
     const c = this.config;
@@ -260,22 +263,19 @@ export class LlamaModel {
           for (let b = 0; b < B; b++) t.set(table.subarray(pos[b]! * w, (pos[b]! + 1) * w), b * w);
           return tf.tensor2d(t, [B, w]);
         };
-        const [cos, sin] = [rows(tables.cos), rows(tables.sin)];
+        const rot = rows(tables.rot);
         const biasT = bias ? tf.tensor4d(bias, [B, Hkv, g, total]) : null;
-        // x / sqrt(mean(x²) + eps); the norm's weights are folded into the next product.
+        // x / sqrt(mean(x²) + eps), the mean as a product; the norm's weights are folded into the
+        // next product.
         const norm = (x: tf.Tensor2D) =>
-          tf.mul(x, tf.matMul(tf.rsqrt(tf.add(tf.mean(tf.square(x), 1, true), dw.eps)), dw.ones)) as tf.Tensor2D;
+          tf.mul(x, tf.matMul(tf.rsqrt(tf.add(tf.matMul(tf.square(x), dw.meanCol), dw.eps)), dw.ones)) as tf.Tensor2D;
         let h = tf.gather(this.weights['model.embed_tokens.weight']!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
         for (let i = 0; i < c.numLayers; i++) {
           const L = dw.layers[i]!;
-          const n = norm(h);
-          // Rotated q and k and plain v, grouped per kv head: [B, Hkv, g + 2, hd].
-          const y = tf
-            .add(tf.mul(tf.matMul(n, L.qkv), cos), tf.mul(tf.matMul(n, L.qkvSwap), sin))
-            .reshape([B, Hkv, g + 2, hd]);
-          const q = tf.slice(y, [0, 0, 0, 0], [B, Hkv, g, hd]);
-          const k = tf.slice(y, [0, 0, g, 0], [B, Hkv, 1, hd]) as tf.Tensor4D;
-          const v = tf.slice(y, [0, 0, g + 1, 0], [B, Hkv, 1, hd]) as tf.Tensor4D;
+          // Every output column of q / k / v next to its rotate-half partner: times [cos, sin]
+          // and summed in pairs, that is RoPE; grouped per kv head: [B, Hkv, g + 2, hd].
+          const y = tf.sum(tf.mul(tf.matMul(norm(h), L.qkv), rot).reshape([B, Hkv, g + 2, hd, 2]), 4);
+          const [q, k, v] = tf.split(y, [g, 1, 1], 2) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
           const [pk, pv] = [cache.keys[i], cache.values[i]];
           const K = pk ? (tf.concat([pk, k], 2) as tf.Tensor4D) : k;
           const V = pv ? (tf.concat([pv, v], 2) as tf.Tensor4D) : v;
@@ -283,11 +283,10 @@ export class LlamaModel {
           newV.push(tf.keep(V));
           const scores = tf.matMul(q, K, false, true);
           const att = tf.matMul(tf.softmax(biasT ? tf.add(scores, biasT) : scores), V).reshape([B, H * hd]);
-          h = tf.fused.matMul({ a: att as tf.Tensor2D, b: L.o, bias: h }) as tf.Tensor2D;
+          h = tf.add(h, tf.matMul(att, L.o));
           const n2 = norm(h);
           const gate = tf.matMul(n2, L.gate);
-          const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), tf.matMul(n2, L.up));
-          h = tf.fused.matMul({ a: act as tf.Tensor2D, b: L.down, bias: h }) as tf.Tensor2D;
+          h = tf.add(h, tf.matMul(tf.mul(tf.mul(gate, tf.sigmoid(gate)), tf.matMul(n2, L.up)), L.down));
         }
         return tf.matMul(norm(h), dw.head) as tf.Tensor2D;
       });
@@ -523,12 +522,13 @@ export class LlamaModel {
           tf.concat([eff('q_proj').reshape([Hkv, g, hd, d]), eff('k_proj').reshape([Hkv, 1, hd, d]), eff('v_proj').reshape([Hkv, 1, hd, d])], 1).reshape([width, d]),
           normW('input_layernorm'),
         );
-        // Every head's halves swapped: x · swappedᵀ = rotate-half's partner of x · qkvᵀ.
+        // Every head's halves swapped: x · swappedᵀ = rotate-half's partner of x · qkvᵀ. Each row
+        // is followed by its partner, so one product gives both, side by side.
         const swapped = tf.reverse(qkv.reshape([width / hd, 2, hd / 2, d]), 1).reshape([width, d]);
+        const both = tf.stack([qkv, swapped], 1).reshape([2 * width, d]);
         const post = normW('post_attention_layernorm');
         layers.push({
-          qkv: tf.keep(tf.transpose(qkv) as tf.Tensor2D),
-          qkvSwap: tf.keep(tf.transpose(swapped) as tf.Tensor2D),
+          qkv: tf.keep(tf.transpose(both) as tf.Tensor2D),
           o: tf.keep(tf.transpose(eff('o_proj')) as tf.Tensor2D),
           gate: tf.keep(tf.transpose(tf.mul(eff('gate_proj'), post)) as tf.Tensor2D),
           up: tf.keep(tf.transpose(tf.mul(eff('up_proj'), post)) as tf.Tensor2D),
@@ -536,7 +536,13 @@ export class LlamaModel {
         });
       }
       const head = tf.keep(tf.transpose(tf.mul(this.headWeight(), this.weights['model.norm.weight']!.reshape([1, d]))) as tf.Tensor2D);
-      Object.assign(built, { layers, head, ones: tf.keep(tf.ones([1, d]) as tf.Tensor2D), eps: tf.keep(tf.scalar(c.rmsNormEps)) });
+      Object.assign(built, {
+        layers,
+        head,
+        ones: tf.keep(tf.ones([1, d]) as tf.Tensor2D),
+        meanCol: tf.keep(tf.fill([d, 1], 1 / d) as tf.Tensor2D),
+        eps: tf.keep(tf.scalar(c.rmsNormEps)),
+      });
     });
     const dec = { sources, ...built };
     this.dec = dec;
@@ -555,34 +561,36 @@ export class LlamaModel {
   /** Frees decodingWeights() (they are rebuilt on the next decode). */
   disposeDecoding(): void {
     if (!this.dec) return;
-    const { layers, head, ones, eps } = this.dec;
-    for (const L of layers) tf.dispose([L.qkv, L.qkvSwap, L.o, L.gate, L.up, L.down]);
-    tf.dispose([head, ones, eps]);
+    const { layers, head, ones, meanCol, eps } = this.dec;
+    for (const L of layers) tf.dispose([L.qkv, L.o, L.gate, L.up, L.down]);
+    tf.dispose([head, ones, meanCol, eps]);
     this.dec = null;
   }
 
-  /** RoPE rows for decode(): per position, cos / sin laid out like a decoding layer's qkv product. */
+  /** RoPE rows for decode(): per position, (cos, sin) pairs laid out like a decoding layer's qkv product. */
   private decodeRope(rope: RopeTables): NonNullable<RopeTables['dec']> {
     if (rope.dec) return rope.dec;
     const { numHeads: H, numKvHeads: Hkv } = this.config;
     const hd = headDim(this.config);
     const g = H / Hkv;
-    const width = Hkv * (g + 2) * hd;
-    const cos = new Float32Array(rope.len * width);
-    const sin = new Float32Array(rope.len * width);
+    const width = 2 * Hkv * (g + 2) * hd;
+    const rot = new Float32Array(rope.len * width);
+    const put = (at: number, cos: Float32Array, sin: Float32Array, from: number, n: number) => {
+      for (let i = 0; i < n; i++) {
+        rot[at + 2 * i] = cos[from + i]!;
+        rot[at + 2 * i + 1] = sin[from + i]!;
+      }
+    };
     for (let p = 0; p < rope.len; p++) {
       for (let j = 0; j < Hkv; j++) {
-        const at = p * width + j * (g + 2) * hd;
-        const q = (p * H + j * g) * hd;
-        cos.set(rope.cosQ.subarray(q, q + g * hd), at);
-        sin.set(rope.sinQ.subarray(q, q + g * hd), at);
-        const k = (p * Hkv + j) * hd;
-        cos.set(rope.cosK.subarray(k, k + hd), at + g * hd);
-        sin.set(rope.sinK.subarray(k, k + hd), at + g * hd);
-        cos.fill(1, at + (g + 1) * hd, at + (g + 2) * hd); // values pass through (sin stays 0)
+        const at = p * width + 2 * j * (g + 2) * hd;
+        put(at, rope.cosQ, rope.sinQ, (p * H + j * g) * hd, g * hd);
+        put(at + 2 * g * hd, rope.cosK, rope.sinK, (p * Hkv + j) * hd, hd);
+        // Values pass through: cos 1, sin 0.
+        for (let i = 0; i < hd; i++) rot[at + 2 * (g + 1) * hd + 2 * i] = 1;
       }
     }
-    rope.dec = { cos, sin, width };
+    rope.dec = { rot, width };
     return rope.dec;
   }
 
