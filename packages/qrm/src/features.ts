@@ -78,7 +78,18 @@ export function encodePair(tok: Tokenizer, prompt: string, response: string, max
   return { ids, promptEnd, truncated };
 }
 
+/**
+ * How the response feature is read off the backbone's last layer: 'last' (SPEC §4, ArmoRM) takes
+ * the hidden state at the last token; 'mean' averages the hidden states of the response's tokens.
+ * A large backbone's last state summarises the response; a tiny one's mostly predicts the next
+ * token, and the mean keeps what each token saw (the Figure 3 world uses it: see its README).
+ */
+export type FeaturePooling = 'last' | 'mean';
+export const FEATURE_POOLINGS: readonly FeaturePooling[] = ['last', 'mean'];
+
 export interface FeatureOptions {
+  /** The response feature: 'last' (default, SPEC §4) or 'mean' over the response's tokens. */
+  pooling?: FeaturePooling;
   /** Sequences per forward pass (8). */
   batchSize?: number;
   /** Longest sequence; longer ones lose their first tokens (the model's maxPositionEmbeddings). */
@@ -98,6 +109,9 @@ export function pairFeatures(
   const d = model.config.hiddenSize;
   const batchSize = opts.batchSize ?? 8;
   const maxTokens = opts.maxTokens ?? model.config.maxPositionEmbeddings;
+  const pooling = opts.pooling ?? 'last';
+  if (!FEATURE_POOLINGS.includes(pooling)) throw new QrlhfError(`feature pooling: expected one of ${FEATURE_POOLINGS.join(', ')}, got "${pooling}"`);
+  const mean = pooling === 'mean';
   const enc = items.map((it, i) => encodePair(tokenizer, it.prompt, it.response, maxTokens, opts.where?.(i) ?? `item ${i}`));
   const order = enc.map((_, i) => i).sort((a, b) => enc[a]!.ids.length - enc[b]!.ids.length);
   const response = new Float32Array(items.length * d);
@@ -110,16 +124,26 @@ export function pairFeatures(
     const ids = new Int32Array(B * T).fill(pad);
     const mask = new Float32Array(B * T);
     const gatherIdx = new Int32Array(2 * B);
+    // 'mean': row b of `pool` holds 1/len on the response's tokens (the last token alone when the
+    // response is empty), so pool · h is the mean of their hidden states.
+    const pool = mean ? new Float32Array(B * T) : null;
     rows.forEach((r, b) => {
       const e = enc[r]!;
       ids.set(e.ids, b * T);
       mask.fill(1, b * T, b * T + e.ids.length);
       gatherIdx[b] = b * T + e.ids.length - 1; // last real token
       gatherIdx[B + b] = b * T + e.promptEnd;
+      if (pool) {
+        const from = Math.min(e.promptEnd + 1, e.ids.length - 1);
+        pool.fill(1 / (e.ids.length - from), b * T + from, b * T + e.ids.length);
+      }
     });
     const feats = tf.tidy(() => {
       const h = model.hidden(tf.tensor2d(ids, [B, T], 'int32'), { mask: tf.tensor2d(mask, [B, T]) });
-      return tf.gather(h.reshape([B * T, d]), tf.tensor1d(gatherIdx, 'int32'));
+      const picked = tf.gather(h.reshape([B * T, d]), tf.tensor1d(gatherIdx, 'int32'));
+      if (!pool) return picked;
+      const pooled = tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]);
+      return tf.concat([pooled, picked.slice([B, 0], [B, d])], 0);
     });
     const data = feats.dataSync() as Float32Array;
     feats.dispose();
@@ -230,6 +254,7 @@ interface Fingerprint {
   maxTokens: number;
   backbone: string;
   attributes: string[] | null;
+  pooling: FeaturePooling;
 }
 
 function shardPath(parts: string, i: number): string {
@@ -309,6 +334,7 @@ function fingerprint(o: ExtractOptions, stage: 1 | 2, rows: number, attributes: 
     maxTokens: o.maxTokens ?? o.backbone.model.config.maxPositionEmbeddings,
     backbone: o.backboneRef ?? '',
     attributes,
+    pooling: o.pooling ?? 'last',
   };
 }
 

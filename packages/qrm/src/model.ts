@@ -14,7 +14,7 @@ import { QrlhfError, loadModel, readSafetensors, writeFileAtomic, writeSafetenso
 import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
 import { applyDebias } from './debias.js';
 import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
-import { pairFeatures, type Backbone, type PromptResponseItem } from './features.js';
+import { FEATURE_POOLINGS, pairFeatures, type Backbone, type FeaturePooling, type PromptResponseItem } from './features.js';
 
 export interface QrmScore {
   /** K mixed reward quantiles, non-decreasing. */
@@ -51,6 +51,8 @@ export interface QrmJson {
   tokenizer?: string | null;
   /** Longest token sequence fed to the backbone (default: its maxPositionEmbeddings). */
   maxTokens?: number | null;
+  /** How the response feature is pooled (absent = 'last', SPEC §4). */
+  pooling?: FeaturePooling;
   gate: GateConfig;
   mixture: MixtureMode;
 }
@@ -154,6 +156,8 @@ export interface QrmParts {
   tokenizer?: string | null;
   maxTokens?: number | null;
   mixture?: MixtureMode;
+  /** The response-feature pooling the heads were fitted on ('last' default). */
+  pooling?: FeaturePooling;
 }
 
 export class QuantileRewardModel {
@@ -165,6 +169,8 @@ export class QuantileRewardModel {
   backbonePath: string | null;
   tokenizerPath: string | null;
   readonly maxTokens: number | null;
+  /** The response-feature pooling of the features the heads were fitted on. */
+  readonly pooling: FeaturePooling;
   /** How the attribute distributions are mixed: eq. 3 (default) or the true mixture. */
   mixture: MixtureMode;
   private backbone: Backbone | null = null;
@@ -184,6 +190,8 @@ export class QuantileRewardModel {
     this.backbonePath = p.backbone ?? null;
     this.tokenizerPath = p.tokenizer ?? null;
     this.maxTokens = p.maxTokens ?? null;
+    this.pooling = p.pooling ?? 'last';
+    if (!FEATURE_POOLINGS.includes(this.pooling)) throw new QrlhfError(`QRM: pooling must be one of ${FEATURE_POOLINGS.join(', ')}, got "${this.pooling}"`);
     this.mixture = p.mixture ?? 'eq3';
   }
 
@@ -240,6 +248,7 @@ export class QuantileRewardModel {
       backbone: ref(j.backbone),
       tokenizer: ref(j.tokenizer),
       maxTokens: j.maxTokens ?? null,
+      pooling: j.pooling ?? 'last',
       mixture: j.mixture ?? 'eq3',
     });
   }
@@ -255,6 +264,7 @@ export class QuantileRewardModel {
       backbone: this.backbonePath,
       tokenizer: this.tokenizerPath,
       maxTokens: this.maxTokens,
+      pooling: this.pooling,
       gate: { ...this.gate.config },
       mixture: this.mixture,
     };
@@ -328,7 +338,7 @@ export class QuantileRewardModel {
   async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
     if (pairs.length === 0) return [];
     const b = await this.loadBackbone();
-    const f = pairFeatures(b, pairs, { batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined });
+    const f = pairFeatures(b, pairs, { batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling });
     return this.scoreFeatures(f.prompt, f.response, pairs.length);
   }
 

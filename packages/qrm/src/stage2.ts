@@ -8,7 +8,7 @@ import { QrlhfError, Rng } from '@qrlhf/core';
 import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
 import { applyDebias, debiasPenalties, expectedRewards, type DebiasResult } from './debias.js';
 import { GateNetwork, trainGate, type GatePairs, type GateProgress, type GateTrainResult, type MixtureMode } from './gate.js';
-import { splitSides, type PairFeatures } from './features.js';
+import { splitSides, type FeaturePooling, type PairFeatures } from './features.js';
 import { QuantileRewardModel } from './model.js';
 
 export interface TrainQrmOptions {
@@ -33,6 +33,8 @@ export interface TrainQrmOptions {
   /** A tokenizer for the backbone, when not its own (recorded in qrm.json). */
   tokenizer?: string | null;
   mixture?: MixtureMode;
+  /** The response-feature pooling the features were extracted with (recorded in qrm.json). */
+  pooling?: FeaturePooling;
   onProgress?: (m: GateProgress) => void;
 }
 
@@ -124,6 +126,7 @@ export function trainQrm(o: TrainQrmOptions): TrainQrmResult {
     backbone: o.backbone ?? null,
     tokenizer: o.tokenizer ?? null,
     mixture: o.mixture ?? 'eq3',
+    pooling: o.pooling ?? 'last',
   });
   return { model, training, debias: { ...debias, verbosity }, nTrain: trIdx.length, nVal };
 }

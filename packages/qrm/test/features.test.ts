@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LlamaModel, QrlhfError } from '@qrlhf/core';
 import { charTokenizer, tinyLlama } from './reference.js';
-import { encodePair, extractPairFeatures, extractRatingFeatures, readPairFeatures, readRatingFeatures, type Backbone } from '@qrlhf/qrm';
+import { encodePair, pairFeatures, extractPairFeatures, extractRatingFeatures, readPairFeatures, readRatingFeatures, type Backbone } from '@qrlhf/qrm';
 
 const config = tinyLlama;
 
@@ -109,4 +109,24 @@ test('bad rows are errors naming the file and line', async (t) => {
     message: /bad\.jsonl:2: attribute "helpfulness" must be a finite number or null/,
   });
   b.model.dispose();
+});
+
+test("pooling 'mean' averages the response tokens' hidden states of a single pass (the last token for an empty response)", (t) => {
+  const b = backbone();
+  const d = config.hiddenSize;
+  const items = responses.map((r, i) => ({ prompt: prompts[i % 3]!, response: r }));
+  const f = pairFeatures(b, items, { batchSize: 2, pooling: 'mean' });
+  const last = pairFeatures(b, items, { batchSize: 3 });
+  items.forEach((it, i) => {
+    const e = encodePair(b.tokenizer, it.prompt, it.response, 1000);
+    const from = Math.min(e.promptEnd + 1, e.ids.length - 1);
+    const positions = Array.from({ length: e.ids.length - from }, (_, k) => from + k);
+    const hs = single(b, e.ids, [...positions, e.promptEnd]);
+    const mean = new Float32Array(d);
+    for (const h of hs.slice(0, -1)) for (let j = 0; j < d; j++) mean[j] += h[j]! / positions.length;
+    close(t, f.response.subarray(i * d, (i + 1) * d), mean, `row ${i} mean response feature`);
+    close(t, f.prompt.subarray(i * d, (i + 1) * d), hs.at(-1)!, `row ${i} prompt feature`);
+    close(t, f.prompt.subarray(i * d, (i + 1) * d), last.prompt.subarray(i * d, (i + 1) * d), `row ${i} prompt feature, both poolings`);
+  });
+  t.throws(() => pairFeatures(b, items, { pooling: 'max' as 'mean' }), { instanceOf: QrlhfError, message: /pooling/ });
 });

@@ -24,6 +24,8 @@ import {
   type PreferenceRow,
   type QrmScore,
   type Utility,
+  FEATURE_POOLINGS,
+  type FeaturePooling,
 } from '@qrlhf/qrm';
 import { handle } from '../run.js';
 import { backendFlag, intFlag, numFlag, optionalString, requiredString } from './generate.js';
@@ -79,9 +81,11 @@ const featuresCommand: CommandModule = {
       .option('shard-size', { type: 'string', describe: 'Rows per resumable shard (default 512)' })
       .option('max-tokens', { type: 'string', describe: "Longest sequence; longer ones lose their first tokens (default: the model's context)" })
       .option('max-rows', { type: 'string', describe: 'Use only the first N rows' })
+      .option('pooling', { type: 'string', describe: "Response feature: 'last' token (default, SPEC §4) or 'mean' over the response's tokens" })
       .option('backend', backendOption),
   handler: handle(async (a: Args) => {
     const modelPath = requiredString('model', a['model'], 'the frozen backbone');
+    const pooling = poolingFlag(a['pooling']);
     const out = requiredString('out', a['out'], 'the features file to write');
     const ratings = optionalString('ratings', a['ratings']);
     const pairs = optionalString('pairs', a['pairs']);
@@ -108,6 +112,7 @@ const featuresCommand: CommandModule = {
         maxTokens,
         maxRows,
         attributes,
+        pooling,
         onProgress: (done: number, total: number) => bar.tick(done, total, 'rows'),
       };
       const r = ratings !== undefined ? await extractRatingFeatures(opts) : await extractPairFeatures(opts);
@@ -121,6 +126,14 @@ const featuresCommand: CommandModule = {
     }
   }),
 };
+
+function poolingFlag(v: unknown): FeaturePooling {
+  if (v === undefined) return 'last';
+  if (typeof v !== 'string' || !FEATURE_POOLINGS.includes(v as FeaturePooling)) {
+    throw new QrlhfError(`--pooling: expected one of ${FEATURE_POOLINGS.join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return v as FeaturePooling;
+}
 
 // ---- fit ------------------------------------------------------------------------------------
 
@@ -194,6 +207,7 @@ const gateCommand: CommandModule = {
       .option('layers', { type: 'string', describe: 'Number of hidden layers (default 3)' })
       .option('val-fraction', { type: 'string', describe: 'Share of pairs held out for accuracy (default 0.1)' })
       .option('mixture', { type: 'string', describe: 'eq3 (the paper: weighted sum of quantile functions, default) | mixture (quantiles of the mixture distribution)' })
+      .option('pooling', { type: 'string', describe: "The response-feature pooling the features were extracted with (last | mean), recorded for scoring" })
       .option('metrics', { type: 'string', describe: 'Append per-step metrics as JSON lines to this file' })
       .option('seed', { type: 'string', describe: 'Seed of the split, the init and the shuffling (default 0)' })
       .option('backend', backendOption),
@@ -226,6 +240,7 @@ const gateCommand: CommandModule = {
       heads, pairs, reference,
       verbosity: v === undefined ? undefined : v === 'none' ? null : v,
       hiddenSize, numHidden, epochs, batchSize, lr, weightDecay, warmupSteps, valFraction, seed, mixture,
+      pooling: poolingFlag(a['pooling']),
       // recorded relative to the QRM folder, so that the two can move together
       backbone: backboneAbs === null ? null : relative(resolve(out), backboneAbs) || '.',
       tokenizer: tok === undefined ? null : relative(resolve(out), resolve(tok)),
