@@ -167,7 +167,8 @@ export class LoraAdapter {
         if (!this.rng) throw new QrlhfError('LoRA dropout needs an Rng: load the adapter with one to train it');
         xin = tf.dropout(x, this.config.dropout, undefined, this.rng.seed32());
       }
-      return tf.mul(tf.matMul(tf.matMul(xin, p.A, false, true), p.B, false, true), this.scale);
+      // The scale multiplies the narrow [N, r] middle, not the [N, out] result (and so its gradient).
+      return tf.matMul(tf.mul(tf.matMul(xin, p.A, false, true), this.scale), p.B, false, true);
     });
   }
 
