@@ -123,6 +123,8 @@ export class LlamaModel {
    *  remade when the head variable is reassigned (its dataId changes). */
   private headT: { source: object; t: tf.Tensor2D } | null = null;
   private dec: (DecodingWeights & { sources: unknown[] }) | null = null;
+  /** linears()' stacked weights by layer and modules. */
+  private readonly stacked = new Map<string, { sources: object[]; t: tf.Tensor2D }>();
 
   private constructor(config: LlamaConfig, weights: Record<string, tf.Variable>) {
     this.config = config;
@@ -372,9 +374,10 @@ export class LlamaModel {
         // folding the group into the time axis lets one batched product serve a whole group
         // without copying keys g times.
         const n = rmsNorm(h, w('input_layernorm'), c.rmsNormEps);
-        const q = rotate(this.linear(n, i, 'q_proj', training), cosQ!, sinQ!, hd).reshape([B, T, H, hd]);
-        const k = rotate(this.linear(n, i, 'k_proj', training), cosK!, sinK!, hd).reshape([B, T, Hkv, hd]);
-        const v = this.linear(n, i, 'v_proj', training).reshape([B, T, Hkv, hd]);
+        const [qp, kp, vp] = this.linears(n, i, ['q_proj', 'k_proj', 'v_proj'], training);
+        const q = rotate(qp!, cosQ!, sinQ!, hd).reshape([B, T, H, hd]);
+        const k = rotate(kp!, cosK!, sinK!, hd).reshape([B, T, Hkv, hd]);
+        const v = vp!.reshape([B, T, Hkv, hd]);
         let kh = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D;
         let vh = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D;
         if (cache) {
@@ -396,13 +399,59 @@ export class LlamaModel {
 
         // SwiGLU feed-forward.
         const n2 = rmsNorm(h, w('post_attention_layernorm'), c.rmsNormEps);
-        const gate = this.linear(n2, i, 'gate_proj', training);
-        const up = this.linear(n2, i, 'up_proj', training);
+        const [gate, up] = this.linears(n2, i, ['gate_proj', 'up_proj'], training) as [tf.Tensor, tf.Tensor];
         const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
         h = tf.add(h, this.linear(act, i, 'down_proj', training));
       }
       return rmsNorm(h, this.weights['model.norm.weight']!, c.rmsNormEps).reshape([B, T, d]) as tf.Tensor3D;
     });
+  }
+
+  /**
+   * linear() for several modules that read the same x, as one product on a kept concatenation
+   * [in, Σ out] of their (frozen) weights, split afterwards (a split's gradient is one concat).
+   * The LoRA updates of the covered modules join as one more pair of products: their middles side
+   * by side, times a block matrix of their B's. Trainable base weights go through linear().
+   */
+  private linears(x: tf.Tensor, layer: number, modules: LoraModule[], training: boolean): tf.Tensor[] {
+    const Ws = modules.map((m) => this.weights[`model.layers.${layer}.${loraGroup(m)}.${m}.weight`]!);
+    if (Ws.some((W) => W.trainable)) return modules.map((m) => this.linear(x, layer, m, training));
+    const outs = Ws.map((W) => W.shape[0]!);
+    let y = tf.matMul(x, this.concatTransposed(`${layer}:${modules.join(',')}`, Ws));
+    const lora = this.lora?.enabled ? this.lora : null;
+    const covered = lora ? modules.filter((m) => lora.pair(layer, m)) : [];
+    if (lora && covered.length > 0) {
+      const r = lora.config.r;
+      const R = r * covered.length;
+      const mid = lora.dropsOut(training)
+        ? tf.concat(covered.map((m) => lora.middle(layer, m, x, training)!), 1)
+        : tf.mul(tf.matMul(x, tf.concat(covered.map((m) => lora.pair(layer, m)!.A), 0), false, true), lora.scale);
+      // The rows of module m: its B in its own r columns of the middle, zeros elsewhere.
+      let at = 0;
+      const rows = modules.map((m, j) => {
+        const p = lora.pair(layer, m);
+        if (!p) return tf.zeros([outs[j]!, R]);
+        const parts: tf.Tensor[] = [];
+        if (at > 0) parts.push(tf.zeros([outs[j]!, at]));
+        parts.push(p.B);
+        if (at + r < R) parts.push(tf.zeros([outs[j]!, R - at - r]));
+        at += r;
+        return parts.length > 1 ? tf.concat(parts, 1) : p.B;
+      });
+      y = tf.add(y, tf.matMul(mid, rows.length > 1 ? tf.concat(rows, 0) : rows[0]!, false, true));
+    }
+    return modules.length > 1 ? tf.split(y, outs, 1) : [y];
+  }
+
+  /** The weights Ws [out_i, in] stacked and transposed to [in, Σ out_i], kept until one changes. */
+  private concatTransposed(key: string, Ws: tf.Variable[]): tf.Tensor2D {
+    const sources = Ws.map((W) => W.dataId);
+    const cur = this.stacked.get(key);
+    if (cur && cur.sources.every((x, i) => x === sources[i])) return cur.t;
+    cur?.t.dispose();
+    const t = tf.keep(tf.tidy(() => tf.transpose(tf.concat(Ws, 0)) as tf.Tensor2D));
+    this.stacked.set(key, { sources, t });
+    return t;
   }
 
   /** x Wᵀ for a layer's linear module, plus the LoRA update when an enabled adapter covers it. */
@@ -632,6 +681,8 @@ export class LlamaModel {
     for (const v of Object.values(this.weights)) v.dispose();
     this.rope = null;
     this.disposeDecoding();
+    for (const { t } of this.stacked.values()) t.dispose();
+    this.stacked.clear();
     this.headT?.t.dispose();
     this.headT = null;
   }

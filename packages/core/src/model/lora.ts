@@ -154,6 +154,16 @@ export class LoraAdapter {
     return [...this.pairs.values()];
   }
 
+  /** The A and B of one adapted (layer, module), or null when this adapter does not cover it. */
+  pair(layer: number, module: LoraModule): { A: tf.Variable; B: tf.Variable } | null {
+    return this.pairs.get(`${layer}.${module}`) ?? null;
+  }
+
+  /** Whether delta() / middle() draw a dropout mask in this mode. */
+  dropsOut(training: boolean): boolean {
+    return training && this.config.dropout > 0;
+  }
+
   /**
    * The update (alpha / r) · dropout(x) Aᵀ Bᵀ for one linear layer of the model, or null when this
    * adapter does not cover it. Dropout draws its mask from a seed taken from the adapter's Rng.
@@ -161,14 +171,21 @@ export class LoraAdapter {
   delta(layer: number, module: LoraModule, x: tf.Tensor, training: boolean): tf.Tensor | null {
     const p = this.pairs.get(`${layer}.${module}`);
     if (!p) return null;
+    // The scale multiplies the narrow [N, r] middle, not the [N, out] result (and so its gradient).
+    return tf.tidy(() => tf.matMul(this.middle(layer, module, x, training)!, p.B, false, true));
+  }
+
+  /** The first half of delta(): (alpha / r) · dropout(x) Aᵀ, [N, r]; null when not covered. */
+  middle(layer: number, module: LoraModule, x: tf.Tensor, training: boolean): tf.Tensor | null {
+    const p = this.pairs.get(`${layer}.${module}`);
+    if (!p) return null;
     return tf.tidy(() => {
       let xin = x;
-      if (training && this.config.dropout > 0) {
+      if (this.dropsOut(training)) {
         if (!this.rng) throw new QrlhfError('LoRA dropout needs an Rng: load the adapter with one to train it');
         xin = tf.dropout(x, this.config.dropout, undefined, this.rng.seed32());
       }
-      // The scale multiplies the narrow [N, r] middle, not the [N, out] result (and so its gradient).
-      return tf.matMul(tf.mul(tf.matMul(xin, p.A, false, true), this.scale), p.B, false, true);
+      return tf.mul(tf.matMul(xin, p.A, false, true), this.scale);
     });
   }
 
