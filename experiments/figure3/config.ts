@@ -9,7 +9,7 @@ export const FIGURE3_SCHEMA = defineConfig({
   out: { type: 'string', default: 'runs/figure3', doc: 'run folder (every stage keeps its outputs here; a rerun skips finished stages)' },
   backend: { type: 'string', default: 'auto', choices: ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'], doc: 'tfjs backend' },
   worldSeed: { type: 'int', default: 1, min: 0, doc: 'seed of the synthetic world and its datasets' },
-  seeds: { type: 'number[]', default: [1, 2, 3], doc: 'RLOO seeds: each utility is trained once per seed' },
+  seeds: { type: 'number[]', default: [1, 2], doc: 'RLOO seeds: each utility is trained once per seed' },
 
   pretrainDialogues: { type: 'int', default: 12000, min: 1, doc: 'dialogues in the pretraining corpus' },
   sftDialogues: { type: 'int', default: 3000, min: 10, doc: 'SFT dialogues (HH-RLHF chosen/rejected)' },
@@ -34,6 +34,7 @@ export const FIGURE3_SCHEMA = defineConfig({
   loraR: { type: 'int', default: 8, min: 1, doc: 'LoRA rank of SFT and RLOO' },
   loraAlpha: { type: 'number', default: 16, min: 0, doc: 'LoRA alpha of SFT and RLOO' },
 
+  pooling: { type: 'string', default: 'mean', choices: ['last', 'mean'], doc: "QRM response feature: SPEC's last token, or the mean over the response's tokens (better for a tiny backbone)" },
   quantiles: { type: 'int', default: 19, min: 1, doc: 'quantile levels K (tau_k = k/(K+1))' },
   l1: { type: 'number', default: 0.003, min: 0, doc: "quantile heads' L1 penalty alpha" },
   gateHidden: { type: 'int', default: 128, min: 1, doc: "gate MLP width (ArmoRM: 1024; the world's features are 96-dim)" },

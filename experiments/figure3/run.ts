@@ -166,8 +166,11 @@ async function main(): Promise<void> {
     const backbone = await loadModel(baseDir);
     const f1 = join(qrmDir, 'features-ratings.safetensors');
     const f2 = join(qrmDir, 'features-pairs.safetensors');
-    await extractRatingFeatures({ input: files.ratings, output: f1, backbone, backboneRef: baseDir, batchSize: 32 });
-    await extractPairFeatures({ input: files.pairs, output: f2, backbone, backboneRef: baseDir, batchSize: 32 });
+    // Mean pooling of the response (not SPEC's last token): the tiny backbone's last state mostly
+    // predicts the next token; the mean keeps which moves the response made (README, Figure 3).
+    const feat = { backbone, backboneRef: baseDir, batchSize: 32, pooling: cfg.pooling };
+    await extractRatingFeatures({ input: files.ratings, output: f1, ...feat });
+    await extractPairFeatures({ input: files.pairs, output: f2, ...feat });
     const r = readRatingFeatures(f1);
     // The world's ratings already lie in [0, 1] (SPEC §4): no rescaling, so the QRM's quantiles
     // are on the truth's scale.
@@ -189,6 +192,7 @@ async function main(): Promise<void> {
       batchSize: cfg.gateBatch,
       seed: cfg.worldSeed,
       backbone: baseDir,
+      pooling: cfg.pooling,
     });
     trained.model.save(qrmModelDir);
     backbone.model.dispose();
@@ -247,7 +251,8 @@ async function main(): Promise<void> {
   const note =
     `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies evaluated on ${cfg.evalPrompts} held-out prompts ` +
     `(one response each, temperature ${cfg.temperature}); "QRM estimate" is the quantile reward model's mixed quantile ` +
-    `(gate weights normalised to sum to 1), "true" the world's exact quantile of the response's reward. ` +
+    `(eq. 3 with mean-pooled features; gate weights normalised over the attributes kept by debiasing), ` +
+    `"true" the world's exact quantile of the response's reward under the rater population. ` +
     `risk-aware: exponential utility, lambda ${cfg.lambda}. This run took ${minutes.toFixed(1)} minutes (stages skipped on a rerun count as 0).`;
   writeFileAtomic(join(out, 'summary.json'), JSON.stringify({ runs: summaries, config: cfg }, null, 2) + '\n');
   writeFileAtomic(join(out, 'summary.md'), summaryMarkdown(summaries, note));
