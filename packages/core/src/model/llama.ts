@@ -78,16 +78,15 @@ interface RopeTables {
   cosQ: Float32Array;
   sinQ: Float32Array;
   /** The same for decode(): per position one row laid out like its fused projection (per kv
-   *  head: its g query heads, its key, its value; each column as a (cos, sin) pair, values
-   *  (1, 0)). Built on demand. */
-  dec: { rot: Float32Array; width: number } | null;
+   *  head: its g query heads, its key, its value; value columns cos 1, sin 0). Built on demand. */
+  dec: { cos: Float32Array; sin: Float32Array; width: number } | null;
 }
 
 /** One layer of decodingWeights(), every matrix [in, out] (so products need no transpose). */
 export interface DecodeLayer {
   /** q, k, v rows grouped per kv head (its g query heads, its key, its value), times the input
-   *  norm, each output column followed by its rotate-half partner (the same head's other half):
-   *  [d, 2 · Hkv (g + 2) hd]. */
+   *  norm: [d, Hkv (g + 2) hd]. (Adding each column's rotate-half partner to the product would
+   *  spare the swap's split and concat but doubles the bytes read per token.) */
   qkv: tf.Tensor2D;
   o: tf.Tensor2D;
   /** gate and up times the post-attention norm. */
@@ -100,8 +99,7 @@ export interface DecodingWeights {
   layers: DecodeLayer[];
   /** The head [d, V] times the final norm. */
   head: tf.Tensor2D;
-  /** [1, d] ones, [d, 1] of 1/d, the norm's epsilon. */
-  ones: tf.Tensor2D;
+  /** [d, 1] of 1/d, the norm's epsilon. */
   meanCol: tf.Tensor2D;
   eps: tf.Scalar;
 }
@@ -227,10 +225,9 @@ export class LlamaModel {
    * One decoding step for generation: feeds one new token per row (ids[b]) after the cache's
    * positions, mask[b] covering the whole history (past + 1 entries, 1 token, 0 pad), and returns
    * the logits of the new position, [B, V]. Same result as step() within float32 rounding, in
-   * about 33 kernel calls per layer instead of ~55: it runs on decodingWeights() (q, k, v and
-   * their rotate-half partners from one product, RoPE as a multiply and a pairwise sum, norms'
-   * weights folded into the next product, an enabled LoRA merged), and takes positions, RoPE rows
-   * and the mask from JS arrays. No gradient flows through it (use step() or hidden() for that).
+   * about 35 kernel calls per layer instead of ~55: it runs on decodingWeights() (q, k, v from one
+   * product, norms' weights folded into the next product, an enabled LoRA merged), and takes
+   * positions, RoPE rows and the mask from JS arrays. No gradient flows through it (use step() or hidden() for that).
    */
   decode(ids: number[], cache: KVCache, mask: number[][]): tf.Tensor2D {
     const c = this.config;
@@ -265,18 +262,16 @@ export class LlamaModel {
           for (let b = 0; b < B; b++) t.set(table.subarray(pos[b]! * w, (pos[b]! + 1) * w), b * w);
           return tf.tensor2d(t, [B, w]);
         };
-        const rot = rows(tables.rot);
+        const [cos, sin] = [rows(tables.cos), rows(tables.sin)];
         const biasT = bias ? tf.tensor4d(bias, [B, Hkv, g, total]) : null;
         // x / sqrt(mean(x²) + eps), the mean as a product; the norm's weights are folded into the
-        // next product.
-        const norm = (x: tf.Tensor2D) =>
-          tf.mul(x, tf.matMul(tf.rsqrt(tf.add(tf.matMul(tf.square(x), dw.meanCol), dw.eps)), dw.ones)) as tf.Tensor2D;
+        // next product. (A [B, 1] broadcast multiply is as fast as a same-shape one here.)
+        const norm = (x: tf.Tensor2D) => tf.mul(x, tf.rsqrt(tf.add(tf.matMul(tf.square(x), dw.meanCol), dw.eps))) as tf.Tensor2D;
         let h = tf.gather(this.weights['model.embed_tokens.weight']!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
         for (let i = 0; i < c.numLayers; i++) {
           const L = dw.layers[i]!;
-          // Every output column of q / k / v next to its rotate-half partner: times [cos, sin]
-          // and summed in pairs, that is RoPE; grouped per kv head: [B, Hkv, g + 2, hd].
-          const y = tf.sum(tf.mul(tf.matMul(norm(h), L.qkv), rot).reshape([B, Hkv, g + 2, hd, 2]), 4);
+          // q, k, v grouped per kv head, rotated ([B, Hkv, g + 2, hd]; values have cos 1, sin 0).
+          const y = rotate(tf.matMul(norm(h), L.qkv), cos, sin, hd).reshape([B, Hkv, g + 2, hd]);
           const [q, k, v] = tf.split(y, [g, 1, 1], 2) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
           const [pk, pv] = [cache.keys[i], cache.values[i]];
           const K = pk ? (tf.concat([pk, k], 2) as tf.Tensor4D) : k;
@@ -571,13 +566,9 @@ export class LlamaModel {
           tf.concat([eff('q_proj').reshape([Hkv, g, hd, d]), eff('k_proj').reshape([Hkv, 1, hd, d]), eff('v_proj').reshape([Hkv, 1, hd, d])], 1).reshape([width, d]),
           normW('input_layernorm'),
         );
-        // Every head's halves swapped: x · swappedᵀ = rotate-half's partner of x · qkvᵀ. Each row
-        // is followed by its partner, so one product gives both, side by side.
-        const swapped = tf.reverse(qkv.reshape([width / hd, 2, hd / 2, d]), 1).reshape([width, d]);
-        const both = tf.stack([qkv, swapped], 1).reshape([2 * width, d]);
         const post = normW('post_attention_layernorm');
         layers.push({
-          qkv: tf.keep(tf.transpose(both) as tf.Tensor2D),
+          qkv: tf.keep(tf.transpose(qkv) as tf.Tensor2D),
           o: tf.keep(tf.transpose(eff('o_proj')) as tf.Tensor2D),
           gate: tf.keep(tf.transpose(tf.mul(eff('gate_proj'), post)) as tf.Tensor2D),
           up: tf.keep(tf.transpose(tf.mul(eff('up_proj'), post)) as tf.Tensor2D),
@@ -588,7 +579,6 @@ export class LlamaModel {
       Object.assign(built, {
         layers,
         head,
-        ones: tf.keep(tf.ones([1, d]) as tf.Tensor2D),
         meanCol: tf.keep(tf.fill([d, 1], 1 / d) as tf.Tensor2D),
         eps: tf.keep(tf.scalar(c.rmsNormEps)),
       });
@@ -610,36 +600,34 @@ export class LlamaModel {
   /** Frees decodingWeights() (they are rebuilt on the next decode). */
   disposeDecoding(): void {
     if (!this.dec) return;
-    const { layers, head, ones, meanCol, eps } = this.dec;
+    const { layers, head, meanCol, eps } = this.dec;
     for (const L of layers) tf.dispose([L.qkv, L.o, L.gate, L.up, L.down]);
-    tf.dispose([head, ones, meanCol, eps]);
+    tf.dispose([head, meanCol, eps]);
     this.dec = null;
   }
 
-  /** RoPE rows for decode(): per position, (cos, sin) pairs laid out like a decoding layer's qkv product. */
+  /** RoPE rows for decode(): per position, cos / sin laid out like a decoding layer's qkv product. */
   private decodeRope(rope: RopeTables): NonNullable<RopeTables['dec']> {
     if (rope.dec) return rope.dec;
     const { numHeads: H, numKvHeads: Hkv } = this.config;
     const hd = headDim(this.config);
     const g = H / Hkv;
-    const width = 2 * Hkv * (g + 2) * hd;
-    const rot = new Float32Array(rope.len * width);
-    const put = (at: number, cos: Float32Array, sin: Float32Array, from: number, n: number) => {
-      for (let i = 0; i < n; i++) {
-        rot[at + 2 * i] = cos[from + i]!;
-        rot[at + 2 * i + 1] = sin[from + i]!;
-      }
-    };
+    const width = Hkv * (g + 2) * hd;
+    const cos = new Float32Array(rope.len * width);
+    const sin = new Float32Array(rope.len * width);
     for (let p = 0; p < rope.len; p++) {
       for (let j = 0; j < Hkv; j++) {
-        const at = p * width + 2 * j * (g + 2) * hd;
-        put(at, rope.cosQ, rope.sinQ, (p * H + j * g) * hd, g * hd);
-        put(at + 2 * g * hd, rope.cosK, rope.sinK, (p * Hkv + j) * hd, hd);
-        // Values pass through: cos 1, sin 0.
-        for (let i = 0; i < hd; i++) rot[at + 2 * (g + 1) * hd + 2 * i] = 1;
+        const at = p * width + j * (g + 2) * hd;
+        const q = (p * H + j * g) * hd;
+        cos.set(rope.cosQ.subarray(q, q + g * hd), at);
+        sin.set(rope.sinQ.subarray(q, q + g * hd), at);
+        const k = (p * Hkv + j) * hd;
+        cos.set(rope.cosK.subarray(k, k + hd), at + g * hd);
+        sin.set(rope.sinK.subarray(k, k + hd), at + g * hd);
+        cos.fill(1, at + (g + 1) * hd, at + (g + 2) * hd); // values pass through (sin stays 0)
       }
     }
-    rope.dec = { rot, width };
+    rope.dec = { cos, sin, width };
     return rope.dec;
   }
 
@@ -701,12 +689,13 @@ function rmsNorm(x: tf.Tensor, w: tf.Tensor, eps: number): tf.Tensor {
 /**
  * Rotary embedding, rotate-half layout, on a projection x [N, heads * hd] with per-head tables of
  * the same shape: x·cos + swap_halves(x)·sin, the sign of rotate-half living in the sin table. The
- * halves of every head are swapped by one Reverse over a [N·heads, 2, hd/2] view (its gradient is
- * the same Reverse) rather than a split and a concat.
+ * halves of every head are swapped with one split and one concat over a [N·heads, hd] view (a
+ * Reverse would do it in one kernel, but tfjs's wasm Reverse is ~30 ns per element).
  */
 function rotate(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, hd: number): tf.Tensor {
   const [N, width] = x.shape as [number, number];
-  const swapped = tf.reverse(x.reshape([N * (width / hd), 2, hd / 2]), 1).reshape([N, width]);
+  const [x1, x2] = tf.split(x.reshape([N * (width / hd), hd]), 2, 1);
+  const swapped = tf.concat([x2!, x1!], 1).reshape([N, width]);
   return tf.add(tf.mul(x, cos), tf.mul(swapped, sin));
 }
 
