@@ -12,7 +12,6 @@
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import {
   QrlhfError,
@@ -65,23 +64,39 @@ async function stage<T>(name: string, dir: string, fn: () => Promise<T>): Promis
   return result;
 }
 
-function parseCli(): Figure3Config {
-  const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: false, allowPositionals: false });
-  const configFile = typeof values['config'] === 'string' ? values['config'] : join(repoRoot(), 'configs', 'figure3.json');
-  const base = existsSync(configFile) ? loadConfigFile(FIGURE3_SCHEMA, configFile) : parseConfig(FIGURE3_SCHEMA, {}, 'defaults');
+/**
+ * Flags: `--config FILE` (default configs/figure3.json), then any key of FIGURE3_SCHEMA as
+ * `--key VALUE` or `--key=VALUE` (kebab-case too: --rl-steps 20; lists comma-separated: --seeds 1,2).
+ */
+function parseCli(argv: string[]): Figure3Config {
   const flags: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(values)) {
-    if (k === 'config') continue;
-    const raw = v === true ? 'true' : String(v);
-    // Numbers and lists on the command line: "--seeds 1,2" and "--rl-steps 20".
+  let configFile = join(repoRoot(), 'configs', 'figure3.json');
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--')) throw new QrlhfError(`unexpected argument "${arg}": flags are --key value (e.g. --out runs/x)`);
+    const eq = arg.indexOf('=');
+    const key = eq > 0 ? arg.slice(2, eq) : arg.slice(2);
+    let raw: string;
+    if (eq > 0) raw = arg.slice(eq + 1);
+    else {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) throw new QrlhfError(`--${key} needs a value`);
+      raw = next;
+      i++;
+    }
+    if (key === 'config') {
+      configFile = raw;
+      continue;
+    }
     const num = Number(raw);
-    flags[k] = raw.includes(',') ? raw.split(',').map((x) => (Number.isFinite(Number(x)) ? Number(x) : x)) : Number.isFinite(num) && raw !== '' ? num : raw;
+    flags[key] = raw.includes(',') ? raw.split(',').map((x) => (x.trim() !== '' && Number.isFinite(Number(x)) ? Number(x) : x)) : raw.trim() !== '' && Number.isFinite(num) ? num : raw;
   }
-  return applyOverrides(FIGURE3_SCHEMA, base, flags);
+  const base = existsSync(configFile) ? loadConfigFile(FIGURE3_SCHEMA, configFile) : parseConfig(FIGURE3_SCHEMA, {}, 'defaults');
+  return applyOverrides(FIGURE3_SCHEMA, base, flags, { strict: true });
 }
 
 async function main(): Promise<void> {
-  const cfg = parseCli();
+  const cfg = parseCli(process.argv.slice(2));
   const out = resolve(cfg.out);
   mkdirSync(out, { recursive: true });
   writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
