@@ -31,6 +31,8 @@ import {
   type BackendName,
   type LoraConfig,
   type Metrics,
+  checkResumableConfig,
+  printLine,
 } from '@qrlhf/core';
 import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
 import type { RlooConfig } from './config.js';
@@ -122,23 +124,7 @@ function validate(cfg: RlooConfig, hooks: RlooHooks): void {
   if (!(cfg.lr > 0)) throw new QrlhfError(`rloo config: "lr" must be > 0, got ${cfg.lr}`);
 }
 
-function checkResumable(cfg: RlooConfig, extra: Record<string, unknown>, where: string): void {
-  const saved = extra['config'];
-  if (typeof saved !== 'object' || saved === null) return;
-  const s = saved as Record<string, unknown>;
-  const diff = TRAJECTORY_KEYS.filter((k) => JSON.stringify(s[k]) !== JSON.stringify(cfg[k]));
-  if (diff.length) {
-    throw new QrlhfError(
-      `${where}: cannot resume: the checkpoint was made with different ${diff.map((k) => `"${k}" (${JSON.stringify(s[k])}, now ${JSON.stringify(cfg[k])})`).join(', ')}`,
-    );
-  }
-}
 
-function say(quiet: boolean | undefined, tracker: Tracker | null, text: string): void {
-  if (quiet) return;
-  if (tracker) tracker.println(text);
-  else process.stderr.write(`${text}\n`);
-}
 
 /** samples.jsonl rows of one step: the first `n` responses with their quantiles. */
 function sampleRows(b: RolloutBatch, step: number, n: number, taus: Float32Array): string {
@@ -220,7 +206,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     let adapter: LoraAdapter;
     if (model.lora) throw new QrlhfError(`${cfg.policy}: the policy already carries a LoRA adapter; merge it first (the SFT run's merged/ folder)`);
     if (state) {
-      checkResumable(cfg, state.extra, join(ckptDir, 'state.json'));
+      checkResumableConfig(state.extra['config'], cfg, TRAJECTORY_KEYS, join(ckptDir, 'state.json'));
       rng = new Rng(cfg.seed, state.rng);
       adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(ckptDir, 'state.json'), rng);
       model.lora = adapter;
@@ -273,10 +259,9 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
       tracker!.log(row);
       hooks.onMetrics?.(row);
     };
-    say(hooks.quiet, tracker,
-      `rloo: ${pset.read} prompts read, ${pset.filtered} over ${cfg.maxPromptLength} tokens filtered out, ${pset.prompts.length} used; ` +
+    printLine(tracker, `rloo: ${pset.read} prompts read, ${pset.filtered} over ${cfg.maxPromptLength} tokens filtered out, ${pset.prompts.length} used; ` +
         `${cfg.steps} steps of ${cfg.batchSize} prompts x ${cfg.k} responses; utility ${cfg.utility}` +
-        (resumedFrom ? `; resuming at step ${resumedFrom}` : ''));
+        (resumedFrom ? `; resuming at step ${resumedFrom}` : ''), hooks.quiet);
 
     const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: settingsOf(cfg), rng, optimizer: opt });
     const saveCheckpoint = (s: number) =>
@@ -315,7 +300,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     }
     if (lastCkpt !== step) saveCheckpoint(step);
     await writeDirAtomic(adapterDir, (tmp) => saveLoraAdapter(tmp, adapter, cfg.policy!));
-    say(hooks.quiet, tracker, `rloo: done at step ${step}; adapter ${adapterDir}`);
+    printLine(tracker, `rloo: done at step ${step}; adapter ${adapterDir}`, hooks.quiet);
     return {
       outDir: out,
       adapterDir,

@@ -42,6 +42,8 @@ import {
   type LoraConfig,
   type Metrics,
   type Tokenizer,
+  checkResumableConfig,
+  printLine,
 } from '@qrlhf/core';
 import { checkSftConfig, type SftConfig } from './config.js';
 import { ExampleStream, lossTokenCount, padBatch, splitHeldOut, tokenizeExamples, type SftExample, type TokenizeStats } from './data.js';
@@ -158,11 +160,6 @@ function loraConfigOf(cfg: SftConfig): LoraConfig {
   return { r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targetModules: all ? 'all-linear' : [...cfg.loraTargets] };
 }
 
-function say(quiet: boolean | undefined, tracker: Tracker | null, text: string): void {
-  if (quiet) return;
-  if (tracker) tracker.println(text);
-  else process.stderr.write(`${text}\n`);
-}
 
 /** Runs SFT with LoRA as configured; see the file comment. Paths in `cfg` are taken relative to the working directory. */
 export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
@@ -205,7 +202,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     let adapter: LoraAdapter;
     let step = 0;
     if (state) {
-      checkResumable(cfg, state.extra, ckptDir);
+      checkResumableConfig(state.extra['config'], cfg, TRAJECTORY_KEYS, ckptDir);
       rng = new Rng(cfg.seed, state.rng);
       adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(ckptDir, 'state.json'), rng);
       model.lora?.dispose();
@@ -258,10 +255,9 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       hooks.onMetrics?.(row);
     };
     const d = data.summary;
-    say(hooks.quiet, tracker,
-      `sft: ${d.total} rows (${d.skippedEmpty} empty skipped), ${d.tooLong} over ${cfg.maxLength} tokens filtered out, ` +
+    printLine(tracker, `sft: ${d.total} rows (${d.skippedEmpty} empty skipped), ${d.tooLong} over ${cfg.maxLength} tokens filtered out, ` +
         `${d.train} train / ${d.heldOut} held out; ${totalSteps} steps of ${effective} sequences ` +
-        `(${cfg.microBatchSize} × ${cfg.gradAccumSteps} accumulated)` + (resumedFrom ? `; resuming at step ${resumedFrom}` : ''));
+        `(${cfg.microBatchSize} × ${cfg.gradAccumSteps} accumulated)` + (resumedFrom ? `; resuming at step ${resumedFrom}` : ''), hooks.quiet);
 
     let lastEval: { loss: number; accuracy: number } | null = null;
     const runEval = (s: number) => {
@@ -365,9 +361,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     const samples = sampleMerged(model, tok, data.heldOutText.slice(0, cfg.samples), cfg);
     if (samples.length) writeFileAtomic(join(out, 'samples.jsonl'), samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
     const le = lastEval as { loss: number; accuracy: number } | null;
-    say(hooks.quiet, tracker,
-      `sft: done at step ${step}; held-out response loss ${fmt(evalLossBefore)} before → ${fmt(le?.loss ?? null)} after; ` +
-        `adapter ${adapterDir}, merged model ${mergedDir}`);
+    printLine(tracker, `sft: done at step ${step}; held-out response loss ${fmt(evalLossBefore)} before → ${fmt(le?.loss ?? null)} after; ` +
+        `adapter ${adapterDir}, merged model ${mergedDir}`, hooks.quiet);
     return {
       outDir: out,
       adapterDir,
@@ -414,19 +409,6 @@ function sampleMerged(model: LlamaModel, tok: Tokenizer, items: { prompt: string
   return out;
 }
 
-function checkResumable(cfg: SftConfig, extra: Record<string, unknown>, ckptDir: string): void {
-  const saved = extra['config'];
-  if (typeof saved !== 'object' || saved === null) return;
-  const s = saved as Record<string, unknown>;
-  const diff = TRAJECTORY_KEYS.filter((k) => JSON.stringify(s[k]) !== JSON.stringify(cfg[k]));
-  if (diff.length) {
-    throw new QrlhfError(
-      `${ckptDir}: cannot resume: the checkpoint was made with different ${diff
-        .map((k) => `"${k}" (${JSON.stringify(s[k])}, now ${JSON.stringify(cfg[k])})`)
-        .join(', ')}`,
-    );
-  }
-}
 
 /** Reads a run folder's metrics.jsonl rows (for tests and reports). */
 export function readMetrics(outDir: string): Metrics[] {

@@ -92,3 +92,10 @@ export class Tracker implements MetricSink {
     if (failed) throw failed.reason;
   }
 }
+
+/** A message line for the user: through the tracker (so a progress bar stays intact) or on stderr; nothing when quiet. */
+export function printLine(tracker: Tracker | null, text: string, quiet = false): void {
+  if (quiet) return;
+  if (tracker) tracker.println(text);
+  else process.stderr.write(`${text}\n`);
+}

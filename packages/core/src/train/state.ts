@@ -212,3 +212,21 @@ export function disposeTrainingState(s: TrainingState): void {
   for (const t of Object.values(s.variables)) t.dispose();
   for (const t of Object.values(s.optimizer.tensors)) t.dispose();
 }
+
+/**
+ * Refuses to resume a run whose checkpoint was made with other values of the settings that fix
+ * the training trajectory (`keys`): the config saved in the checkpoint's `extra.config` against
+ * the current one. A checkpoint without a saved config is accepted.
+ */
+export function checkResumableConfig<C extends object>(saved: unknown, current: C, keys: readonly (keyof C & string)[], where: string): void {
+  if (typeof saved !== 'object' || saved === null) return;
+  const s = saved as Record<string, unknown>;
+  const diff = keys.filter((k) => JSON.stringify(s[k]) !== JSON.stringify(current[k]));
+  if (diff.length) {
+    throw new QrlhfError(
+      `${where}: cannot resume: the checkpoint was made with different ${diff
+        .map((k) => `"${k}" (${JSON.stringify(s[k])}, now ${JSON.stringify(current[k])})`)
+        .join(', ')}`,
+    );
+  }
+}
