@@ -26,7 +26,7 @@ let cli = yargs(hideBin(process.argv))
   .wrap(Math.min(110, process.stdout.columns ?? 100))
   .fail((msg, err) => {
     if (err) reportAndExit(err);
-    process.stderr.write(`qrlhf: ${msg}\n(run with --help for usage)\n`);
+    process.stderr.write(`qrlhf: ${msg} (see --help)\n`);
     process.exit(1);
   });
 for (const c of commands) if (c) cli = cli.command(c);

@@ -53,7 +53,7 @@ export const RLOO_SCHEMA = defineConfig({
   klEstimator: { type: 'string', default: 'k1', choices: ['k1', 'k3'], doc: 'per-token KL estimate, d = log pi - log pi_ref: k1 = d; k3 = exp(-d) - 1 + d' },
   missingEosPenalty: { type: 'number', default: 0, min: 0, doc: 'subtracted from the reward of a response that hit maxNewTokens without EOS (0 = off)' },
 
-  maxPromptLength: { type: 'int', default: 348, min: 1, doc: 'prompts of more tokens than this (BOS included) are filtered out and counted' },
+  maxPromptLength: { type: 'int', default: 347, min: 1, doc: 'prompts of more tokens than this (BOS included) are filtered out and counted (the paper: under 348)' },
   maxNewTokens: { type: 'int', default: 64, min: 1, doc: 'longest response in tokens (EOS included)' },
   temperature: { type: 'number', default: 1, min: 0, doc: 'sampling temperature, > 0 (the log-probs of the loss and the KL are taken at the same temperature)' },
   topP: { type: 'number', default: 1, min: 0, max: 1, doc: 'nucleus sampling mass (1 = off)' },
@@ -109,7 +109,7 @@ export function loadRlooConfig(file: string | null, flags: Record<string, unknow
   let cfg = rlooDefaults();
   if (file) {
     cfg = loadConfigFile(RLOO_SCHEMA, file);
-    const keys = Object.keys(JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>);
+    const keys = Object.keys(JSON.parse(readFileSync(file, 'utf8').replace(/^\uFEFF/, '')) as Record<string, unknown>);
     cfg = resolvePaths(cfg, keys, dirname(resolve(file)));
   }
   const given = Object.entries(flags)

@@ -265,7 +265,9 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       const e = evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
       lastEval = e;
       if (s === 0) evalLossBefore = e.loss;
-      log({ step: s, eval_loss: e.loss, token_accuracy: e.accuracy, eval_tokens: e.tokens });
+      // Every metrics line carries step, loss and lr (issue 4's contract): an evaluation line's loss
+      // is the held-out loss, marked by split "eval"; lr is that of the next update.
+      log({ step: s, split: 'eval', loss: e.loss, lr: schedule(s), eval_loss: e.loss, token_accuracy: e.accuracy, eval_tokens: e.tokens });
     };
     const saveCheckpoint = (s: number) =>
       saveTrainingState(ckptDir, {

@@ -56,17 +56,21 @@ test('the run folder holds the resolved config, metrics, checkpoint, adapter, me
 test('metrics.jsonl: eval at step 0 before any update, training rows with step/loss/lr, eval every N steps', (t) => {
   const rows = readMetrics(cfg.out);
   t.deepEqual(rows, hooked);
+  // warmup 2 then cosine to 0 at step 6: the update with 0-based index s has lr(s)
+  const lr = (s: number) => (s < 2 ? (cfg.lr * (s + 1)) / 2 : cfg.lr * 0.5 * (1 + Math.cos((Math.PI * (s - 2)) / 4)));
   t.is(rows[0]!['step'], 0);
   t.is(typeof rows[0]!['eval_loss'], 'number');
-  t.false('loss' in rows[0]!);
+  // every line has step, loss and lr (issue 4): an evaluation line's loss is its held-out loss
+  for (const r of rows) for (const k of ['step', 'loss', 'lr']) t.true(Number.isFinite(r[k] as number), `${k} in ${JSON.stringify(r)}`);
+  t.is(rows[0]!['split'], 'eval');
+  t.is(rows[0]!['loss'], rows[0]!['eval_loss']);
+  t.is(rows[0]!['lr'], lr(0));
   t.is(rows[0]!['eval_loss'], result.evalLossBefore);
-  const train = rows.filter((r) => 'loss' in r);
+  const train = rows.filter((r) => r['split'] !== 'eval');
   t.deepEqual(train.map((r) => r['step']), [1, 2, 3, 4, 5, 6]);
   for (const r of train) {
     for (const k of ['loss', 'lr', 'grad_norm', 'tokens_per_s']) t.true(Number.isFinite(r[k] as number), `${k} at step ${r['step']}`);
   }
-  // warmup 2 then cosine to 0 at step 6: the update with 0-based index s has lr(s)
-  const lr = (s: number) => (s < 2 ? (cfg.lr * (s + 1)) / 2 : cfg.lr * 0.5 * (1 + Math.cos((Math.PI * (s - 2)) / 4)));
   train.forEach((r) => t.true(Math.abs((r['lr'] as number) - lr((r['step'] as number) - 1)) < 1e-12));
   const evals = rows.filter((r) => 'eval_loss' in r);
   t.deepEqual(evals.map((r) => r['step']), [0, 3, 6]);
