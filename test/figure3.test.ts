@@ -10,11 +10,11 @@ import { repoRoot } from '@qrlhf/core';
  * the packages' public APIs, the output contract of `npm run figure3`, resume after a kill, and
  * no work redone on a finished run.
  */
-function runner(out: string, opts: { killWhen?: RegExp } = {}): Promise<{ code: number | null; signal: string | null; stderr: string; stdout: string }> {
+function runner(out: string, opts: { killWhen?: RegExp; extra?: string[] } = {}): Promise<{ code: number | null; signal: string | null; stderr: string; stdout: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(
       process.execPath,
-      ['--conditions=source', '--import=tsx', 'experiments/figure3/run.ts', '--config', 'configs/figure3-smoke.json', '--out', out],
+      ['--conditions=source', '--import=tsx', 'experiments/figure3/run.ts', '--config', 'configs/figure3-smoke.json', '--out', out, ...(opts.extra ?? [])],
       { cwd: repoRoot(), stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let stderr = '';
@@ -74,4 +74,10 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   const third = await runner(out);
   t.is(third.code, 0, third.stderr);
   t.notRegex(third.stderr, /: starting/);
+
+  // Other settings never reuse a finished stage's outputs: one clear error.
+  const fourth = await runner(out, { extra: ['--lambda', '3'] });
+  t.is(fourth.code, 1);
+  t.regex(fourth.stderr, /was made with other settings \(lambda: 5 then, 3 now\)/);
+  t.notRegex(fourth.stderr, /at .*\.ts:\d+/);
 });

@@ -90,7 +90,7 @@ export async function runRlStage(o: {
       reward: o.qrm,
       extraMetrics: (batch: RlooBatchItem[]) => {
         const truth = batch.map((b) => o.world.trueQuantiles(b.prompt, b.response, taus).reward);
-        const q = meanQuantiles(truth, taus);
+        const q = meanQuantiles(truth, taus, batch.map((b) => o.world.trueExpectation(b.prompt, b.response)));
         return Object.fromEntries(SUMMARY_KEYS.map((k) => [`true/${k}`, q[k]]));
       },
     },

@@ -48,20 +48,51 @@ function log(msg: string): void {
   process.stderr.write(`[figure3] ${msg}\n`);
 }
 
-/** Runs `fn` unless `dir/.done` exists; marks the stage done with what fn returned. */
-async function stage<T>(name: string, dir: string, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs `fn` unless `dir/.done` exists; marks the stage done with its inputs (the settings it and
+ * the stages before it depend on) and what fn returned. A finished stage whose inputs differ from
+ * the current settings is an error, not silently reused: its outputs belong to another experiment.
+ */
+const stageSeconds: Record<string, number> = {};
+
+async function stage<T>(name: string, dir: string, inputs: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
   const marker = join(dir, '.done');
   if (existsSync(marker)) {
+    const done = JSON.parse(readFileSync(marker, 'utf8')) as { inputs?: Record<string, unknown>; result: T; seconds?: number };
+    const changed = Object.keys({ ...inputs, ...done.inputs }).filter(
+      (k) => JSON.stringify(done.inputs?.[k]) !== JSON.stringify(inputs[k]),
+    );
+    if (changed.length) {
+      throw new QrlhfError(
+        `${name}: ${dir} was made with other settings (${changed
+          .map((k) => `${k}: ${JSON.stringify(done.inputs?.[k])} then, ${JSON.stringify(inputs[k])} now`)
+          .join('; ')}); use another --out, or delete that folder to redo it and what follows`,
+      );
+    }
     log(`${name}: done already (${dir}), skipped`);
-    return JSON.parse(readFileSync(marker, 'utf8')) as T;
+    stageSeconds[name] = done.seconds ?? NaN;
+    return done.result;
   }
   const t0 = Date.now();
   log(`${name}: starting`);
   mkdirSync(dir, { recursive: true });
   const result = await fn();
-  writeFileAtomic(marker, JSON.stringify(result ?? {}, null, 2) + '\n');
-  log(`${name}: done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const seconds = (Date.now() - t0) / 1000;
+  writeFileAtomic(marker, JSON.stringify({ inputs, result, seconds }, null, 2) + '\n');
+  stageSeconds[name] = seconds;
+  log(`${name}: done in ${seconds.toFixed(1)} s`);
   return result;
+}
+
+/** The settings each stage depends on (its own and those of the stages before it). */
+function stageInputs(cfg: Figure3Config) {
+  const pick = <K extends keyof Figure3Config>(...keys: K[]) => Object.fromEntries(keys.map((k) => [k, cfg[k]]));
+  const data = pick('worldSeed', 'pretrainDialogues', 'sftDialogues', 'ratedResponses', 'ratersPerResponse', 'preferencePairs', 'rlPrompts', 'evalPrompts');
+  const pretrain = { ...data, ...pick('hiddenSize', 'layers', 'heads', 'kvHeads', 'ffnSize', 'pretrainSteps', 'pretrainBatch', 'pretrainLr') };
+  const sft = { ...pretrain, ...pick('sftSteps', 'sftBatch', 'sftLr', 'loraR', 'loraAlpha', 'maxNewTokens') };
+  const qrm = { ...pretrain, ...pick('pooling', 'quantiles', 'l1', 'gateHidden', 'gateEpochs', 'gateBatch') };
+  const rl = { ...sft, ...qrm, ...pick('rlSteps', 'rlPromptsPerStep', 'k', 'rlLr', 'betaKl', 'lambda', 'temperature') };
+  return { data, pretrain, sft, qrm, rl };
 }
 
 /**
@@ -106,7 +137,8 @@ async function main(): Promise<void> {
 
   // 1. The world's datasets.
   const dataDir = join(out, 'data');
-  const files = await stage('data', dataDir, async () =>
+  const inputs = stageInputs(cfg);
+  const files = await stage('data', dataDir, inputs.data, async () =>
     writeWorldData(world, dataDir, {
       pretrain: cfg.pretrainDialogues,
       sft: cfg.sftDialogues,
@@ -120,7 +152,7 @@ async function main(): Promise<void> {
 
   // 2. A tiny base model, pretrained on the world's dialogues.
   const baseDir = join(out, 'base');
-  await stage('pretrain', join(out, 'pretrain'), async () =>
+  await stage('pretrain', join(out, 'pretrain'), inputs.pretrain, async () =>
     pretrainBase({
       corpus: files.pretrain,
       tokenizer: files.tokenizer,
@@ -146,7 +178,7 @@ async function main(): Promise<void> {
 
   // 3. SFT with LoRA on the chosen dialogues; the adapter merged into the base.
   const sftDir = join(out, 'sft');
-  await stage('sft', join(sftDir, 'stage'), async () => {
+  await stage('sft', join(sftDir, 'stage'), inputs.sft, async () => {
     const r = await runSft({
       ...sftDefaults(),
       model: baseDir,
@@ -177,7 +209,7 @@ async function main(): Promise<void> {
   // 4. QRM: features from the frozen base model, quantile heads, gate.
   const qrmDir = join(out, 'qrm');
   const qrmModelDir = join(qrmDir, 'model');
-  await stage('qrm', join(qrmDir, 'stage'), async () => {
+  await stage('qrm', join(qrmDir, 'stage'), inputs.qrm, async () => {
     const backbone = await loadModel(baseDir);
     const f1 = join(qrmDir, 'features-ratings.safetensors');
     const f2 = join(qrmDir, 'features-pairs.safetensors');
@@ -227,10 +259,10 @@ async function main(): Promise<void> {
     const perSeed: RunSummary['seeds'] = [];
     for (const seed of cfg.seeds) {
       const runDir = join(out, 'rl', `${run.name}-seed${seed}`);
-      await stage(`rloo ${run.name} seed ${seed}`, join(runDir, 'stage'), () =>
+      await stage(`rloo ${run.name} seed ${seed}`, join(runDir, 'stage'), { ...inputs.rl, seed, utility: run.utility }, () =>
         runRlStage({ cfg, world, qrm, policyDir, prompts: files.prompts, out: runDir, seed, utility: run.utility }),
       );
-      const ev = await stage(`final evaluation ${run.name} seed ${seed}`, join(runDir, 'eval'), () =>
+      const ev = await stage(`final evaluation ${run.name} seed ${seed}`, join(runDir, 'eval'), { ...inputs.rl, seed, utility: run.utility }, () =>
         evaluatePolicy({ cfg, world, qrm, policyDir, adapterDir: join(runDir, 'adapter'), prompts: files.evalPrompts, seed }),
       );
       perSeed.push({ seed, ...ev });
@@ -262,16 +294,17 @@ async function main(): Promise<void> {
   );
   writeFileAtomic(join(out, 'figure3-true.svg'), trueSvg);
   writeFileAtomic(join(out, 'figure3-true.png'), await svgToPng(trueSvg));
-  const minutes = (Date.now() - t0) / 60000;
+  const minutes = Object.values(stageSeconds).reduce((a, x) => a + x, 0) / 60;
   const note =
     `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies evaluated on ${cfg.evalPrompts} held-out prompts ` +
     `(one response each, temperature ${cfg.temperature}); "QRM estimate" is the quantile reward model's mixed quantile ` +
     `(eq. 3 with mean-pooled features; gate weights normalised over the attributes kept by debiasing), ` +
     `"true" the world's exact quantile of the response's reward under the rater population. ` +
-    `risk-aware: exponential utility, lambda ${cfg.lambda}. This run took ${minutes.toFixed(1)} minutes (stages skipped on a rerun count as 0).`;
-  writeFileAtomic(join(out, 'summary.json'), JSON.stringify({ runs: summaries, config: cfg }, null, 2) + '\n');
+    `risk-aware: exponential utility, lambda ${cfg.lambda}. The stages took ${minutes.toFixed(1)} minutes in all ` +
+    `(${Object.entries(stageSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}).`;
+  writeFileAtomic(join(out, 'summary.json'), JSON.stringify({ runs: summaries, config: cfg, stage_seconds: stageSeconds }, null, 2) + '\n');
   writeFileAtomic(join(out, 'summary.md'), summaryMarkdown(summaries, note));
-  log(`wrote ${join(out, 'figure3.png')}, figure3.svg, summary.json, summary.md in ${minutes.toFixed(1)} min`);
+  log(`wrote ${join(out, 'figure3.png')}, figure3.svg, summary.json, summary.md (stages: ${minutes.toFixed(1)} min; this process: ${((Date.now() - t0) / 60000).toFixed(1)} min)`);
   process.stdout.write(readFileSync(join(out, 'summary.md'), 'utf8'));
 }
 
@@ -303,20 +336,22 @@ async function evaluatePolicy(o: {
         chunk.map((p) => [tokenizer.bosId, ...tokenizer.encode(p)]),
         { maxNewTokens: o.cfg.maxNewTokens, temperature: o.cfg.temperature, rng, eosTokenId: tokenizer.eosId },
       );
-      for (const t of res.tokens) responses.push(tokenizer.decode(t.filter((x) => x !== tokenizer.eosId)));
+      // As RLOO decodes its rollouts: special tokens (EOS, a stray pad) are not text.
+      for (const t of res.tokens) responses.push(tokenizer.decode(t, { skipSpecial: true }));
     }
     const items = prompts.map((prompt, i) => ({ prompt, response: responses[i]! }));
     const est = await o.qrm.quantiles(items);
     const taus = o.qrm.taus;
     const truth = items.map((it) => o.world.trueQuantiles(it.prompt, it.response, taus).reward);
+    const trueE = items.map((it) => o.world.trueExpectation(it.prompt, it.response));
     const moves: Record<string, number> = {};
     for (const it of items) {
       for (const m of new Set(parseResponse(it.response).map((p) => p.id))) moves[m] = (moves[m] ?? 0) + 1 / items.length;
     }
     return {
       estimated: meanQuantiles(est, taus),
-      true: meanQuantiles(truth, taus),
-      qrm_mae: meanAbsError(est, truth, taus),
+      true: meanQuantiles(truth, taus, trueE),
+      qrm_mae: meanAbsError(est, truth, taus, trueE),
       moves,
     };
   } finally {
@@ -329,7 +364,10 @@ main().catch((e: unknown) => {
     process.stderr.write(`figure3: ${e.message}\n`);
     process.exit(1);
   }
-  throw e;
+  const err = e instanceof Error ? e : new Error(String(e));
+  process.stderr.write(`figure3: internal error: ${err.message}\n`);
+  process.stderr.write(process.env['QRLHF_DEBUG'] ? `${err.stack}\n` : '(set QRLHF_DEBUG=1 for the stack trace)\n');
+  process.exit(2);
 });
 void tf;
 void writeFileSync;

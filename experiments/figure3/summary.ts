@@ -12,14 +12,23 @@ export function tauKey(tau: number): string {
   return `q${tau.toFixed(2)}`;
 }
 
-/** Per-key mean of the rows (quantile vectors of K values over the same taus), plus the expectation. */
-export function meanQuantiles(rows: Float32Array[] | Float64Array[], taus: ArrayLike<number>): Q {
+/**
+ * Per-key mean of the rows (quantile vectors of K values over the same taus), plus the
+ * expectation: the mean of each row's K quantiles (the QRM's definition), or `expectations[i]`
+ * when given (the world's exact expectation).
+ */
+export function meanQuantiles(rows: Float32Array[] | Float64Array[], taus: ArrayLike<number>, expectations?: ArrayLike<number>): Q {
   const out = {} as Q;
   const K = taus.length;
   for (const key of SUMMARY_KEYS) {
     let s = 0;
-    for (const r of rows) {
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i]!;
       if (key === 'expectation') {
+        if (expectations) {
+          s += expectations[i]!;
+          continue;
+        }
         let e = 0;
         for (let k = 0; k < K; k++) e += r[k]!;
         s += e / K;
@@ -33,8 +42,9 @@ export function meanQuantiles(rows: Float32Array[] | Float64Array[], taus: Array
   return out;
 }
 
-/** Per-key mean absolute error between estimated and true quantile vectors, row by row. */
-export function meanAbsError(est: Float32Array[], truth: Float32Array[] | Float64Array[], taus: ArrayLike<number>): Q {
+/** Per-key mean absolute error between estimated and true quantile vectors, row by row (the
+ *  expectation: the mean of the estimated quantiles against `trueExpectations[i]`). */
+export function meanAbsError(est: Float32Array[], truth: Float32Array[] | Float64Array[], taus: ArrayLike<number>, trueExpectations: ArrayLike<number>): Q {
   const out = {} as Q;
   const K = taus.length;
   for (const key of SUMMARY_KEYS) {
@@ -42,12 +52,8 @@ export function meanAbsError(est: Float32Array[], truth: Float32Array[] | Float6
     for (let i = 0; i < est.length; i++) {
       if (key === 'expectation') {
         let a = 0;
-        let b = 0;
-        for (let k = 0; k < K; k++) {
-          a += est[i]![k]!;
-          b += truth[i]![k]!;
-        }
-        s += Math.abs(a - b) / K;
+        for (let k = 0; k < K; k++) a += est[i]![k]!;
+        s += Math.abs(a / K - trueExpectations[i]!);
       } else {
         const k = indexOfTau(taus, key);
         s += Math.abs(est[i]![k]! - truth[i]![k]!);
