@@ -8,8 +8,8 @@
  * Scoring: attribute quantiles from the heads on the response feature, verbosity debiasing, gate
  * weights from the prompt feature, mixing (eq. 3 by default).
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
 import { QrlhfError, loadModel, readSafetensors, writeFileAtomic, writeSafetensors } from '@qrlhf/core';
 import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
 import { applyDebias } from './debias.js';
@@ -270,25 +270,18 @@ export class QuantileRewardModel {
     };
   }
 
-  /** Writes the folder atomically: built under a temporary name beside it, then swapped in. */
+  /**
+   * Writes heads.safetensors, gate.safetensors and qrm.json into the folder, each atomically
+   * (temporary name, then rename) and qrm.json last, so a reader finds either the old model or the
+   * new one's complete files. Other files in the folder (a metrics log, the fit's outputs) are kept.
+   */
   save(dir: string): void {
     const target = resolve(dir);
-    mkdirSync(dirname(target), { recursive: true });
-    const tmp = `${target}.tmp-${process.pid}`;
-    rmSync(tmp, { recursive: true, force: true });
-    mkdirSync(tmp);
-    try {
-      saveHeads(join(tmp, 'heads.safetensors'), this.heads);
-      writeSafetensors(join(tmp, 'gate.safetensors'), this.gate.toTensors(), { format: 'qrlhf-gate/1' });
-      writeFileAtomic(join(tmp, 'qrm.json'), JSON.stringify(this.toJSON(), null, 2) + '\n');
-    } catch (e) {
-      rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
-    const old = `${target}.old-${process.pid}`;
-    if (existsSync(target)) renameSync(target, old);
-    renameSync(tmp, target);
-    rmSync(old, { recursive: true, force: true });
+    if (existsSync(target) && !statSync(target).isDirectory()) throw new QrlhfError(`${target}: exists and is not a folder`);
+    mkdirSync(target, { recursive: true });
+    saveHeads(join(target, 'heads.safetensors'), this.heads);
+    writeSafetensors(join(target, 'gate.safetensors'), this.gate.toTensors(), { format: 'qrlhf-gate/1' });
+    writeFileAtomic(join(target, 'qrm.json'), JSON.stringify(this.toJSON(), null, 2) + '\n');
   }
 
   /**

@@ -1,6 +1,6 @@
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LlamaModel, QrlhfError, Rng, readSafetensors } from '@qrlhf/core';
@@ -89,9 +89,12 @@ test('save writes the contract layout, load gives back the same scores; bad fold
   const pf = Float32Array.from({ length: 3 * d }, () => rng.normal());
   const rf = Float32Array.from({ length: 3 * d }, () => rng.normal());
   t.deepEqual(again.scoreFeatures(pf, rf, 3), model.scoreFeatures(pf, rf, 3));
-  // saving over an existing folder replaces it atomically
+  // saving over an existing folder replaces the model's files and keeps the others (e.g. a metrics log)
+  writeFileSync(join(out, 'gate-metrics.jsonl'), '{}\n');
   again.save(out);
   t.deepEqual(readdirSync(dir), ['qrm']);
+  t.deepEqual(readdirSync(out).sort(), ['gate-metrics.jsonl', 'gate.safetensors', 'heads.safetensors', 'qrm.json']);
+  t.deepEqual((await QuantileRewardModel.load(out)).scoreFeatures(pf, rf, 3), model.scoreFeatures(pf, rf, 3));
   await t.throwsAsync(QuantileRewardModel.load(dir), { instanceOf: QrlhfError, message: /not a QRM folder \(no qrm\.json\)/ });
   // heads files alone round-trip too
   saveHeads(join(dir, 'h.safetensors'), model.heads);
