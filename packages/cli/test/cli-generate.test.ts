@@ -51,3 +51,12 @@ maybe('generate: sampling is reproducible by seed and differs across seeds', asy
   t.not(a.stdout, c.stdout);
   t.true(a.stdout.trim().length > 0);
 });
+
+maybe('generate --stop: decoding ends once the text appears, and the text is cut there', async (t) => {
+  const r = await qrlhf(['generate', '--model', stories!, '--temperature', '0', '--max-new-tokens', '40', '--stop', ' named', '--stop', 'xyz']);
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stdout, 'Once upon a time, there was a little girl\n');
+  const m = /(\d+) tokens in/.exec(r.stderr);
+  t.truthy(m, r.stderr);
+  t.true(Number(m![1]) < 40, `stopped early: ${m![1]} tokens`);
+});

@@ -92,6 +92,7 @@ export const generateCommand: CommandModule = {
       .option('top-k', { type: 'string', describe: 'Sample among the k most likely tokens, integer >= 1' })
       .option('top-p', { type: 'string', describe: 'Nucleus sampling: smallest set with probability >= p, in (0, 1]' })
       .option('seed', { type: 'string', describe: 'Random seed, integer >= 0 (default 0)' })
+      .option('stop', { type: 'string', array: true, describe: 'Stop when the continuation contains this text, which is cut off (repeatable; e.g. "\\n\\nHuman:")' })
       .option('backend', { type: 'string', describe: `tfjs backend: ${BACKEND_NAMES.join(' | ')} (default auto)` }),
   handler: handle(async (a: Record<string, unknown>) => {
     const modelPath = requiredString('model', a['model'], 'a Hugging Face model folder or a llama2.c .bin');
@@ -103,6 +104,8 @@ export const generateCommand: CommandModule = {
     const topP = numFlag('top-p', a['top-p'], { min: 0, max: 1, minOpen: true });
     const seed = intFlag('seed', a['seed'], { min: 0, max: 2 ** 32 - 1, dflt: 0 })!;
     const backend = backendFlag(a['backend']);
+    const stops = ((a['stop'] as unknown[] | undefined) ?? []).map((x) => unescapeFlag(String(x)));
+    if (stops.some((x) => x === '')) throw new QrlhfError('--stop: expected a non-empty text');
     existingPath('model', modelPath);
     existingPath('tokenizer', tokenizerPath);
 
@@ -123,7 +126,7 @@ export const generateCommand: CommandModule = {
       const live = process.stdout.isTTY === true;
       let shown = '';
       const show = (gen: number[], final: boolean) => {
-        let text = continuationText(tokenizer, ids, gen);
+        let text = cutAtStop(continuationText(tokenizer, ids, gen), stops);
         if (!final && text.endsWith('\ufffd')) text = text.slice(0, -1); // a character still arriving in bytes
         if (text.startsWith(shown) && text.length > shown.length) {
           process.stdout.write(text.slice(shown.length));
@@ -138,11 +141,18 @@ export const generateCommand: CommandModule = {
         ...(topP !== undefined ? { topP } : {}),
         eosTokenId: tokenizer.eosId,
         rng: new Rng(seed),
-        ...(live ? { stop: (gen: number[]) => (show(gen, false), false) } : {}),
+        ...(live || stops.length
+          ? {
+              stop: (gen: number[]) => {
+                if (live) show(gen, false);
+                return stops.length > 0 && cutAtStop(continuationText(tokenizer, ids, gen), stops) !== continuationText(tokenizer, ids, gen);
+              },
+            }
+          : {}),
       });
       const secs = (performance.now() - t0) / 1000;
       const gen = result.tokens[0]!;
-      const text = continuationText(tokenizer, ids, gen);
+      const text = cutAtStop(continuationText(tokenizer, ids, gen), stops);
       if (live && text.startsWith(shown)) show(gen, true);
       else process.stdout.write(text);
       process.stdout.write('\n');
@@ -155,3 +165,18 @@ export const generateCommand: CommandModule = {
     }
   }),
 };
+
+/** The text up to the first occurrence of any stop string (all of it when none occurs). */
+export function cutAtStop(text: string, stops: readonly string[]): string {
+  let end = text.length;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && i < end) end = i;
+  }
+  return text.slice(0, end);
+}
+
+/** Flag values may spell newlines and tabs as \n and \t (a shell passes them literally). */
+function unescapeFlag(s: string): string {
+  return s.replace(/\\n/g, '\n').replace(/\\t/g, '\t');
+}
