@@ -132,8 +132,6 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     const cPrev = new Float64Array(K);
     const qv = Array.from({ length: K }, () => new Float64Array(n));
     const qvPrev = Array.from({ length: K }, () => new Float64Array(n));
-    const qScratch = Array.from({ length: K }, () => new Float64Array(n));
-    const failStreak = new Int32Array(K);
     const tMom = new Float64Array(K).fill(1);
     const mu = new Float64Array(K);
     const Lk = new Float64Array(K);
@@ -271,10 +269,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           stalled[k] = 1;
         }
       }
-      // prox-gradient steps with backtracking on L (per level). One product per iteration: a level
-      // whose step fails the decrease test doubles its L and keeps its iterate, and the next
-      // iteration (same extrapolated point, hence the same gradient) tries again. Retrying inside
-      // the iteration instead cost a whole extra product whenever any of the K levels failed.
+      // prox-gradient steps with backtracking on L (per level), one product per trial
       let pending = [...Array(A).keys()].filter((a) => !done[active[a]!]);
       const newV = Array.from({ length: A }, () => new Float64Array(d));
       const newC = new Float64Array(A);
@@ -323,7 +318,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           sq += dc * dc;
           let sm = 0;
           let loss = 0;
-          const qn = qScratch[k]!; // the buffer of the new predictions
+          const qn = qvPrev[k]!; // recycled as the buffer of the new predictions
           for (let i = 0; i < n; i++) {
             const q = Q[i * P + p]! + bn[p]!;
             qn[i] = q;
@@ -347,13 +342,11 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           // iterate at a tiny step, the old 'stall').
           const excess = sm / n - (fz[a]! + lin + (L / 2) * sq);
           const noise = excess <= 1e-5 * Math.abs(fz[a]!) && (L / 2) * sq < 1e-2 * excess;
-          if (excess > 1e-12 * Math.abs(fz[a]!) && !noise && failStreak[k]! < 30) {
+          if (excess > 1e-12 * Math.abs(fz[a]!) && !noise && trials < 30) {
             Lk[k] = L * 2;
-            failStreak[k]!++;
             failed.push(a);
             continue;
           }
-          failStreak[k] = 0;
           // accepted: restart test, then shift the iterates
           let dot = (zC[a]! - newC[a]!) * (newC[a]! - c[k]!);
           const vk = v[k]!;
@@ -362,7 +355,6 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           v[k] = nv;
           cPrev[k] = c[k]!;
           c[k] = newC[a]!;
-          qScratch[k] = qvPrev[k]!;
           qvPrev[k] = qv[k]!;
           qv[k] = qn;
           tMom[k] = (1 + Math.sqrt(1 + 4 * tMom[k]! * tMom[k]!)) / 2;
@@ -384,10 +376,10 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
             cPrev[k] = c[k]!;
             qvPrev[k]!.set(qv[k]!);
           }
-          Lk[k] = Lk[k]! * 0.93; // let the step grow again
+          Lk[k] = Lk[k]! * 0.9; // let the step grow again
         }
         trials++;
-        pending = failed.length === pending.length && failed.length > 0 && trials < 30 ? failed : [];
+        pending = failed;
       }
       totalTrials += trials;
       let muMax = 0;
