@@ -41,7 +41,7 @@ export const FIGURE3_SCHEMA = defineConfig({
   gateEpochs: { type: 'int', default: 20, min: 1, doc: 'gate training epochs' },
   gateBatch: { type: 'int', default: 256, min: 1, doc: 'gate batch size' },
 
-  rlSteps: { type: 'int', default: 100, min: 1, doc: 'RLOO steps per run' },
+  rlSteps: { type: 'int', default: 150, min: 1, doc: 'RLOO steps per run' },
   rlPromptsPerStep: { type: 'int', default: 16, min: 1, doc: 'prompts per RLOO step (k responses each)' },
   k: { type: 'int', default: 2, min: 2, doc: 'RLOO samples per prompt' },
   rlLr: { type: 'number', default: 2e-3, min: 0, doc: 'RLOO learning rate (constant)' },
