@@ -32,6 +32,7 @@ import {
   type LoraConfig,
   type Metrics,
   checkResumableConfig,
+  checkpointGuard,
   printLine,
 } from '@qrlhf/core';
 import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
@@ -169,10 +170,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   const ckptDir = join(out, 'checkpoints');
   const adapterDir = join(out, 'adapter');
   const samplesPath = join(out, 'samples.jsonl');
-  const hasCheckpoint = existsSync(join(ckptDir, 'state.json'));
-  if (hasCheckpoint && !cfg.resume) {
-    throw new QrlhfError(`${out}: this run folder already has a checkpoint; pass --resume to continue it, or choose another --out`);
-  }
+  checkpointGuard(out, ckptDir, cfg.resume);
 
   const texts = await readPromptTexts(cfg.prompts!, cfg.maxPrompts);
   const loaded = await loadModel(cfg.policy!, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});

@@ -43,6 +43,7 @@ import {
   type Metrics,
   type Tokenizer,
   checkResumableConfig,
+  checkpointGuard,
   printLine,
 } from '@qrlhf/core';
 import { checkSftConfig, type SftConfig } from './config.js';
@@ -177,10 +178,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   const ckptDir = join(out, 'checkpoints');
   const adapterDir = join(out, 'adapter');
   const mergedDir = join(out, 'merged');
-  const hasCheckpoint = existsSync(join(ckptDir, 'state.json'));
-  if (hasCheckpoint && !cfg.resume) {
-    throw new QrlhfError(`${out}: this run folder already has a checkpoint; pass --resume to continue it, or choose another --out`);
-  }
+  const hasCheckpoint = checkpointGuard(out, ckptDir, cfg.resume);
 
   const loaded = await loadModel(cfg.model, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
   const model = loaded.model;

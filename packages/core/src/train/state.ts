@@ -230,3 +230,15 @@ export function checkResumableConfig<C extends object>(saved: unknown, current: 
     );
   }
 }
+
+/**
+ * Whether the run folder already holds a checkpoint; one that does is continued only when asked
+ * (`resume`), never overwritten by a fresh start.
+ */
+export function checkpointGuard(out: string, ckptDir: string, resume: boolean): boolean {
+  const has = existsSync(join(ckptDir, 'state.json'));
+  if (has && !resume) {
+    throw new QrlhfError(`${out}: this run folder already has a checkpoint; pass --resume to continue it, or choose another --out`);
+  }
+  return has;
+}
