@@ -68,7 +68,10 @@ export async function initBackend(
       if (name === 'wasm') {
         const { wasmInfo } = await import('./kernels/setup.js');
         const w = wasmInfo();
-        detail = `, ${w.threads} thread${w.threads === 1 ? '' : 's'}${w.kernels ? '' : ', stock kernels'}` +
+        const nat = w.native.active
+          ? `, native ${w.native.arch} products on ${w.native.threads} thread${w.native.threads === 1 ? '' : 's'}`
+          : w.kernels ? `, native products off: ${w.native.note}` : '';
+        detail = `, ${w.threads} thread${w.threads === 1 ? '' : 's'}${w.kernels ? '' : ', stock kernels'}${nat}` +
           (w.note ? ` [${w.note}]` : '');
       }
       const reason =

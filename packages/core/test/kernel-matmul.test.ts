@@ -5,7 +5,7 @@
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/backend.js';
-import { matMulStats } from '../src/kernels/index.js';
+import { matMulStats, nativeInfo, setNativeEnabled, loadNative } from '../src/kernels/index.js';
 import { stockConfig } from '../src/kernels/stock.js';
 import { wasmInfo } from '../src/kernels/setup.js';
 
@@ -78,11 +78,11 @@ const shapes: [number, number, number][] = [
 ];
 const batches: [number[], number[]][] = [[[], []], [[2], [2]], [[3], []], [[], [3]], [[2, 3], [1, 3]], [[2, 1], [1, 3]]];
 
-test('BatchMatMul matches float64 within k·eps·Σ|ab| and the stock kernel, all layouts', (t) => {
-  let seed = 1;
-  const before = { ...matMulStats };
+/** Checks every shape × layout × batch combination; returns how many products were checked. */
+function checkLayouts(t: import('ava').ExecutionContext, list: [number, number, number][], seed0: number): number {
+  let seed = seed0;
   let checked = 0;
-  for (const [m, k, n] of shapes) {
+  for (const [m, k, n] of list) {
     for (const tA of [false, true]) {
       for (const tB of [false, true]) {
         for (const [ba, bb] of batches) {
@@ -104,7 +104,7 @@ test('BatchMatMul matches float64 within k·eps·Σ|ab| and the stock kernel, al
               const bound = ref.k * EPS * ref.mag[i]! + 1e-30;
               if (Math.abs(cd[i]! - ref.val[i]!) > bound || Math.abs(cd[i]! - st[i]!) > 2 * bound) {
                 t.fail(`m${m} k${k} n${n} tA${tA} tB${tB} batch[${ba}]x[${bb}] i${i}: ${cd[i]} vs ${ref.val[i]} (stock ${st[i]})`);
-                return;
+                return checked;
               }
             }
             c.dispose();
@@ -116,11 +116,45 @@ test('BatchMatMul matches float64 within k·eps·Σ|ab| and the stock kernel, al
       }
     }
   }
-  t.true(checked > 300);
-  // Every path was taken.
-  for (const key of ['naive', 'folded', 'batched', 'swapped', 'plainCopies'] as const) {
-    t.true(matMulStats[key] > before[key], `path ${key} not exercised`);
+  return checked;
+}
+
+test.serial('BatchMatMul (XNNPACK path) matches float64 within k·eps·Σ|ab| and the stock kernel, all layouts', (t) => {
+  setNativeEnabled(false);
+  try {
+    const before = { ...matMulStats };
+    t.true(checkLayouts(t, shapes, 1) > 300);
+    // Every path was taken.
+    for (const key of ['naive', 'folded', 'batched', 'swapped', 'plainCopies'] as const) {
+      t.true(matMulStats[key] > before[key], `path ${key} not exercised`);
+    }
+  } finally {
+    setNativeEnabled(true);
   }
+});
+
+// The native addon's blocking: row panels of 12 (AVX-512) / 6 / 4, column panels of 32 / 16 / 8,
+// k in blocks of 256, m in blocks of 192 rows, n in blocks of 3072 columns; products with at
+// most 8 rows stream B without packing; few columns (n = 19) are computed as Cᵀ = Bᵀ·Aᵀ.
+const nativeShapes: [number, number, number][] = [
+  ...shapes, [200, 513, 40], [5, 300, 3100], [1000, 64, 19], [3, 700, 33], [8, 1, 70], [13, 257, 33], [9, 17, 4],
+];
+const maybeNative = loadNative() ? test.serial : test.skip;
+maybeNative('BatchMatMul (native path) matches float64 within k·eps·Σ|ab| and the stock kernel, all layouts', (t) => {
+  t.true(nativeInfo().active);
+  const before = matMulStats.native;
+  t.true(checkLayouts(t, nativeShapes, 5000) > 350);
+  t.true(matMulStats.native > before + 350, 'products went to the native addon');
+});
+
+maybeNative('the native addon refuses operands outside the heap instead of touching memory', (t) => {
+  const addon = loadNative()!;
+  const heap = new Float32Array(new SharedArrayBuffer(4 * 1000));
+  t.throws(() => addon.gemm(heap, 10, 10, 10, 0, 0, Uint32Array.of(0, 100, 950)), { instanceOf: RangeError });
+  t.throws(() => addon.gemm(heap, 10, 10, 10, 0, 0, Uint32Array.of(0, 100)), { instanceOf: TypeError });
+  heap.fill(1);
+  addon.gemm(heap, 10, 10, 10, 0, 0, Uint32Array.of(0, 100, 200));
+  t.deepEqual([...heap.subarray(200, 300)], new Array<number>(100).fill(10));
 });
 
 test('_FusedMatMul agrees (linear; bias + relu, batched left operand and shared weights)', (t) => {
@@ -155,7 +189,9 @@ test('gradients through matMul with transposed weights equal float64 products', 
   tf.dispose([x, w, g, gx, gw]);
 });
 
-test('a cached transposed copy is freed with its original', (t) => {
+test.serial('a cached transposed copy is freed with its original', (t) => {
+  setNativeEnabled(false);
+  t.teardown(() => setNativeEnabled(true));
   const backend = tf.backend() as unknown as { numDataIds(): number };
   const x = rnd([20, 32], 11);
   const base = backend.numDataIds();

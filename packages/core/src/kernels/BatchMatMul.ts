@@ -15,6 +15,8 @@
  *     The copy is freed when the original's memory is (a release hook of the qrlhf backend);
  *  5. keeps the naive loop when it is cheaper: packing a one-off right operand costs about
  *     11 ns per element, which dominates products with few output rows.
+ * When qrlhf's native addon is built (native.ts), every float32 product goes to it instead, in one
+ * call for the whole batch, with no copies; the above is the fallback.
  * Numerics: XNNPACK sums in a different order than the naive loop, so results agree with it
  * within float32 rounding (tests compare both against a float64 reference).
  */
@@ -25,6 +27,8 @@ import {
 } from './heap.js';
 import { runStock, setupStock, transposeStock, type KernelArgs } from './stock.js';
 import { THREADED_MIN_FLOPS, withThreads } from './pool.js';
+import { activeNative, loadNative } from './native.js';
+import { heapBuffer } from './heap.js';
 
 type XnnFn = (
   aId: number, aShape: Uint8Array, aRank: number, bId: number, bShape: Uint8Array, bRank: number,
@@ -33,6 +37,7 @@ type XnnFn = (
 let xnnCall: XnnFn | null = null;
 
 function setup(backend: unknown): void {
+  loadNative();
   setupStock('BatchMatMul', backend);
   setupStock('Transpose', backend);
   const b = backend as WasmBackendLike;
@@ -130,7 +135,36 @@ export function broadcastOuter(a: number[], b: number[]): number[] {
 }
 
 /** Which path the last call took (for tests and the benchmark's diagnostics). */
-export const matMulStats = { naive: 0, folded: 0, batched: 0, swapped: 0, plainCopies: 0 };
+export const matMulStats = { native: 0, naive: 0, folded: 0, batched: 0, swapped: 0, plainCopies: 0 };
+
+let heapCache: { buf: ArrayBufferLike; f32: Float32Array } | null = null;
+function heapF32(backend: WasmBackendLike): Float32Array {
+  const buf = heapBuffer(backend);
+  if (!heapCache || heapCache.buf !== buf) heapCache = { buf, f32: new Float32Array(buf) };
+  return heapCache.f32;
+}
+
+/** The whole product on qrlhf's native addon (native.ts), in place on the heap. */
+function nativeProduct(
+  backend: WasmBackendLike, a: TensorInfoLike, b: TensorInfoLike, m: number, k: number, n: number,
+  transposeA: boolean, transposeB: boolean, outerA: number[], outerB: number[], outer: number[], outShape: number[],
+): TensorInfoLike {
+  const nat = activeNative()!;
+  const out = backend.makeOutput(outShape, 'float32');
+  const bo = sizeOf(outer);
+  const [ia, ib] = bo === 1 ? [[0], [0]] : batchMaps(outerA, outerB, outer);
+  const offs = new Uint32Array(3 * bo);
+  const a0 = dataOf(backend, a).memoryOffset / 4, b0 = dataOf(backend, b).memoryOffset / 4;
+  const c0 = dataOf(backend, out).memoryOffset / 4;
+  for (let o = 0; o < bo; o++) {
+    offs[3 * o] = a0 + ia[o]! * m * k;
+    offs[3 * o + 1] = b0 + ib[o]! * k * n;
+    offs[3 * o + 2] = c0 + o * m * n;
+  }
+  nat.gemm(heapF32(backend), m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0, offs);
+  matMulStats.native++;
+  return out;
+}
 
 export function batchMatMulImpl(args: KernelArgs): TensorInfoLike {
   const { inputs, backend } = args;
@@ -150,6 +184,7 @@ export function batchMatMulImpl(args: KernelArgs): TensorInfoLike {
   const batchA = sizeOf(outerA), batchB = sizeOf(outerB), bo = sizeOf(outer);
   const outShape = [...outer, m, n];
   if (m === 0 || n === 0 || k === 0 || bo === 0) return runStock('BatchMatMul', args);
+  if (activeNative()) return nativeProduct(backend, a, b, m, k, n, transposeA, transposeB, outerA, outerB, outer, outShape);
 
   // A transpose of a matrix with a dimension of 1 moves no memory: only copy when it does.
   const copyA = transposeA && m > 1 && k > 1; // direct needs plain A [m, k]

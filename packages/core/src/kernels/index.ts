@@ -39,3 +39,4 @@ export function wasmKernelsRegistered(): boolean {
 }
 
 export { matMulStats } from './BatchMatMul.js';
+export { nativeInfo, loadNative, setNativeEnabled, nativeAddonPath, type NativeInfo } from './native.js';

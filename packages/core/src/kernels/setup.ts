@@ -16,6 +16,7 @@ import * as tf from '@tensorflow/tfjs';
 import { markHookable, runReleaseHooks } from './heap.js';
 import { loadThreadedWasm, releaseIdleWorkers, type WasmModuleLike } from './wasm-module.js';
 import { initPoolSwitch } from './pool.js';
+import { nativeInfo, type NativeInfo } from './native.js';
 
 export interface WasmInfo {
   /** XNNPACK threads in use (1 until the backend is initialised). */
@@ -28,13 +29,15 @@ export interface WasmInfo {
   poolOnlyForLargeProducts?: boolean;
   /** Why the threaded build is not used, when it is not. */
   note?: string;
+  /** qrlhf's native matrix products (native.ts): used when active. */
+  native: NativeInfo;
 }
 
-const info: WasmInfo = { threads: 1, build: 'stock', kernels: false };
+const info: Omit<WasmInfo, 'native'> = { threads: 1, build: 'stock', kernels: false };
 let prepared = false;
 
 export function wasmInfo(): WasmInfo {
-  return { ...info };
+  return { ...info, native: nativeInfo() };
 }
 
 /** Threads wanted: QRLHF_WASM_THREADS, else the logical CPU count, within [1, 8]. */

@@ -1,0 +1,90 @@
+/**
+ * qrlhf's native matrix products (packages/core/native/qrlhf_native.c, built by
+ * packages/core/native/build.mjs after `npm ci` and in `npm run build`). When the addon is present
+ * the wasm backend's BatchMatMul hands every float32 product to it: it reads and writes the wasm
+ * heap in place (no copies), uses AVX-512 or AVX2 where the CPU has them and its own thread pool.
+ * Without the addon (no compiler at install time, another OS, QRLHF_NATIVE=0) the XNNPACK path of
+ * BatchMatMul.ts is used instead; results agree within float32 rounding either way.
+ *
+ * Environment: QRLHF_NATIVE=0 disables it; QRLHF_NATIVE_THREADS sets its threads (default: the
+ * logical CPUs).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  /** For every e: C_e = op(A_e)·op(B_e) on `heap`, at float offsets offsets[3e], [3e+1], [3e+2]. */
+  gemm(heap: Float32Array, m: number, n: number, k: number, transposeA: number, transposeB: number, offsets: Uint32Array): void;
+  init(threads: number, spinMicroseconds: number): { arch: string; threads: number; mr: number; nr: number };
+  setThreads(threads: number): number;
+}
+
+export interface NativeInfo {
+  /** The addon is loaded and used for matrix products. */
+  active: boolean;
+  /** 'avx512' | 'avx2' | 'portable' when active. */
+  arch?: string;
+  threads?: number;
+  /** Why it is not active. */
+  note?: string;
+}
+
+/** Where build.mjs writes the addon (the same relative path from src/kernels and dist/kernels). */
+export function nativeAddonPath(): string {
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'build', 'qrlhf_native.node');
+}
+
+function wantedThreads(): number {
+  const env = process.env['QRLHF_NATIVE_THREADS'];
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`QRLHF_NATIVE_THREADS: expected an integer >= 1, got "${env}"`);
+    return Math.min(n, 64);
+  }
+  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return Math.max(1, Math.min(cpus, 64));
+}
+
+let addon: NativeAddon | null | undefined;
+let info: NativeInfo = { active: false, note: 'not loaded yet' };
+
+/** Loads the addon once (null when absent or disabled; nativeInfo().note says why). */
+export function loadNative(): NativeAddon | null {
+  if (addon !== undefined) return addon;
+  addon = null;
+  const off = process.env['QRLHF_NATIVE'];
+  if (off !== undefined && off !== '' && off !== '1') {
+    info = { active: false, note: `QRLHF_NATIVE=${off}` };
+    return null;
+  }
+  const file = nativeAddonPath();
+  if (!existsSync(file)) {
+    info = { active: false, note: 'not built (node packages/core/native/build.mjs)' };
+    return null;
+  }
+  try {
+    const a = createRequire(import.meta.url)(file) as NativeAddon;
+    const r = a.init(wantedThreads(), 200);
+    addon = a;
+    info = { active: true, arch: r.arch, threads: r.threads };
+  } catch (e) {
+    info = { active: false, note: `failed to load (${e instanceof Error ? e.message : String(e)})` };
+  }
+  return addon;
+}
+
+export function nativeInfo(): NativeInfo {
+  return { ...info };
+}
+
+/** For tests and benchmarks: route products to the addon (true) or to XNNPACK (false). */
+let enabled = true;
+export function setNativeEnabled(on: boolean): void {
+  enabled = on;
+}
+export function activeNative(): NativeAddon | null {
+  return enabled ? (addon ?? null) : null;
+}
