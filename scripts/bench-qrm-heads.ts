@@ -27,6 +27,7 @@ interface Row {
   lpObjective: (number | null)[];
   lowerBound: number[];
   nonzeroWeights: number[];
+  finish: string[];
   lpSeconds: number | null;
   referenceObjective: (number | null)[];
   referenceSeconds: number | null;
@@ -90,6 +91,9 @@ async function main(): Promise<void> {
   const sizes: [number, number, number][] = [];
   if (which === 'small' || which === 'all') sizes.push([500, 8, 19], [2000, 16, 19], [10000, 32, 19], [20000, 256, 19]);
   if (which === 'big' || which === 'all') sizes.push([60000, 4096, 19]);
+  const custom = /^(\d+)x(\d+)(?:x(\d+))?$/.exec(which);
+  if (custom) sizes.push([Number(custom[1]), Number(custom[2]), Number(custom[3] ?? 19)]);
+  if (sizes.length === 0) throw new Error(`--sizes: expected small, big, all or NxD[xK], got ${which}`);
   const rows: Row[] = [];
   for (const [n, d, K] of sizes) {
     const { x, y } = makeData(n, d, `bench-${n}-${d}`);
@@ -137,6 +141,7 @@ async function main(): Promise<void> {
       lpObjective,
       lowerBound: Array.from(res.lowerBound),
       nonzeroWeights: nonzero,
+      finish: [...res.finish],
       lpSeconds: lpFeasible ? (performance.now() - l0) / 1000 : null,
       referenceObjective,
       referenceSeconds,
@@ -162,8 +167,8 @@ async function main(): Promise<void> {
 function printRow(r: Row): void {
   console.log(`\nn ${r.n}  d ${r.d}  K ${r.K}: ${r.seconds.toFixed(1)} s, ${r.firstOrderIterations} first-order iterations, peak RSS ${r.peakRssGB.toFixed(2)} GB` +
     (r.lpSeconds !== null ? ` (LP reference: ${r.lpSeconds.toFixed(1)} s for all levels)` : ''));
-  console.log('| tau | objective | LP optimum | rel. excess | longer run | excess over it | certified lower bound | nonzero w |');
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log('| tau | objective | LP optimum | rel. excess | longer run | excess over it | certified lower bound | certified gap | finish | nonzero w |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
   r.taus.forEach((tau, k) => {
     const lp = r.lpObjective[k];
     const ref = r.referenceObjective[k];
@@ -171,7 +176,7 @@ function printRow(r: Row): void {
       `| ${tau.toFixed(2)} | ${r.objective[k]!.toPrecision(7)} | ${lp === null || lp === undefined ? '-' : lp.toPrecision(7)} | ` +
         `${lp === null || lp === undefined ? '-' : ((r.objective[k]! - lp) / lp).toExponential(2)} | ` +
         `${ref === null || ref === undefined ? '-' : ref.toPrecision(7)} | ${ref === null || ref === undefined ? '-' : ((r.objective[k]! - ref) / ref).toExponential(2)} | ` +
-        `${r.lowerBound[k]!.toPrecision(7)} | ${r.nonzeroWeights[k]} |`,
+        `${r.lowerBound[k]!.toPrecision(7)} | ${((r.objective[k]! - r.lowerBound[k]!) / r.objective[k]!).toExponential(2)} | ${r.finish[k]} | ${r.nonzeroWeights[k]} |`,
     );
   });
 }

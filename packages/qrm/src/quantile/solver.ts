@@ -28,6 +28,7 @@
  *    dual simplex of lp.ts, warm-started from the first-order solution) makes the optimum exact.
  */
 import * as tf from '@tensorflow/tfjs';
+import { DualPool, basisDual } from './certificate.js';
 import { pinball, quantileLP } from './lp.js';
 
 export interface SolveOptions {
@@ -45,6 +46,10 @@ export interface SolveOptions {
    *  default 1e-6) over the last stallWindow (default 40) iterations. */
   stallTolerance?: number;
   stallWindow?: number;
+  /** Solve the dual pool's master LP every this many iterations (default 5; see certificate.ts). */
+  certifyEvery?: number;
+  /** Seconds for the crossover certificates at the end (basisDual in certificate.ts), default 15. */
+  certifyTimeLimit?: number;
   onProgress?: (info: { iteration: number; active: number; worstGap: number; products?: number; smoothing?: number; bestObjective?: number }) => void;
 }
 
@@ -57,6 +62,8 @@ export interface SolveResult {
   /** A certified lower bound of the optimum, per level (from the best dual point). */
   lowerBound: Float64Array;
   iterations: number;
+  /** Per level: the first-order iterations it took part in. */
+  levelIterations: Int32Array;
   /** Per level: 'lp' (exact LP finish), 'gap' (certified gap below tolerance), 'stall' (no more
    *  progress), 'limit' (iteration/time budget hit). */
   finish: ('lp' | 'gap' | 'stall' | 'limit')[];
@@ -114,7 +121,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
       for (let i = 0; i < n; i++) s += pinball(yArr[i]! - bias[k]!, tau);
       return s / n;
     });
-    return { weight: new Float64Array(0), bias, objective, lowerBound: objective.slice(), iterations: 0, finish: Array.from(taus, () => "lp" as const) };
+    return { weight: new Float64Array(0), bias, objective, lowerBound: objective.slice(), iterations: 0, levelIterations: new Int32Array(K), finish: Array.from(taus, () => "lp" as const) };
   }
   const X = tf.tensor2d(x, [n, d]);
   const XT = tf.tidy(() => tf.transpose(X));
@@ -137,6 +144,8 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     const Lk = new Float64Array(K);
     const bestP = new Float64Array(K).fill(Infinity);
     const bestD = new Float64Array(K).fill(-Infinity);
+    const pools = Array.from({ length: K }, () => new DualPool(d, n * alpha));
+    const levelIter = new Int32Array(K);
     const bestW = Array.from({ length: K }, () => new Float64Array(d));
     const bestB = new Float64Array(K);
     const done = new Uint8Array(K);
@@ -171,6 +180,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     const smooth = (u: number, tau: number, m: number): number =>
       u >= tau * m ? tau * u - (tau * tau * m) / 2 : u <= (tau - 1) * m ? (tau - 1) * u - ((tau - 1) * (tau - 1) * m) / 2 : (u * u) / (2 * m);
 
+    const certEvery = opts.certifyEvery ?? 5;
     let iter = 0;
     let totalTrials = 0;
     for (; iter < maxIter && performance.now() < deadline; iter++) {
@@ -244,21 +254,23 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
       for (let a = 0; a < A; a++) {
         const k = active[a]!;
         const tau = taus[k]!;
+        levelIter[k]!++;
         const pbar = psiSum[a]! / n;
+        // a = theta (psi − pbar) is in the box and sums to 0; the pool handles the L∞ constraint
         let theta = 1;
         if (psiMax[a]! - pbar > tau) theta = Math.min(theta, tau / (psiMax[a]! - pbar));
         if (psiMin[a]! - pbar < tau - 1) theta = Math.min(theta, (tau - 1) / (psiMin[a]! - pbar));
-        let gInf = 0;
         const g = grad[a]!;
+        const ga = new Float64Array(d);
         for (let j = 0; j < d; j++) {
           if (!live[j]) continue;
-          const gj = G[j * A + a]! - mean[j]! * psiSum[a]!;
-          gInf = Math.max(gInf, Math.abs(gj)); // = |Xᵀ(psi − pbar)|_j
+          const gj = G[j * A + a]! - mean[j]! * psiSum[a]!; // = Xᵀ(psi − pbar)_j
+          ga[j] = theta * gj;
           g[j] = -gj / (sd[j]! * n);
         }
-        if (gInf > n * alpha) theta = Math.min(theta, (n * alpha) / gInf);
-        const D = (theta * (psiY[a]! - pbar * ySum)) / n;
-        if (D > bestD[k]!) bestD[k] = D;
+        pools[k]!.add(ga, (theta * (psiY[a]! - pbar * ySum)) / n);
+        if (iter % certEvery === certEvery - 1) pools[k]!.improve();
+        bestD[k] = pools[k]!.best;
         const relGap = (bestP[k]! - bestD[k]!) / Math.max(bestP[k]!, 1e-12);
         worstGap = Math.max(worstGap, relGap);
         if (relGap <= tol) done[k] = 1;
@@ -399,19 +411,97 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     const Wall = new Float32Array(d * K);
     for (let k = 0; k < K; k++) for (let j = 0; j < d; j++) Wall[j * K + k] = bestW[k]![j]!;
     const R = matmulData(X, Wall, d, K);
-    const r = new Float64Array(n);
+    const resid = Array.from({ length: K }, () => new Float64Array(n));
+    const obj0 = new Float64Array(K);
+    const b0 = new Float64Array(K);
     for (let k = 0; k < K; k++) {
       const tau = taus[k]!;
+      const r = resid[k]!;
       for (let i = 0; i < n; i++) r[i] = yArr[i]! - R[i * K + k]!;
       const b = orderQuantile(r, tau);
       let lossSum = 0;
-      for (let i = 0; i < n; i++) lossSum += pinball(r[i]! - b, tau);
+      for (let i = 0; i < n; i++) {
+        r[i] = r[i]! - b;
+        lossSum += pinball(r[i]!, tau);
+      }
       let l1 = 0;
       for (let j = 0; j < d; j++) l1 += Math.abs(bestW[k]![j]!);
-      let obj = lossSum / n + alpha * l1;
+      obj0[k] = lossSum / n + alpha * l1;
+      b0[k] = b;
+    }
+    // last dual points, at the returned heads (the smoothed derivative of their residuals at three
+    // smoothings: one product for all), then the pool's master LP once more
+    const certDeadline = performance.now() + 1000 * (opts.certifyTimeLimit ?? 15);
+    const uncertified: number[] = [];
+    for (let k = 0; k < K; k++) if ((obj0[k]! - bestD[k]!) > tol * Math.max(obj0[k]!, 1e-12)) uncertified.push(k);
+    if (uncertified.length > 0) {
+      const mults = [0, 1, 10]; // 0: the sign point of basisDual
+      const C = uncertified.length * mults.length;
+      const Psi = new Float32Array(n * C);
+      const stats: { k: number; theta: number; sum: number; c: number }[] = [];
+      uncertified.forEach((k, u) => {
+        const tau = taus[k]!;
+        const r = resid[k]!;
+        mults.forEach((f, q) => {
+          const col = u * mults.length + q;
+          const m = Math.max(mu[k]! * f, 1e-12 * yRange);
+          if (f === 0) {
+            let ps = 0;
+            for (let i = 0; i < n; i++) {
+              const p = r[i]! > 0 ? tau : tau - 1;
+              Psi[i * C + col] = p;
+              ps += p;
+            }
+            stats.push({ k, theta: 0, sum: ps, c: 0 });
+            return;
+          }
+          let ps = 0;
+          let py = 0;
+          let pmax = -Infinity;
+          let pmin = Infinity;
+          for (let i = 0; i < n; i++) {
+            let p = r[i]! / m;
+            if (p > tau) p = tau;
+            else if (p < tau - 1) p = tau - 1;
+            Psi[i * C + col] = p;
+            ps += p;
+            py += p * yArr[i]!;
+            if (p > pmax) pmax = p;
+            if (p < pmin) pmin = p;
+          }
+          const pbar = ps / n;
+          let theta = 1;
+          if (pmax - pbar > tau) theta = Math.min(theta, tau / (pmax - pbar));
+          if (pmin - pbar < tau - 1) theta = Math.min(theta, (tau - 1) / (pmin - pbar));
+          stats.push({ k, theta, sum: ps, c: (theta * (py - pbar * ySum)) / n });
+        });
+      });
+      const G = matmulData(XT, Psi, n, C);
+      stats.forEach(({ k, theta, sum, c }, col) => {
+        const ga = new Float64Array(d);
+        if (theta === 0) {
+          // the sign point: Xcᵀa⁰ for the crossover dual
+          for (let j = 0; j < d; j++) if (live[j]) ga[j] = G[j * C + col]! - mean[j]! * sum;
+          if (performance.now() > certDeadline) return;
+          const bd = basisDual({ x, n, d, y: yArr, tau: taus[k]!, nAlpha: n * alpha, mean, live, resid: resid[k]!, weight: bestW[k]!, h0: ga });
+          if (bd) pools[k]!.add(bd.g, bd.c);
+          return;
+        }
+        for (let j = 0; j < d; j++) if (live[j]) ga[j] = theta * (G[j * C + col]! - mean[j]! * sum);
+        pools[k]!.add(ga, c);
+      });
+      for (const k of uncertified) {
+        pools[k]!.improve();
+        bestD[k] = pools[k]!.best;
+      }
+    }
+    for (let k = 0; k < K; k++) {
+      const tau = taus[k]!;
+      let obj = obj0[k]!;
       let w: Float64Array = bestW[k]!;
-      let bb = b;
+      let bb = b0[k]!;
       let how: 'lp' | 'gap' | 'stall' | 'limit' = stalled[k] ? 'stall' : done[k] ? 'gap' : 'limit';
+      if (how !== 'gap' && obj - bestD[k]! <= tol * Math.max(obj, 1e-12)) how = 'gap';
       if (lpMaxCells > 0 && n * (d + 1) <= lpMaxCells) {
         const lp = quantileLP(x, n, d, yArr, tau, alpha, { form: 'dual', start: { weight: w, bias: bb } });
         if (lp.objective <= obj) {
@@ -427,7 +517,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
       objective[k] = obj;
       finish.push(how);
     }
-    return { weight, bias, objective, lowerBound: bestD, iterations: iter, finish };
+    return { weight, bias, objective, lowerBound: bestD, iterations: iter, levelIterations: levelIter, finish };
   } finally {
     X.dispose();
     XT.dispose();
