@@ -12,6 +12,7 @@ import {
   extractPairFeatures,
   extractRatingFeatures,
   fitQuantileHeads,
+  formatFitReport,
   loadHeads,
   loadLlmbar,
   makeUtility,
@@ -139,7 +140,10 @@ function poolingFlag(v: unknown): FeaturePooling {
 
 const fitCommand: CommandModule = {
   command: 'fit',
-  describe: 'Stage 1: fit the linear quantile heads (pinball loss + alpha·L1) on stage-1 features; writes OUT/heads.safetensors',
+  describe:
+    'Stage 1: fit the linear quantile heads (pinball loss + alpha·L1) on stage-1 features; writes OUT/heads.safetensors and ' +
+    'OUT/fit-report.json (per attribute and level: objective, certified lower bound of the optimum, relative gap, iterations, ' +
+    'finish = lp | gap | stall | limit; on the [0, 1] label scale) and prints that table',
   builder: (y: Argv) =>
     y
       .option('features', { type: 'string', describe: 'Stage-1 features: {embeddings [N, d], labels [N, M]} (required)' })
@@ -147,7 +151,9 @@ const fitCommand: CommandModule = {
       .option('alpha', { type: 'string', describe: 'L1 penalty (default 0.003)' })
       .option('quantiles', { type: 'string', describe: 'Number of levels K, tau_k = k/(K+1) (default 19)' })
       .option('max-rows', { type: 'string', describe: 'Labelled rows per attribute at most, a seeded random subset (default 60000)' })
-      .option('seed', { type: 'string', describe: 'Seed of the row subsampling (default 0)' }),
+      .option('seed', { type: 'string', describe: 'Seed of the row subsampling (default 0)' })
+      .option('time-limit', { type: 'string', describe: 'Seconds per attribute for the first-order phase (default: none)' })
+      .option('tolerance', { type: 'string', describe: 'A level stops once its certified relative gap is below this (default 1e-4)' }),
   handler: handle(async (a: Args) => {
     const featuresPath = existingFile('features', requiredString('features', a['features'], 'a stage-1 features file'));
     const out = requiredString('out', a['out'], 'the folder to write heads.safetensors into');
@@ -155,6 +161,8 @@ const fitCommand: CommandModule = {
     const K = intFlag('quantiles', a['quantiles'], { min: 1, max: 999, dflt: 19 })!;
     const maxRows = intFlag('max-rows', a['max-rows'], { min: 1, dflt: 60000 })!;
     const seed = intFlag('seed', a['seed'], { min: 0, max: 2 ** 32 - 1, dflt: 0 })!;
+    const timeLimit = numFlag('time-limit', a['time-limit'], { min: 0, max: Infinity });
+    const tolerance = numFlag('tolerance', a['tolerance'], { min: 0, max: 1 });
     if (existsSync(out) && !statSync(out).isDirectory()) throw new QrlhfError(`--out ${out}: exists and is not a folder`);
     const f = readRatingFeatures(featuresPath);
     const t0 = Date.now();
@@ -165,6 +173,8 @@ const fitCommand: CommandModule = {
       alpha,
       maxRows,
       rng: new Rng(seed),
+      ...(timeLimit !== undefined ? { timeLimit } : {}),
+      ...(tolerance !== undefined ? { tolerance } : {}),
       onProgress: (p) =>
         bar.tick(p.index, f.attributes.length, `attributes done; ${p.attribute}: iteration ${p.iteration}, worst gap ${p.worstGap.toExponential(2)}`),
     });
@@ -172,8 +182,11 @@ const fitCommand: CommandModule = {
     mkdirSync(out, { recursive: true });
     const path = join(out, 'heads.safetensors');
     saveHeads(path, heads);
+    const reportPath = join(out, 'fit-report.json');
+    writeFileAtomic(reportPath, JSON.stringify(heads.report, null, 2) + '\n');
+    process.stdout.write(formatFitReport(heads.report) + '\n');
     process.stderr.write(
-      `qrlhf: wrote ${path}: ${f.attributes.length} attributes x ${K} levels on d = ${f.d} (${f.n} rows, ${((Date.now() - t0) / 1000).toFixed(1)} s)\n`,
+      `qrlhf: wrote ${path}: ${f.attributes.length} attributes x ${K} levels on d = ${f.d} (${f.n} rows, ${((Date.now() - t0) / 1000).toFixed(1)} s) and ${reportPath}\n`,
     );
   }),
 };

@@ -37,6 +37,42 @@ export interface QuantileHeads {
   labelMax?: Float32Array;
 }
 
+/** How far one level's fit is from the optimum (all on the [0, 1] label scale the heads are fitted on). */
+export interface QuantileLevelReport {
+  tau: number;
+  /** (1/n) Σ rho_tau(y − w·x − b) + alpha ||w||_1 of the returned head (float64 weights). */
+  objective: number;
+  /** A certified lower bound of the optimum: the value of a feasible point of the LP dual. */
+  lowerBound: number;
+  /** (objective − lowerBound) / objective: the returned head is at most this far above the optimum. */
+  gap: number;
+  /** First-order iterations this level took part in. */
+  iterations: number;
+  /** 'lp': exact LP finish; 'gap': certified gap ≤ tolerance; 'stall': no more progress; 'limit': iteration/time budget. */
+  finish: 'lp' | 'gap' | 'stall' | 'limit';
+}
+
+export interface QuantileAttributeReport {
+  attribute: string;
+  /** Labelled rows fitted (after maxRows). */
+  rows: number;
+  seconds: number;
+  /** First-order iterations of the attribute's solve (all levels together). */
+  iterations: number;
+  levels: QuantileLevelReport[];
+}
+
+export interface QuantileFitReport {
+  alpha: number;
+  taus: number[];
+  attributes: QuantileAttributeReport[];
+}
+
+/** fitQuantileHeads' result: the heads and, per attribute and level, how converged they are. */
+export interface FittedQuantileHeads extends QuantileHeads {
+  report: QuantileFitReport;
+}
+
 export interface FitQuantileHeadsOptions {
   attributes: string[];
   /** Number of levels; tau_k = k / (K + 1). Default 19. */
@@ -54,6 +90,8 @@ export interface FitQuantileHeadsOptions {
   maxIterations?: number;
   timeLimit?: number;
   lpMaxCells?: number;
+  /** Seconds per attribute for the crossover certificate at the end (see certificate.ts). Default 15. */
+  certifyTimeLimit?: number;
   onProgress?: (info: { attribute: string; index: number; iteration: number; active: number; worstGap: number }) => void;
 }
 
@@ -71,7 +109,7 @@ export function fitQuantileHeads(
   d: number,
   labels: Float32Array,
   opts: FitQuantileHeadsOptions,
-): QuantileHeads {
+): FittedQuantileHeads {
   const attributes = opts.attributes;
   const M = attributes.length;
   const K = opts.K ?? 19;
@@ -90,6 +128,7 @@ export function fitQuantileHeads(
   const bias = new Float32Array(M * K);
   const labelMin = new Float32Array(M);
   const labelMax = new Float32Array(M);
+  const report: QuantileFitReport = { alpha, taus: Array.from(ts), attributes: [] };
 
   for (let m = 0; m < M; m++) {
     const name = attributes[m]!;
@@ -134,6 +173,7 @@ export function fitQuantileHeads(
       for (let r = 0; r < ns; r++) xs.set(x.subarray(rows[r]! * d, rows[r]! * d + d), r * d);
     }
     for (let r = 0; r < ns; r++) y[r] = (labels[rows[r]! * M + m]! - scaleLo) / span;
+    const t0 = performance.now();
     const res = solveQuantileLevels(xs, ns, d, y, {
       alpha,
       taus: ts,
@@ -141,19 +181,47 @@ export function fitQuantileHeads(
       maxIterations: opts.maxIterations,
       timeLimit: opts.timeLimit,
       lpMaxCells: opts.lpMaxCells,
+      certifyTimeLimit: opts.certifyTimeLimit,
       onProgress: opts.onProgress ? (p) => opts.onProgress!({ attribute: name, index: m, ...p }) : undefined,
     });
     for (let k = 0; k < K; k++) {
       for (let j = 0; j < d; j++) weight[(m * K + k) * d + j] = res.weight[k * d + j]!;
       bias[m * K + k] = res.bias[k]!;
     }
+    report.attributes.push({
+      attribute: name,
+      rows: ns,
+      seconds: (performance.now() - t0) / 1000,
+      iterations: res.iterations,
+      levels: Array.from(ts, (tau, k) => {
+        const objective = res.objective[k]!;
+        const lowerBound = Math.min(objective, Math.max(res.lowerBound[k]!, 0)); // 0: the objective is never negative
+        return { tau, objective, lowerBound, gap: objective > 0 ? (objective - lowerBound) / objective : 0, iterations: res.levelIterations[k]!, finish: res.finish[k]! };
+      }),
+    });
   }
-  const heads: QuantileHeads = { weight, bias, taus: ts, attributes: [...attributes], d };
+  const heads: FittedQuantileHeads = { weight, bias, taus: ts, attributes: [...attributes], d, report };
   if (scaleMode === 'minmax') {
     heads.labelMin = labelMin;
     heads.labelMax = labelMax;
   }
   return heads;
+}
+
+/** The report as a plain-text table per attribute: tau, objective, lower bound, gap %, iterations, finish. */
+export function formatFitReport(report: QuantileFitReport): string {
+  const lines: string[] = [];
+  for (const a of report.attributes) {
+    const worst = Math.max(...a.levels.map((l) => l.gap));
+    lines.push(`${a.attribute}: ${a.rows} rows, ${a.iterations} iterations, ${a.seconds.toFixed(1)} s, worst certified gap ${(100 * worst).toFixed(3)} %`);
+    lines.push('  tau    objective     lower bound   gap %     iters  finish');
+    for (const l of a.levels) {
+      lines.push(
+        `  ${l.tau.toFixed(3)}  ${l.objective.toExponential(6)}  ${l.lowerBound.toExponential(6)}  ${(100 * l.gap).toFixed(4).padStart(8)}  ${String(l.iterations).padStart(5)}  ${l.finish}`,
+      );
+    }
+  }
+  return lines.join('\n');
 }
 
 /** Quantiles [n, M, K] on the heads' [0, 1] scale, non-decreasing in tau (rows sorted: see the file comment). */
