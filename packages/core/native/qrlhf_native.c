@@ -42,6 +42,8 @@ typedef struct {
   const float *b; long rsb, csb; /* op(B)[p, j] = b[p * rsb + j * csb] */
   float *c; long rsc, csc;       /* C[i, j] = c[i * rsc + j * csc] */
   long m, n, k;
+  /* op(B) packed once by packB() ([ceil(n / NR)][k][NR], zero padded), or NULL */
+  const float *bp;
 } Gemm;
 
 /* micro-kernel: C[mr, nr] (+)= Ap[kc, MR] · Bp[kc, NR] (panels), through C's strides */
@@ -84,7 +86,7 @@ __attribute__((target("avx512f"))) static void ukr_avx512(long kc, const float *
   R12(DECL)
 #undef DECL
   for (long p = 0; p < kc; p++) {
-    const __m512 b0 = _mm512_load_ps(Bp), b1 = _mm512_load_ps(Bp + 16);
+    const __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
 #define STEP(i)                                                                                    \
   {                                                                                                \
     const __m512 ai = _mm512_set1_ps(Ap[i]);                                                       \
@@ -133,7 +135,7 @@ __attribute__((target("avx2,fma"))) static void ukr_avx2(long kc, const float *A
   R6(DECL)
 #undef DECL
   for (long p = 0; p < kc; p++) {
-    const __m256 b0 = _mm256_load_ps(Bp), b1 = _mm256_load_ps(Bp + 8);
+    const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
 #define STEP(i)                                                                                    \
   {                                                                                                \
     const __m256 ai = _mm256_broadcast_ss(Ap + i);                                                 \
@@ -241,7 +243,14 @@ static void gemm_packed(const Gemm *g, Buffers *buf) {
     long nc = g->n - jc < NC ? g->n - jc : NC;
     for (long pc = 0; pc < g->k; pc += KC) {
       long kc = g->k - pc < KC ? g->k - pc : KC;
-      pack_b(g, pc, jc, kc, nc, buf->b, NR);
+      const float *bblock = buf->b;
+      long bstride = kc; /* floats between micro-panels of bblock, per NR columns */
+      if (g->bp) {
+        bblock = g->bp + (jc / NR) * g->k * NR + pc * NR;
+        bstride = g->k;
+      } else {
+        pack_b(g, pc, jc, kc, nc, buf->b, NR);
+      }
       for (long ic = 0; ic < g->m; ic += MC) {
         long mc = g->m - ic < MC ? g->m - ic : MC;
         pack_a(g, ic, pc, mc, kc, buf->a, MR);
@@ -249,7 +258,7 @@ static void gemm_packed(const Gemm *g, Buffers *buf) {
           long nr = nc - jr < NR ? nc - jr : NR;
           for (long ir = 0; ir < mc; ir += MR) {
             long mr = mc - ir < MR ? mc - ir : MR;
-            g_arch.ukr(kc, buf->a + ir * kc, buf->b + jr * kc, g->c + (ic + ir) * g->rsc + (jc + jr) * g->csc,
+            g_arch.ukr(kc, buf->a + ir * kc, bblock + jr * bstride, g->c + (ic + ir) * g->rsc + (jc + jr) * g->csc,
                        g->rsc, g->csc, pc > 0, mr, nr);
           }
         }
@@ -328,7 +337,60 @@ rows_trans_avx512(const Gemm *g, long j0, long j1, const int M, const int J) {
   }
 }
 
+/* Few rows against a packed op(B) (NR = 32): panels [q0, q1), P panels at a time, each read
+ * front to back (one contiguous stream per panel). */
+__attribute__((target("avx512f"), always_inline)) static inline void
+rows_packed_avx512(const Gemm *g, long q0, long q1, const int M, const int P) {
+  const long k = g->k;
+  for (long q = q0; q < q1; q += P) {
+    const int pn = q1 - q < P ? (int)(q1 - q) : P;
+    __m512 acc[8][8];
+    for (int i = 0; i < M; i++)
+      for (int v = 0; v < 2 * P; v++) acc[i][v] = _mm512_setzero_ps();
+    const float *base = g->bp + q * k * 32;
+    for (long p = 0; p < k; p++) {
+      __m512 bv[8];
+      for (int u = 0; u < P; u++) {
+        const float *src = base + (u < pn ? u : 0) * k * 32 + p * 32;
+        bv[2 * u] = _mm512_loadu_ps(src);
+        bv[2 * u + 1] = _mm512_loadu_ps(src + 16);
+      }
+      for (int i = 0; i < M; i++) {
+        const __m512 ai = _mm512_set1_ps(g->a[i * g->rsa + p * g->csa]);
+        for (int v = 0; v < 2 * P; v++) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+      }
+    }
+    for (int u = 0; u < pn; u++) {
+      const long j = (q + u) * 32;
+      for (int h = 0; h < 2; h++) {
+        const long jj = j + 16 * h;
+        if (jj >= g->n) break;
+        const long w = g->n - jj < 16 ? g->n - jj : 16;
+        const __mmask16 mask = (__mmask16)((1u << w) - 1u);
+        for (int i = 0; i < M; i++) _mm512_mask_storeu_ps(g->c + i * g->rsc + jj, mask, acc[i][2 * u + h]);
+      }
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) static void rows_packed_dispatch(const Gemm *g, long q0, long q1) {
+  switch (g->m) {
+    case 1: rows_packed_avx512(g, q0, q1, 1, 4); break;
+    case 2: rows_packed_avx512(g, q0, q1, 2, 4); break;
+    case 3: rows_packed_avx512(g, q0, q1, 3, 2); break;
+    case 4: rows_packed_avx512(g, q0, q1, 4, 2); break;
+    case 5: rows_packed_avx512(g, q0, q1, 5, 1); break;
+    case 6: rows_packed_avx512(g, q0, q1, 6, 1); break;
+    case 7: rows_packed_avx512(g, q0, q1, 7, 1); break;
+    default: rows_packed_avx512(g, q0, q1, 8, 1); break;
+  }
+}
+
 __attribute__((target("avx512f"))) static void rows_avx512(const Gemm *g, long j0, long j1) {
+  if (g->bp) {
+    rows_packed_dispatch(g, j0 / 32, (j1 + 31) / 32);
+    return;
+  }
   if (g->csb == 1) {
     switch (g->m) {
       case 1: rows_plain_avx512(g, j0, j1, 1, 8); break;
@@ -373,7 +435,7 @@ static void rows_c(const Gemm *g, long j0, long j1) {
 }
 
 static int use_rows_path(const Gemm *g) {
-  return g->m <= 8 && g->csc == 1 && g_arch.simd == 2 && (g->csb == 1 || g->rsb == 1);
+  return g->m <= 8 && g->csc == 1 && g_arch.simd == 2 && (g->bp != NULL || g->csb == 1 || g->rsb == 1);
 }
 static void gemm_rows(const Gemm *g, long j0, long j1) {
 #ifdef QRLHF_X86
@@ -386,8 +448,14 @@ static void gemm_rows(const Gemm *g, long j0, long j1) {
 }
 
 /* ----------------------------------------------------------------------------- thread pool */
+/* A job is a number of chunks that the caller and the workers claim one at a time from a shared
+ * counter. The caller never waits for a worker that has not started: when it has claimed the
+ * last chunk it closes the job, and a worker arriving later (asleep, or descheduled because
+ * another process or Node's own threads hold that core) finds it closed and skips it. The
+ * caller only waits for chunks a worker is actually computing. */
 enum { MAX_THREADS = 64 };
-typedef void (*JobFn)(void *ctx, int tid, int nthreads);
+typedef void (*ChunkFn)(void *ctx, long chunk, int tid);
+#define JOB_CLOSED (1 << 30)
 static int g_threads = 1; /* threads a product may use */
 static int g_started = 1; /* workers started + the caller */
 static Buffers g_buf[MAX_THREADS];
@@ -395,10 +463,12 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t g_busy = PTHREAD_MUTEX_INITIALIZER;
 static atomic_uint g_gen;
-static atomic_int g_remaining;
-static JobFn g_job;
+static atomic_int g_sleepers;
+static atomic_int g_state = JOB_CLOSED; /* workers inside the current job | JOB_CLOSED */
+static atomic_long g_next;
+static ChunkFn g_chunk_fn;
 static void *g_ctx;
-static int g_pool_threads = 1; /* threads a job is split over (workers + caller) */
+static long g_chunks;
 static long g_spin_ns = 200000;
 
 static inline uint64_t now_ns(void) {
@@ -412,11 +482,22 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static void claim_chunks(int tid) {
+  const ChunkFn fn = g_chunk_fn;
+  void *ctx = g_ctx;
+  const long n = g_chunks;
+  for (;;) {
+    const long c = atomic_fetch_add(&g_next, 1);
+    if (c >= n) break;
+    fn(ctx, c, tid);
+  }
+}
+
 static void *worker_main(void *arg) {
   const int tid = (int)(intptr_t)arg;
   unsigned seen = atomic_load(&g_gen);
   for (;;) {
-    unsigned gen = atomic_load_explicit(&g_gen, memory_order_acquire);
+    unsigned gen = atomic_load(&g_gen);
     if (gen == seen) {
       const uint64_t until = now_ns() + (uint64_t)g_spin_ns;
       int spins = 0;
@@ -426,13 +507,18 @@ static void *worker_main(void *arg) {
       }
       if (gen == seen) {
         pthread_mutex_lock(&g_mu);
+        atomic_fetch_add(&g_sleepers, 1);
         while ((gen = atomic_load(&g_gen)) == seen) pthread_cond_wait(&g_cv, &g_mu);
+        atomic_fetch_sub(&g_sleepers, 1);
         pthread_mutex_unlock(&g_mu);
       }
     }
     seen = gen;
-    g_job(g_ctx, tid, g_pool_threads);
-    atomic_fetch_sub_explicit(&g_remaining, 1, memory_order_acq_rel);
+    /* join the current job unless it is closed (it may already be a newer one: chunks are
+     * claimed atomically, so joining any open job is correct) */
+    if (tid >= g_threads) continue; /* setThreads() lowered the count */
+    if (!(atomic_fetch_add(&g_state, 1) & JOB_CLOSED)) claim_chunks(tid);
+    atomic_fetch_sub(&g_state, 1);
   }
   return NULL;
 }
@@ -446,24 +532,28 @@ static int buffers_for(int tid) {
   return g_buf[tid].a && g_buf[tid].b;
 }
 
-/* Runs fn on `want` threads (the caller is thread 0); on one thread if the pool is busy. */
-static void run_parallel(JobFn fn, void *ctx, int want) {
-  if (want > g_threads) want = g_threads;
-  if (want <= 1 || pthread_mutex_trylock(&g_busy) != 0) {
-    fn(ctx, 0, 1);
+/* Runs chunks 0..n-1 of fn, on the pool when it has more than one thread and is free (another
+ * JS thread may be using it: then on the calling thread alone). */
+static void run_chunks(ChunkFn fn, void *ctx, long n, int parallel) {
+  if (!parallel || n <= 1 || g_threads <= 1 || pthread_mutex_trylock(&g_busy) != 0) {
+    for (long c = 0; c < n; c++) fn(ctx, c, 0);
     return;
   }
-  g_job = fn;
+  /* no worker is inside a job here (the previous call waited for them) */
+  g_chunk_fn = fn;
   g_ctx = ctx;
-  g_pool_threads = want;
-  /* every worker runs the job; those with tid >= want return at once */
-  atomic_store(&g_remaining, g_started - 1);
-  pthread_mutex_lock(&g_mu);
-  atomic_fetch_add_explicit(&g_gen, 1, memory_order_release);
-  pthread_cond_broadcast(&g_cv);
-  pthread_mutex_unlock(&g_mu);
-  fn(ctx, 0, want);
-  while (atomic_load_explicit(&g_remaining, memory_order_acquire) > 0) cpu_relax();
+  g_chunks = n;
+  atomic_store(&g_next, 0);
+  atomic_store(&g_state, 0);
+  atomic_fetch_add(&g_gen, 1);
+  if (atomic_load(&g_sleepers) > 0) {
+    pthread_mutex_lock(&g_mu);
+    pthread_cond_broadcast(&g_cv);
+    pthread_mutex_unlock(&g_mu);
+  }
+  claim_chunks(0);
+  atomic_fetch_or(&g_state, JOB_CLOSED);
+  while ((atomic_load(&g_state) & ~JOB_CLOSED) != 0) cpu_relax();
   pthread_mutex_unlock(&g_busy);
 }
 
@@ -472,13 +562,16 @@ typedef struct {
   Gemm g;          /* for a single product */
   int split;       /* 0: rows of C, 1: columns of C */
   long units;      /* number of MR- (rows) or NR- (cols) blocks */
+  long per;        /* units per chunk */
   int rows_path;
+  long unit_cols;
   /* batch */
   float *heap;
   const uint32_t *offs;
   long batch;
   long m, n, k;
   int ta, tb;
+  const float *bp;
 } Job;
 
 static Gemm make_gemm(float *heap, uint32_t ao, uint32_t bo, uint32_t co, long m, long n, long k, int ta, int tb) {
@@ -495,6 +588,7 @@ static Gemm make_gemm(float *heap, uint32_t ao, uint32_t bo, uint32_t co, long m
   g.m = m;
   g.n = n;
   g.k = k;
+  g.bp = NULL;
   return g;
 }
 
@@ -505,6 +599,7 @@ static Gemm swapped(const Gemm *g) {
   s.b = g->a; s.rsb = g->csa; s.csb = g->rsa;
   s.c = g->c; s.rsc = g->csc; s.csc = g->rsc;
   s.m = g->n; s.n = g->m; s.k = g->k;
+  s.bp = NULL;
   return s;
 }
 
@@ -512,6 +607,7 @@ static long ceil_to(long x, long q) { return (x + q - 1) / q * q; }
 
 /* The orientation with less padded work (ties: as given). */
 static Gemm oriented(const Gemm *g) {
+  if (g->bp) return *g;
   const long MR = g_arch.MR, NR = g_arch.NR;
   const double direct = (double)ceil_to(g->m, MR) * (double)ceil_to(g->n, NR);
   const double swap = (double)ceil_to(g->n, MR) * (double)ceil_to(g->m, NR);
@@ -535,16 +631,14 @@ static void serial(const Gemm *g, int tid) {
   gemm_packed(g, &g_buf[tid]);
 }
 
-static void single_job(void *ctx, int tid, int nt) {
+static void single_chunk(void *ctx, long chunk, int tid) {
   Job *J = (Job *)ctx;
-  if (tid >= nt) return;
-  const long per = (J->units + nt - 1) / nt;
-  const long u0 = tid * per, u1 = u0 + per < J->units ? u0 + per : J->units;
+  const long u0 = chunk * J->per, u1 = u0 + J->per < J->units ? u0 + J->per : J->units;
   if (u0 >= u1) return;
   Gemm s = J->g;
   if (J->rows_path) {
-    /* columns in multiples of 16 */
-    const long j0 = u0 * 16, j1 = u1 * 16 < s.n ? u1 * 16 : s.n;
+    const long w = J->unit_cols;
+    const long j0 = u0 * w, j1 = u1 * w < s.n ? u1 * w : s.n;
     gemm_rows(&s, j0, j1);
     return;
   }
@@ -558,20 +652,19 @@ static void single_job(void *ctx, int tid, int nt) {
     const long NR = g_arch.NR;
     const long j0 = u0 * NR, j1 = u1 * NR < s.n ? u1 * NR : s.n;
     s.b += j0 * s.csb;
+    if (s.bp) s.bp += (j0 / NR) * s.k * NR;
     s.c += j0 * s.csc;
     s.n = j1 - j0;
   }
   gemm_packed(&s, &g_buf[tid]);
 }
 
-static void batch_job(void *ctx, int tid, int nt) {
+static void batch_chunk(void *ctx, long e, int tid) {
   Job *J = (Job *)ctx;
-  if (tid >= nt) return;
-  for (long e = tid; e < J->batch; e += nt) {
-    Gemm g = make_gemm(J->heap, J->offs[3 * e], J->offs[3 * e + 1], J->offs[3 * e + 2], J->m, J->n, J->k, J->ta, J->tb);
-    if (!use_rows_path(&g)) g = oriented(&g);
-    serial(&g, tid);
-  }
+  Gemm g = make_gemm(J->heap, J->offs[3 * e], J->offs[3 * e + 1], J->offs[3 * e + 2], J->m, J->n, J->k, J->ta, J->tb);
+  g.bp = J->bp;
+  if (!use_rows_path(&g)) g = oriented(&g);
+  serial(&g, tid);
 }
 
 /* below this many FLOPs a product runs on the calling thread */
@@ -588,7 +681,8 @@ static void gemm_one(Gemm g) {
   if (use_rows_path(&g)) {
     J.g = g;
     J.rows_path = 1;
-    J.units = (g.n + 15) / 16;
+    J.units = g.bp ? (g.n + 31) / 32 : (g.n + 15) / 16;
+    J.unit_cols = g.bp ? 32 : 16;
   } else {
     g = oriented(&g);
     J.g = g;
@@ -602,13 +696,17 @@ static void gemm_one(Gemm g) {
       J.units = nu;
     }
   }
-  int want = flops < g_min_parallel_flops ? 1 : g_threads;
-  if (want > J.units) want = (int)J.units;
-  if (want <= 1) {
-    single_job(&J, 0, 1);
+  if (flops < g_min_parallel_flops || g_threads <= 1) {
+    J.per = J.units;
+    single_chunk(&J, 0, 0);
     return;
   }
-  run_parallel(single_job, &J, want);
+  /* chunks: two per thread for packed products (each chunk packs its share of the other
+   * operand), finer for the streaming few-rows path */
+  long chunks = J.rows_path ? 4 * g_threads : 2 * g_threads;
+  if (chunks > J.units) chunks = J.units;
+  J.per = (J.units + chunks - 1) / chunks;
+  run_chunks(single_chunk, &J, (J.units + J.per - 1) / J.per, 1);
 }
 
 /* ----------------------------------------------------------------------------- N-API */
@@ -627,10 +725,13 @@ static int get_long(napi_env env, napi_value v, long *out) {
   return 1;
 }
 
-/* gemm(heap: Float32Array, m, n, k, transA, transB, offsets: Uint32Array [3 * batch]) */
+static long packed_size(long k, long n) { return (n + g_arch.NR - 1) / g_arch.NR * g_arch.NR * k; }
+
+/* gemm(heap: Float32Array, m, n, k, transA, transB, offsets: Uint32Array [3 * batch], packedB?)
+ * packedB: float offset of op(B) packed by packB() (then the B offsets are not read), or -1 */
 static napi_value js_gemm(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
+  size_t argc = 8;
+  napi_value argv[8];
   NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc < 7) {
     napi_throw_error(env, NULL, "qrlhf native gemm: expected 7 arguments");
@@ -657,17 +758,27 @@ static napi_value js_gemm(napi_env env, napi_callback_info info) {
   }
   const uint32_t *offs = (const uint32_t *)odata;
   const long batch = (long)(olen / 3);
+  long packed = -1;
+  if (argc >= 8 && !get_long(env, argv[7], &packed)) packed = -1;
+  if (packed >= 0 && (size_t)packed + (size_t)packed_size(k, n) > hlen) {
+    napi_throw_range_error(env, NULL, "qrlhf native gemm: the packed operand lies outside the heap");
+    return NULL;
+  }
   /* every operand must lie inside the heap */
   for (long e = 0; e < batch; e++) {
-    if ((size_t)offs[3 * e] + (size_t)m * (size_t)k > hlen || (size_t)offs[3 * e + 1] + (size_t)k * (size_t)n > hlen ||
+    if ((size_t)offs[3 * e] + (size_t)m * (size_t)k > hlen ||
+        (packed < 0 && (size_t)offs[3 * e + 1] + (size_t)k * (size_t)n > hlen) ||
         (size_t)offs[3 * e + 2] + (size_t)m * (size_t)n > hlen) {
       napi_throw_range_error(env, NULL, "qrlhf native gemm: an operand lies outside the heap");
       return NULL;
     }
   }
   float *heap = (float *)hdata;
+  const float *bp = packed >= 0 ? heap + packed : NULL;
   if (batch == 1) {
-    gemm_one(make_gemm(heap, offs[0], offs[1], offs[2], m, n, k, (int)ta, (int)tb));
+    Gemm g = make_gemm(heap, offs[0], offs[1], offs[2], m, n, k, (int)ta, (int)tb);
+    g.bp = bp;
+    gemm_one(g);
   } else if (batch > 1) {
     const double flops = 2.0 * (double)m * (double)n * (double)k;
     if (batch >= g_threads && flops * (double)batch >= g_min_parallel_flops && flops < 2e7) {
@@ -681,13 +792,62 @@ static napi_value js_gemm(napi_env env, napi_callback_info info) {
       J.k = k;
       J.ta = (int)ta;
       J.tb = (int)tb;
-      run_parallel(batch_job, &J, g_threads);
+      J.bp = bp;
+      run_chunks(batch_chunk, &J, batch, 1);
     } else {
-      for (long e = 0; e < batch; e++)
-        gemm_one(make_gemm(heap, offs[3 * e], offs[3 * e + 1], offs[3 * e + 2], m, n, k, (int)ta, (int)tb));
+      for (long e = 0; e < batch; e++) {
+        Gemm g = make_gemm(heap, offs[3 * e], offs[3 * e + 1], offs[3 * e + 2], m, n, k, (int)ta, (int)tb);
+        g.bp = bp;
+        gemm_one(g);
+      }
     }
   }
   return NULL;
+}
+
+/* packB(heap, k, n, transB, bOffset, dstOffset): op(B) [k, n] into [ceil(n / NR)][k][NR] at dst;
+ * returns the number of floats written (packedSize(k, n)) */
+static napi_value js_pack_b(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_typedarray_type type;
+  size_t hlen;
+  void *hdata;
+  long k, n, tb, bo, dst;
+  if (argc < 6 || napi_get_typedarray_info(env, argv[0], &type, &hlen, &hdata, NULL, NULL) != napi_ok ||
+      type != napi_float32_array || !get_long(env, argv[1], &k) || !get_long(env, argv[2], &n) ||
+      !get_long(env, argv[3], &tb) || !get_long(env, argv[4], &bo) || !get_long(env, argv[5], &dst) || k < 0 ||
+      n < 0 || bo < 0 || dst < 0) {
+    napi_throw_type_error(env, NULL, "qrlhf native packB: expected (Float32Array, k, n, transB, offset, dst)");
+    return NULL;
+  }
+  const long size = packed_size(k, n);
+  if ((size_t)bo + (size_t)k * (size_t)n > hlen || (size_t)dst + (size_t)size > hlen) {
+    napi_throw_range_error(env, NULL, "qrlhf native packB: an operand lies outside the heap");
+    return NULL;
+  }
+  float *heap = (float *)hdata;
+  Gemm g = make_gemm(heap, 0, (uint32_t)bo, 0, 1, n, k, 0, (int)tb);
+  if (k > 0 && n > 0) pack_b(&g, 0, 0, k, n, heap + dst, g_arch.NR);
+  napi_value v;
+  NAPI_OK(napi_create_int64(env, size, &v));
+  return v;
+}
+
+/* packedSize(k, n): floats packB() writes */
+static napi_value js_packed_size(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  long k = 0, n = 0;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_long(env, argv[0], &k) || !get_long(env, argv[1], &n) || k < 0 || n < 0) {
+    napi_throw_type_error(env, NULL, "qrlhf native packedSize: expected (k, n)");
+    return NULL;
+  }
+  napi_value v;
+  NAPI_OK(napi_create_int64(env, packed_size(k, n), &v));
+  return v;
 }
 
 static int start_threads(int want) {
@@ -767,6 +927,10 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "gemm", fn);
   napi_create_function(env, "init", NAPI_AUTO_LENGTH, js_init, NULL, &fn);
   napi_set_named_property(env, exports, "init", fn);
+  napi_create_function(env, "packB", NAPI_AUTO_LENGTH, js_pack_b, NULL, &fn);
+  napi_set_named_property(env, exports, "packB", fn);
+  napi_create_function(env, "packedSize", NAPI_AUTO_LENGTH, js_packed_size, NULL, &fn);
+  napi_set_named_property(env, exports, "packedSize", fn);
   napi_create_function(env, "setThreads", NAPI_AUTO_LENGTH, js_set_threads, NULL, &fn);
   napi_set_named_property(env, exports, "setThreads", fn);
   return exports;

@@ -142,9 +142,11 @@ const nativeShapes: [number, number, number][] = [
 const maybeNative = loadNative() ? test.serial : test.skip;
 maybeNative('BatchMatMul (native path) matches float64 within k·eps·Σ|ab| and the stock kernel, all layouts', (t) => {
   t.true(nativeInfo().active);
-  const before = matMulStats.native;
+  const before = matMulStats.native, packedBefore = matMulStats.packedOperands;
   t.true(checkLayouts(t, nativeShapes, 5000) > 350);
   t.true(matMulStats.native > before + 350, 'products went to the native addon');
+  // the right operand is reused by the three calls: packed once, then read packed
+  t.true(matMulStats.packedOperands > packedBefore + 40, 'reused right operands were packed');
 });
 
 maybeNative('the native addon refuses operands outside the heap instead of touching memory', (t) => {
@@ -200,6 +202,26 @@ test.serial('a cached transposed copy is freed with its original', (t) => {
   for (let i = 0; i < 4; i++) tf.matMul(x, w, false, true).dispose();
   t.is(matMulStats.plainCopies, copies + 1, 'one plain copy, reused');
   t.is(backend.numDataIds(), base + 2, 'the weight and its plain copy');
+  w.dispose();
+  t.is(backend.numDataIds(), base, 'both released');
+  x.dispose();
+});
+
+maybeNative('a packed right operand is made once, reused, and freed with its original', (t) => {
+  const backend = tf.backend() as unknown as { numDataIds(): number };
+  const x = rnd([3, 32], 21);
+  const base = backend.numDataIds();
+  const w = rnd([32, 48], 22);
+  const packed = matMulStats.packedOperands;
+  const ref = reference(x, w, false, false);
+  for (let i = 0; i < 4; i++) {
+    const y = tf.matMul(x, w);
+    const yd = y.dataSync();
+    for (let j = 0; j < yd.length; j++) t.true(Math.abs(yd[j]! - ref.val[j]!) <= 32 * EPS * ref.mag[j]! + 1e-30);
+    y.dispose();
+  }
+  t.is(matMulStats.packedOperands, packed + 1, 'packed at the second use, then reused');
+  t.is(backend.numDataIds(), base + 2, 'the weight and its packed copy');
   w.dispose();
   t.is(backend.numDataIds(), base, 'both released');
   x.dispose();

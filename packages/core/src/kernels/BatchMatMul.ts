@@ -67,6 +67,8 @@ interface RightState {
   own?: { k: number; n: number };
   /** A plain (transposed) copy kept for a right operand used transposed. */
   plain?: { info: TensorInfoLike; k: number; n: number };
+  /** op(B) in the native addon's panel layout, per transpose flag ('N' / 'T'). */
+  packed?: Partial<Record<'N' | 'T', { info: TensorInfoLike; k: number; n: number }>>;
 }
 const rightStates = new WeakMap<DataId, RightState>();
 
@@ -79,7 +81,9 @@ function rightState(backend: WasmBackendLike, t: TensorInfoLike): RightState {
       const st = s;
       onRelease(t.dataId, () => {
         if (st.plain) backend.disposeData(st.plain.info.dataId, true);
+        for (const p of Object.values(st.packed ?? {})) backend.disposeData(p.info.dataId, true);
         st.plain = undefined;
+        st.packed = undefined;
         st.own = undefined;
       });
     }
@@ -135,7 +139,7 @@ export function broadcastOuter(a: number[], b: number[]): number[] {
 }
 
 /** Which path the last call took (for tests and the benchmark's diagnostics). */
-export const matMulStats = { native: 0, naive: 0, folded: 0, batched: 0, swapped: 0, plainCopies: 0 };
+export const matMulStats = { native: 0, packedOperands: 0, naive: 0, folded: 0, batched: 0, swapped: 0, plainCopies: 0 };
 
 let heapCache: { buf: ArrayBufferLike; f32: Float32Array } | null = null;
 function heapF32(backend: WasmBackendLike): Float32Array {
@@ -144,24 +148,56 @@ function heapF32(backend: WasmBackendLike): Float32Array {
   return heapCache.f32;
 }
 
-/** The whole product on qrlhf's native addon (native.ts), in place on the heap. */
+/**
+ * The whole product on qrlhf's native addon (native.ts), in place on the heap: one call for the
+ * batch (a shared right operand with a plain left one folds the batch into rows). A right operand
+ * used again and again (weights) is packed once into the addon's panel layout and kept until its
+ * memory is released: decoding then streams each weight front to back, and no product repacks it.
+ */
 function nativeProduct(
   backend: WasmBackendLike, a: TensorInfoLike, b: TensorInfoLike, m: number, k: number, n: number,
   transposeA: boolean, transposeB: boolean, outerA: number[], outerB: number[], outer: number[], outShape: number[],
 ): TensorInfoLike {
   const nat = activeNative()!;
-  const out = backend.makeOutput(outShape, 'float32');
   const bo = sizeOf(outer);
-  const [ia, ib] = bo === 1 ? [[0], [0]] : batchMaps(outerA, outerB, outer);
-  const offs = new Uint32Array(3 * bo);
+  const batchB = sizeOf(outerB);
+  let packed: TensorInfoLike | null = null;
+  if (batchB === 1 && isHookable(backend)) {
+    const st = rightState(backend, b);
+    st.uses++;
+    const key = transposeB ? 'T' : 'N';
+    let pk = st.packed?.[key];
+    if (pk && (pk.k !== k || pk.n !== n)) {
+      backend.disposeData(pk.info.dataId, true);
+      pk = undefined;
+      delete st.packed![key];
+    }
+    if (!pk && st.uses >= 2) {
+      const info = backend.makeOutput([nat.packedSize(k, n)], 'float32');
+      nat.packB(heapF32(backend), k, n, transposeB ? 1 : 0, dataOf(backend, b).memoryOffset / 4, dataOf(backend, info).memoryOffset / 4);
+      pk = { info, k, n };
+      (st.packed ??= {})[key] = pk;
+      matMulStats.packedOperands++;
+    }
+    if (pk) packed = pk.info;
+  }
+  const out = backend.makeOutput(outShape, 'float32');
   const a0 = dataOf(backend, a).memoryOffset / 4, b0 = dataOf(backend, b).memoryOffset / 4;
   const c0 = dataOf(backend, out).memoryOffset / 4;
-  for (let o = 0; o < bo; o++) {
-    offs[3 * o] = a0 + ia[o]! * m * k;
-    offs[3 * o + 1] = b0 + ib[o]! * k * n;
-    offs[3 * o + 2] = c0 + o * m * n;
+  const heap = heapF32(backend);
+  const packedOff = packed ? dataOf(backend, packed).memoryOffset / 4 : -1;
+  if (batchB === 1 && !transposeA && sizeOf(outerA) === bo) {
+    nat.gemm(heap, bo * m, n, k, 0, transposeB ? 1 : 0, Uint32Array.of(a0, b0, c0), packedOff);
+  } else {
+    const [ia, ib] = bo === 1 ? [[0], [0]] : batchMaps(outerA, outerB, outer);
+    const offs = new Uint32Array(3 * bo);
+    for (let o = 0; o < bo; o++) {
+      offs[3 * o] = a0 + ia[o]! * m * k;
+      offs[3 * o + 1] = b0 + ib[o]! * k * n;
+      offs[3 * o + 2] = c0 + o * m * n;
+    }
+    nat.gemm(heap, m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0, offs, packedOff);
   }
-  nat.gemm(heapF32(backend), m, n, k, transposeA ? 1 : 0, transposeB ? 1 : 0, offs);
   matMulStats.native++;
   return out;
 }

@@ -17,7 +17,11 @@ import { fileURLToPath } from 'node:url';
 
 export interface NativeAddon {
   /** For every e: C_e = op(A_e)·op(B_e) on `heap`, at float offsets offsets[3e], [3e+1], [3e+2]. */
-  gemm(heap: Float32Array, m: number, n: number, k: number, transposeA: number, transposeB: number, offsets: Uint32Array): void;
+  gemm(heap: Float32Array, m: number, n: number, k: number, transposeA: number, transposeB: number, offsets: Uint32Array, packedB?: number): void;
+  /** Writes op(B) [k, n] in the addon's panel layout at float offset dst; returns floats written. */
+  packB(heap: Float32Array, k: number, n: number, transposeB: number, offset: number, dst: number): number;
+  /** Floats packB writes for op(B) [k, n]. */
+  packedSize(k: number, n: number): number;
   init(threads: number, spinMicroseconds: number): { arch: string; threads: number; mr: number; nr: number };
   setThreads(threads: number): number;
 }
@@ -67,7 +71,7 @@ export function loadNative(): NativeAddon | null {
   }
   try {
     const a = createRequire(import.meta.url)(file) as NativeAddon;
-    const r = a.init(wantedThreads(), 200);
+    const r = a.init(wantedThreads(), Number(process.env['QRLHF_NATIVE_SPIN_US'] ?? 200));
     addon = a;
     info = { active: true, arch: r.arch, threads: r.threads };
   } catch (e) {
