@@ -185,11 +185,13 @@ export function basisDual(p: {
   weight: ArrayLike<number>;
   h0: Float64Array;
   maxSupport?: number;
+  /** performance.now() after which no new simplex round starts (the last finished round is used). */
+  deadline?: number;
 }): { g: Float64Array; c: number } | null {
   const { x, n, d, y, tau, nAlpha, mean, live, resid, weight, h0 } = p;
   let support = 0;
   for (let j = 0; j < d; j++) if (live[j] && weight[j] !== 0) support++;
-  if (support > (p.maxSupport ?? 600)) return null;
+  if (support > (p.maxSupport ?? 400)) return null;
   const nF = Math.min(n, 2 * (support + 1) + 30);
   const absr = Float64Array.from(resid, Math.abs);
   const F = Array.from({ length: n }, (_, i) => i)
@@ -230,6 +232,7 @@ export function basisDual(p: {
   let best: Float64Array | null = null;
   const h = new Float64Array(d);
   for (let round = 0; round < 30; round++) {
+    if (best && performance.now() > (p.deadline ?? Infinity)) break;
     const R = rows.length + 1;
     const N = nF + rows.length;
     const A = new Float64Array(R * N);

@@ -90,7 +90,7 @@ export interface FitQuantileHeadsOptions {
   maxIterations?: number;
   timeLimit?: number;
   lpMaxCells?: number;
-  /** Seconds per attribute for the crossover certificate at the end (see certificate.ts). Default 15. */
+  /** Seconds per attribute for the crossover certificate at the end (see certificate.ts). Default 10. */
   certifyTimeLimit?: number;
   onProgress?: (info: { attribute: string; index: number; iteration: number; active: number; worstGap: number }) => void;
 }

@@ -46,9 +46,9 @@ export interface SolveOptions {
    *  default 1e-6) over the last stallWindow (default 40) iterations. */
   stallTolerance?: number;
   stallWindow?: number;
-  /** Solve the dual pool's master LP every this many iterations (default 5; see certificate.ts). */
+  /** Solve the dual pool's master LP every this many iterations (default 20; see certificate.ts). */
   certifyEvery?: number;
-  /** Seconds for the crossover certificates at the end (basisDual in certificate.ts), default 15. */
+  /** Seconds for the crossover certificates at the end (basisDual in certificate.ts), default 10. */
   certifyTimeLimit?: number;
   onProgress?: (info: { iteration: number; active: number; worstGap: number; products?: number; smoothing?: number; bestObjective?: number }) => void;
 }
@@ -180,7 +180,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     const smooth = (u: number, tau: number, m: number): number =>
       u >= tau * m ? tau * u - (tau * tau * m) / 2 : u <= (tau - 1) * m ? (tau - 1) * u - ((tau - 1) * (tau - 1) * m) / 2 : (u * u) / (2 * m);
 
-    const certEvery = opts.certifyEvery ?? 5;
+    const certEvery = opts.certifyEvery ?? 20;
     let iter = 0;
     let totalTrials = 0;
     for (; iter < maxIter && performance.now() < deadline; iter++) {
@@ -431,7 +431,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     }
     // last dual points, at the returned heads (the smoothed derivative of their residuals at three
     // smoothings: one product for all), then the pool's master LP once more
-    const certDeadline = performance.now() + 1000 * (opts.certifyTimeLimit ?? 15);
+    const certDeadline = performance.now() + 1000 * (opts.certifyTimeLimit ?? 10);
     const uncertified: number[] = [];
     for (let k = 0; k < K; k++) if ((obj0[k]! - bestD[k]!) > tol * Math.max(obj0[k]!, 1e-12)) uncertified.push(k);
     if (uncertified.length > 0) {
@@ -483,7 +483,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           // the sign point: Xcᵀa⁰ for the crossover dual
           for (let j = 0; j < d; j++) if (live[j]) ga[j] = G[j * C + col]! - mean[j]! * sum;
           if (performance.now() > certDeadline) return;
-          const bd = basisDual({ x, n, d, y: yArr, tau: taus[k]!, nAlpha: n * alpha, mean, live, resid: resid[k]!, weight: bestW[k]!, h0: ga });
+          const bd = basisDual({ x, n, d, y: yArr, tau: taus[k]!, nAlpha: n * alpha, mean, live, resid: resid[k]!, weight: bestW[k]!, h0: ga, deadline: certDeadline });
           if (bd) pools[k]!.add(bd.g, bd.c);
           return;
         }
