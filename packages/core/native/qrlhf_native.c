@@ -850,6 +850,102 @@ static napi_value js_packed_size(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* ----------------------------------------------------------------------------- block copies */
+/* copyBlocks(heap, spec: Uint32Array [6 * count]): for every block (rows, src, srcStride, dst,
+ * dstStride, width): row r of `width` floats from src + r * srcStride to dst + r * dstStride.
+ * (Split and concatenation along any axis of 4-byte data are this with outer rows.) */
+typedef struct {
+  float *heap;
+  const uint32_t *spec;
+  long count;
+  long per; /* rows per chunk */
+  long total_chunks;
+  long *first; /* first chunk of every block (count + 1) */
+} CopyJob;
+
+static void copy_chunk(void *ctx, long chunk, int tid) {
+  (void)tid;
+  CopyJob *J = (CopyJob *)ctx;
+  long b = 0;
+  while (J->first[b + 1] <= chunk) b++;
+  const uint32_t *s = J->spec + 6 * b;
+  const long rows = s[0], width = s[5];
+  const long r0 = (chunk - J->first[b]) * J->per, r1 = r0 + J->per < rows ? r0 + J->per : rows;
+  const float *src = J->heap + s[1];
+  float *dst = J->heap + s[3];
+  const long ss = s[2], ds = s[4];
+  if (ss == width && ds == width) {
+    memcpy(dst + r0 * width, src + r0 * width, (size_t)(r1 - r0) * (size_t)width * sizeof(float));
+    return;
+  }
+  for (long r = r0; r < r1; r++) memcpy(dst + r * ds, src + r * ss, (size_t)width * sizeof(float));
+}
+
+static napi_value js_copy_blocks(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_typedarray_type type;
+  size_t hlen, slen;
+  void *hdata, *sdata;
+  if (argc < 2 || napi_get_typedarray_info(env, argv[0], &type, &hlen, &hdata, NULL, NULL) != napi_ok ||
+      type != napi_float32_array || napi_get_typedarray_info(env, argv[1], &type, &slen, &sdata, NULL, NULL) != napi_ok ||
+      type != napi_uint32_array || slen % 6 != 0) {
+    napi_throw_type_error(env, NULL, "qrlhf native copyBlocks: expected (Float32Array, Uint32Array [6 * blocks])");
+    return NULL;
+  }
+  const uint32_t *spec = (const uint32_t *)sdata;
+  const long count = (long)(slen / 6);
+  double bytes = 0;
+  long rows_total = 0;
+  for (long b = 0; b < count; b++) {
+    const uint32_t *s = spec + 6 * b;
+    const size_t rows = s[0], width = s[5];
+    if (rows == 0 || width == 0) continue;
+    const size_t last = rows - 1;
+    if ((size_t)s[1] + last * (size_t)s[2] + width > hlen || (size_t)s[3] + last * (size_t)s[4] + width > hlen) {
+      napi_throw_range_error(env, NULL, "qrlhf native copyBlocks: a block lies outside the heap");
+      return NULL;
+    }
+    bytes += (double)rows * (double)width * 4.0;
+    rows_total += (long)rows;
+  }
+  if (count == 0 || rows_total == 0) return NULL;
+  long first_stack[65];
+  long *first = count < 64 ? first_stack : malloc(sizeof(long) * (size_t)(count + 1));
+  if (!first) {
+    napi_throw_error(env, NULL, "qrlhf native copyBlocks: out of memory");
+    return NULL;
+  }
+  /* chunks of about 256 KB; one chunk in all when the copy is small */
+  const int parallel = bytes >= 1 << 20;
+  CopyJob J = {(float *)hdata, spec, count, 1, 0, first};
+  long chunks = 0;
+  for (long b = 0; b < count; b++) {
+    const uint32_t *s = spec + 6 * b;
+    first[b] = chunks;
+    if (s[0] == 0 || s[5] == 0) continue;
+    long per = parallel ? (long)((1 << 16) / (s[5] ? s[5] : 1)) : (long)s[0];
+    if (per < 1) per = 1;
+    if (per > (long)s[0]) per = (long)s[0];
+    /* one rows-per-chunk for all blocks keeps the lookup simple: use the smallest */
+    if (b == 0 || per < J.per) J.per = per;
+    chunks = 0; /* recomputed below */
+  }
+  chunks = 0;
+  for (long b = 0; b < count; b++) {
+    const uint32_t *s = spec + 6 * b;
+    first[b] = chunks;
+    if (s[0] == 0 || s[5] == 0) continue;
+    chunks += ((long)s[0] + J.per - 1) / J.per;
+  }
+  first[count] = chunks;
+  J.total_chunks = chunks;
+  run_chunks(copy_chunk, &J, chunks, parallel);
+  if (first != first_stack) free(first);
+  return NULL;
+}
+
 static int start_threads(int want) {
   if (want < 1) want = 1;
   if (want > MAX_THREADS) want = MAX_THREADS;
@@ -927,6 +1023,8 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "gemm", fn);
   napi_create_function(env, "init", NAPI_AUTO_LENGTH, js_init, NULL, &fn);
   napi_set_named_property(env, exports, "init", fn);
+  napi_create_function(env, "copyBlocks", NAPI_AUTO_LENGTH, js_copy_blocks, NULL, &fn);
+  napi_set_named_property(env, exports, "copyBlocks", fn);
   napi_create_function(env, "packB", NAPI_AUTO_LENGTH, js_pack_b, NULL, &fn);
   napi_set_named_property(env, exports, "packB", fn);
   napi_create_function(env, "packedSize", NAPI_AUTO_LENGTH, js_packed_size, NULL, &fn);

@@ -28,7 +28,7 @@ import {
 import { runStock, setupStock, transposeStock, type KernelArgs } from './stock.js';
 import { THREADED_MIN_FLOPS, withThreads } from './pool.js';
 import { activeNative, loadNative } from './native.js';
-import { heapBuffer } from './heap.js';
+import { heapF32 } from './copy.js';
 
 type XnnFn = (
   aId: number, aShape: Uint8Array, aRank: number, bId: number, bShape: Uint8Array, bRank: number,
@@ -141,12 +141,6 @@ export function broadcastOuter(a: number[], b: number[]): number[] {
 /** Which path the last call took (for tests and the benchmark's diagnostics). */
 export const matMulStats = { native: 0, packedOperands: 0, naive: 0, folded: 0, batched: 0, swapped: 0, plainCopies: 0 };
 
-let heapCache: { buf: ArrayBufferLike; f32: Float32Array } | null = null;
-function heapF32(backend: WasmBackendLike): Float32Array {
-  const buf = heapBuffer(backend);
-  if (!heapCache || heapCache.buf !== buf) heapCache = { buf, f32: new Float32Array(buf) };
-  return heapCache.f32;
-}
 
 /**
  * The whole product on qrlhf's native addon (native.ts), in place on the heap: one call for the

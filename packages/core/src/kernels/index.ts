@@ -7,12 +7,20 @@ import * as tf from '@tensorflow/tfjs';
 import { batchMatMulConfig } from './BatchMatMul.js';
 import { fusedMatMulConfig } from './_FusedMatMul.js';
 import { unsortedSegmentSumConfig } from './UnsortedSegmentSum.js';
+import { splitVConfig } from './SplitV.js';
+import { concatConfig } from './Concat.js';
+import { identityConfig } from './Identity.js';
 import { captureStock } from './stock.js';
 
-export const WASM_KERNELS: readonly tf.KernelConfig[] = [batchMatMulConfig, fusedMatMulConfig, unsortedSegmentSumConfig];
+export const WASM_KERNELS: readonly tf.KernelConfig[] = [
+  batchMatMulConfig, fusedMatMulConfig, unsortedSegmentSumConfig, splitVConfig, concatConfig, identityConfig,
+];
 
 /** Kernels of tfjs's wasm backend that qrlhf's kernels call (captured before any replacement). */
-const STOCK_USED = ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Add', 'Relu', 'Relu6', 'Elu', 'Sigmoid', 'LeakyRelu', 'Prelu'];
+const STOCK_USED = [
+  'BatchMatMul', '_FusedMatMul', 'Transpose', 'Add', 'Relu', 'Relu6', 'Elu', 'Sigmoid', 'LeakyRelu', 'Prelu',
+  'SplitV', 'Concat', 'Identity',
+];
 
 let registered = false;
 

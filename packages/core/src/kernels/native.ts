@@ -20,6 +20,8 @@ export interface NativeAddon {
   gemm(heap: Float32Array, m: number, n: number, k: number, transposeA: number, transposeB: number, offsets: Uint32Array, packedB?: number): void;
   /** Writes op(B) [k, n] in the addon's panel layout at float offset dst; returns floats written. */
   packB(heap: Float32Array, k: number, n: number, transposeB: number, offset: number, dst: number): number;
+  /** Row copies: for every block (rows, src, srcStride, dst, dstStride, width) in spec. */
+  copyBlocks(heap: Float32Array, spec: Uint32Array): void;
   /** Floats packB writes for op(B) [k, n]. */
   packedSize(k: number, n: number): number;
   init(threads: number, spinMicroseconds: number): { arch: string; threads: number; mr: number; nr: number };
