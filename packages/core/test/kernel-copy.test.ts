@@ -80,12 +80,13 @@ for (const dtype of ['float32', 'int32'] as const) {
         o += p.shape[ax]!;
       }
       const revParts = parts.slice().reverse();
+      const revData = revParts.map((p) => p.dataSync());
       for (const idx of indices(rev.shape)) {
         let j = offs.length - 1;
         while (offs[j]! > idx[ax]!) j--;
         const pidx = idx.slice();
         pidx[ax] = idx[ax]! - offs[j]!;
-        if (at(rd, rev.shape, idx) !== at(revParts[j]!.dataSync(), revParts[j]!.shape, pidx)) {
+        if (at(rd, rev.shape, idx) !== at(revData[j]!, revParts[j]!.shape, pidx)) {
           t.fail(`concat ${shape} axis ${axis} at ${idx}`);
           return;
         }
