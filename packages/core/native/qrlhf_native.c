@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -946,6 +947,152 @@ static napi_value js_copy_blocks(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ----------------------------------------------------------------------------- decoding attention */
+/* One decoding step of grouped-query attention for every row b and key/value head kh, on the
+ * model's layout: qkv [B, Hkv, g + 2, hd] (g query heads, then the key, then the value of each kv
+ * head; not yet rotated), rotary tables cos / sin [B, Hkv (g + 2) hd] (rotate-half with the sign
+ * folded into sin, queries pre-scaled by 1/sqrt(hd), values with cos 1 and sin 0), the caches
+ * K, V [B, Hkv, maxLen, hd] holding positions < past, and an additive bias [B, past + 1] (or
+ * none). The step's rotated key and its value are written into the caches at position `past`;
+ * out [B, Hkv, g, hd] = softmax(q·K^T + bias) · V over positions 0..past. */
+typedef struct {
+  float *heap;
+  long B, Hkv, g, hd, maxLen, past;
+  uint32_t qkv, cos, sin, bias, k, v, out;
+  int has_bias;
+  float *scratch; /* per thread: (past + 1) + g * hd floats */
+  long scratch_len;
+} AttnJob;
+
+#if defined(__linux__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QRLHF_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define QRLHF_CLONES
+#endif
+
+/* e^x for x <= 0 (softmax arguments), about 1 ulp; 0 below -87 */
+static inline float exp_neg(float x) {
+  const float l2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = (float)(int)(xc * l2e - 0.5f); /* round to nearest for negative values */
+  const float r = xc - n * ln2_hi - n * ln2_lo;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  union { int32_t i; float f; } sc;
+  sc.i = ((int32_t)n + 127) << 23;
+  return x < -87.0f ? 0.0f : p * sc.f;
+}
+
+QRLHF_CLONES static void attn_pair(const AttnJob *J, long b, long kh, float *scratch) {
+  const long g = J->g, hd = J->hd, total = J->past + 1, half = hd / 2;
+  const long width = J->Hkv * (g + 2) * hd;
+  const float *x = J->heap + J->qkv + b * width + kh * (g + 2) * hd;
+  const float *cs = J->heap + J->cos + b * width + kh * (g + 2) * hd;
+  const float *sn = J->heap + J->sin + b * width + kh * (g + 2) * hd;
+  float *K = J->heap + J->k + (b * J->Hkv + kh) * J->maxLen * hd;
+  float *V = J->heap + J->v + (b * J->Hkv + kh) * J->maxLen * hd;
+  float *q = scratch + total; /* g * hd rotated queries */
+  float *sc = scratch;
+  /* rotate the queries and the key (rotate-half: partner of element e is e +- hd/2) */
+  for (long s = 0; s <= g; s++) {
+    const float *xs = x + s * hd, *c = cs + s * hd, *si = sn + s * hd;
+    float *dst = s < g ? q + s * hd : K + J->past * hd;
+    for (long e = 0; e < half; e++) dst[e] = xs[e] * c[e] + xs[e + half] * si[e];
+    for (long e = half; e < hd; e++) dst[e] = xs[e] * c[e] + xs[e - half] * si[e];
+  }
+  memcpy(V + J->past * hd, x + (g + 1) * hd, (size_t)hd * sizeof(float));
+  const float *bias = J->has_bias ? J->heap + J->bias + b * total : NULL;
+  for (long j = 0; j < g; j++) {
+    const float *qj = q + j * hd;
+    float mx = -INFINITY;
+    for (long t = 0; t < total; t++) {
+      const float *kt = K + t * hd;
+      float lanes[16] = {0};
+      long e = 0;
+      for (; e + 16 <= hd; e += 16)
+        for (int l = 0; l < 16; l++) lanes[l] += qj[e + l] * kt[e + l];
+      float d = 0.f;
+      for (; e < hd; e++) d += qj[e] * kt[e];
+      for (int l = 0; l < 16; l++) d += lanes[l];
+      if (bias) d += bias[t];
+      sc[t] = d;
+      mx = d > mx ? d : mx;
+    }
+    float sum = 0.f;
+    for (long t = 0; t < total; t++) {
+      sc[t] = exp_neg(sc[t] - mx);
+      sum += sc[t];
+    }
+    const float inv = 1.0f / sum;
+    float *o = J->heap + J->out + ((b * J->Hkv + kh) * g + j) * hd;
+    for (long e = 0; e < hd; e++) o[e] = 0.f;
+    for (long t = 0; t < total; t++) {
+      const float p = sc[t] * inv;
+      const float *vt = V + t * hd;
+      for (long e = 0; e < hd; e++) o[e] += p * vt[e];
+    }
+  }
+}
+
+static void attn_chunk(void *ctx, long chunk, int tid) {
+  AttnJob *J = (AttnJob *)ctx;
+  attn_pair(J, chunk / J->Hkv, chunk % J->Hkv, J->scratch + (long)tid * J->scratch_len);
+}
+
+/* decodeAttention(heap, dims [B, Hkv, g, hd, maxLen, past], offsets [qkv, cos, sin, bias, k, v, out])
+ * (bias offset 0xFFFFFFFF: no bias) */
+static napi_value js_decode_attention(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_typedarray_type type;
+  size_t hlen, dlen, olen;
+  void *hdata, *ddata, *odata;
+  if (argc < 3 || napi_get_typedarray_info(env, argv[0], &type, &hlen, &hdata, NULL, NULL) != napi_ok ||
+      type != napi_float32_array || napi_get_typedarray_info(env, argv[1], &type, &dlen, &ddata, NULL, NULL) != napi_ok ||
+      type != napi_int32_array || dlen != 6 ||
+      napi_get_typedarray_info(env, argv[2], &type, &olen, &odata, NULL, NULL) != napi_ok || type != napi_uint32_array ||
+      olen != 7) {
+    napi_throw_type_error(env, NULL, "qrlhf native decodeAttention: expected (Float32Array, Int32Array [6], Uint32Array [7])");
+    return NULL;
+  }
+  const int32_t *d = (const int32_t *)ddata;
+  const uint32_t *o = (const uint32_t *)odata;
+  AttnJob J;
+  memset(&J, 0, sizeof J);
+  J.heap = (float *)hdata;
+  J.B = d[0]; J.Hkv = d[1]; J.g = d[2]; J.hd = d[3]; J.maxLen = d[4]; J.past = d[5];
+  J.qkv = o[0]; J.cos = o[1]; J.sin = o[2]; J.bias = o[3]; J.k = o[4]; J.v = o[5]; J.out = o[6];
+  J.has_bias = o[3] != 0xFFFFFFFFu;
+  if (J.B < 1 || J.Hkv < 1 || J.g < 1 || J.hd < 2 || J.hd % 2 || J.maxLen < 1 || J.past < 0 || J.past >= J.maxLen) {
+    napi_throw_range_error(env, NULL, "qrlhf native decodeAttention: bad dimensions");
+    return NULL;
+  }
+  const size_t width = (size_t)J.Hkv * (size_t)(J.g + 2) * (size_t)J.hd, total = (size_t)J.past + 1;
+  const size_t slab = (size_t)J.B * (size_t)J.Hkv * (size_t)J.maxLen * (size_t)J.hd;
+  if ((size_t)J.qkv + J.B * width > hlen || (size_t)J.cos + J.B * width > hlen || (size_t)J.sin + J.B * width > hlen ||
+      (J.has_bias && (size_t)J.bias + J.B * total > hlen) || (size_t)J.k + slab > hlen || (size_t)J.v + slab > hlen ||
+      (size_t)J.out + (size_t)J.B * (size_t)J.Hkv * (size_t)J.g * (size_t)J.hd > hlen) {
+    napi_throw_range_error(env, NULL, "qrlhf native decodeAttention: an operand lies outside the heap");
+    return NULL;
+  }
+  J.scratch_len = (long)total + J.g * J.hd + 16;
+  J.scratch = malloc(sizeof(float) * (size_t)J.scratch_len * (size_t)(g_threads > 0 ? g_threads : 1));
+  if (!J.scratch) {
+    napi_throw_error(env, NULL, "qrlhf native decodeAttention: out of memory");
+    return NULL;
+  }
+  const double work = 4.0 * (double)J.B * (double)J.Hkv * (double)J.g * (double)total * (double)J.hd;
+  run_chunks(attn_chunk, &J, J.B * J.Hkv, work >= 2e5);
+  free(J.scratch);
+  return NULL;
+}
+
 static int start_threads(int want) {
   if (want < 1) want = 1;
   if (want > MAX_THREADS) want = MAX_THREADS;
@@ -1023,6 +1170,8 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "gemm", fn);
   napi_create_function(env, "init", NAPI_AUTO_LENGTH, js_init, NULL, &fn);
   napi_set_named_property(env, exports, "init", fn);
+  napi_create_function(env, "decodeAttention", NAPI_AUTO_LENGTH, js_decode_attention, NULL, &fn);
+  napi_set_named_property(env, exports, "decodeAttention", fn);
   napi_create_function(env, "copyBlocks", NAPI_AUTO_LENGTH, js_copy_blocks, NULL, &fn);
   napi_set_named_property(env, exports, "copyBlocks", fn);
   napi_create_function(env, "packB", NAPI_AUTO_LENGTH, js_pack_b, NULL, &fn);

@@ -102,6 +102,37 @@ export function defineDecodeTests(test: TestFn, label: string): void {
     });
   });
 
+  test(`${label}: step() after decode() continues the same cache (prefill, 3 decoded tokens, then 3 positions at once)`, (t) => {
+    const c = CONFIGS[0]!;
+    const w = randomWeights(c, 77);
+    const model = modelFrom(c, w);
+    const prompt = 4;
+    const h = history(c, prompt, 6, 78);
+    const B = h.ids.length;
+    const T = h.ids[0]!.length;
+    const cache = model.createCache(B, T);
+    tf.tidy(() => {
+      model.step(tf.tensor2d(h.ids.map((r) => r.slice(0, prompt)), undefined, 'int32'), cache, tf.tensor2d(h.mask.map((r) => r.slice(0, prompt))));
+    });
+    for (let p = prompt; p < prompt + 3; p++) model.decode(h.ids.map((r) => r[p]!), cache, h.mask.map((r) => r.slice(0, p + 1))).dispose();
+    const tail = tf.tidy(() =>
+      model.step(tf.tensor2d(h.ids.map((r) => r.slice(prompt + 3)), undefined, 'int32'), cache, tf.tensor2d(h.mask)).arraySync(),
+    );
+    t.is(cache.length, T);
+    const ref = referenceLogits(c, w, h.ids, h.mask);
+    let compared = 0;
+    for (let b = 0; b < B; b++) {
+      for (let s = 0; s < 3; s++) {
+        if (h.mask[b]![prompt + 3 + s] === 0) continue;
+        t.true(relErr(tail[b]![s]!, ref[b]![prompt + 3 + s]!) < 1e-4, `row ${b} position ${prompt + 3 + s}`);
+        compared++;
+      }
+    }
+    t.true(compared >= 6);
+    cache.dispose();
+    model.dispose();
+  });
+
   test(`${label}: decode follows the adapter: an optimiser-style assign, disabling it and mergeLora each give the matching forward`, (t) => {
     const c = CONFIGS[0]!;
     const w = randomWeights(c, 70);

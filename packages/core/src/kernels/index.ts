@@ -48,3 +48,4 @@ export function wasmKernelsRegistered(): boolean {
 
 export { matMulStats } from './BatchMatMul.js';
 export { nativeInfo, loadNative, setNativeEnabled, nativeAddonPath, type NativeInfo } from './native.js';
+export { decodeAttention, decodeAttentionAvailable, decodeAttentionStats, newDecodeCache, type DecodeAttentionDims } from './attention.js';

@@ -20,6 +20,8 @@ export interface NativeAddon {
   gemm(heap: Float32Array, m: number, n: number, k: number, transposeA: number, transposeB: number, offsets: Uint32Array, packedB?: number): void;
   /** Writes op(B) [k, n] in the addon's panel layout at float offset dst; returns floats written. */
   packB(heap: Float32Array, k: number, n: number, transposeB: number, offset: number, dst: number): number;
+  /** One decoding step of attention (see attention.ts). */
+  decodeAttention(heap: Float32Array, dims: Int32Array, offsets: Uint32Array): void;
   /** Row copies: for every block (rows, src, srcStride, dst, dstStride, width) in spec. */
   copyBlocks(heap: Float32Array, spec: Uint32Array): void;
   /** Floats packB writes for op(B) [k, n]. */

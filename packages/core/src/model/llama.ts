@@ -14,6 +14,7 @@ import { QrlhfError } from '../errors.js';
 import type { Rng } from '../random.js';
 import { type LlamaConfig, headDim, validateConfig } from './config.js';
 import { LoraAdapter, type LoraConfig, type LoraModule, loraGroup } from './lora.js';
+import { decodeAttention, decodeAttentionAvailable, newDecodeCache } from '../kernels/attention.js';
 
 /** Added to an attention score to hide a key: finite, so a query that sees nothing (a left pad
  *  row) gets a uniform distribution instead of NaN, and exp() of it is exactly 0 otherwise. */
@@ -43,13 +44,17 @@ export function llamaWeightShapes(c: LlamaConfig): Record<string, number[]> {
 
 /**
  * Keys and values of every layer for the positions fed so far, so that decoding a token costs one
- * position's work. Tensors grow by concatenation; the model replaces and disposes them.
+ * position's work. step() grows them by concatenation (the model replaces and disposes them);
+ * decode() with qrlhf's native kernels moves them once into preallocated [B, Hkv, maxLen, hd]
+ * buffers (`slabs`) that each step writes one position of, in place.
  */
 export class KVCache {
   /** Positions fed so far (including pads). */
   length = 0;
   keys: (tf.Tensor4D | null)[];
   values: (tf.Tensor4D | null)[];
+  /** Per layer, the preallocated caches of the native decoding path (positions < length valid). */
+  slabs: { k: tf.Tensor4D; v: tf.Tensor4D }[] | null = null;
   constructor(
     readonly batch: number,
     readonly maxLen: number,
@@ -60,9 +65,38 @@ export class KVCache {
   }
   dispose(): void {
     for (const t of [...this.keys, ...this.values]) t?.dispose();
+    for (const s of this.slabs ?? []) tf.dispose([s.k, s.v]);
+    this.slabs = null;
     this.keys.fill(null);
     this.values.fill(null);
     this.length = 0;
+  }
+
+  /** Back to per-layer tensors of the valid positions (for step() after native decoding). */
+  unslab(): void {
+    if (!this.slabs) return;
+    const n = this.length;
+    this.slabs.forEach((s, i) => {
+      const [B, Hkv, , hd] = s.k.shape;
+      this.keys[i] = n > 0 ? (tf.slice(s.k, [0, 0, 0, 0], [B, Hkv, n, hd]) as tf.Tensor4D) : null;
+      this.values[i] = n > 0 ? (tf.slice(s.v, [0, 0, 0, 0], [B, Hkv, n, hd]) as tf.Tensor4D) : null;
+      tf.dispose([s.k, s.v]);
+    });
+    this.slabs = null;
+  }
+
+  /** Into preallocated buffers for the native decoding path (no-op when already there). */
+  toSlabs(Hkv: number, hd: number): { k: tf.Tensor4D; v: tf.Tensor4D }[] {
+    if (this.slabs) return this.slabs;
+    const slabs = this.keys.map((k, i) => ({
+      k: newDecodeCache(k, this.batch, Hkv, this.maxLen, hd),
+      v: newDecodeCache(this.values[i] ?? null, this.batch, Hkv, this.maxLen, hd),
+    }));
+    for (const t of [...this.keys, ...this.values]) t?.dispose();
+    this.keys.fill(null);
+    this.values.fill(null);
+    this.slabs = slabs;
+    return slabs;
   }
 }
 
@@ -251,6 +285,7 @@ export class LlamaModel {
     const g = H / Hkv;
     const tables = this.decodeRope(this.ropeTables(total));
     const { pos, bias } = this.maskLayout(flat, B, 1, past);
+    if (decodeAttentionAvailable()) return this.decodeNative(ids, cache, flat, pos, bias !== null, dw, tables);
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
     let out: tf.Tensor2D;
@@ -296,6 +331,53 @@ export class LlamaModel {
   }
 
   /**
+   * decode() on the native kernels: the attention of each layer is one call (attention.ts) on
+   * caches preallocated for the whole generation and written in place, so no step copies them.
+   */
+  private decodeNative(
+    ids: number[], cache: KVCache, flat: Float32Array, pos: Int32Array, masked: boolean,
+    dw: ReturnType<LlamaModel['decodingWeights']>, tables: NonNullable<RopeTables['dec']>,
+  ): tf.Tensor2D {
+    const c = this.config;
+    const B = ids.length;
+    const past = cache.length;
+    const total = past + 1;
+    const { numHeads: H, numKvHeads: Hkv } = c;
+    const hd = headDim(c);
+    const g = H / Hkv;
+    const slabs = cache.toSlabs(Hkv, hd);
+    const out = tf.tidy(() => {
+      const w = tables.width;
+      const rows = (table: Float32Array) => {
+        const t = new Float32Array(B * w);
+        for (let b = 0; b < B; b++) t.set(table.subarray(pos[b]! * w, (pos[b]! + 1) * w), b * w);
+        return tf.tensor2d(t, [B, w]);
+      };
+      const [cos, sin] = [rows(tables.cos), rows(tables.sin)];
+      let biasT: tf.Tensor2D | null = null;
+      if (masked) {
+        const bias = new Float32Array(B * total);
+        for (let i = 0; i < bias.length; i++) if (flat[i] === 0) bias[i] = MASKED;
+        biasT = tf.tensor2d(bias, [B, total]);
+      }
+      const norm = (x: tf.Tensor2D) => tf.mul(x, tf.rsqrt(tf.add(tf.matMul(tf.square(x), dw.meanCol), dw.eps))) as tf.Tensor2D;
+      let h = tf.gather(this.weights['model.embed_tokens.weight']!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
+      for (let i = 0; i < c.numLayers; i++) {
+        const L = dw.layers[i]!;
+        const qkv = tf.matMul(norm(h), L.qkv) as tf.Tensor2D;
+        const att = decodeAttention(qkv, cos, sin, biasT, slabs[i]!.k, slabs[i]!.v, { B, Hkv, g, hd, maxLen: cache.maxLen, past });
+        h = tf.add(h, tf.matMul(att, L.o));
+        const n2 = norm(h);
+        const gate = tf.matMul(n2, L.gate);
+        h = tf.add(h, tf.matMul(tf.mul(tf.mul(gate, tf.sigmoid(gate)), tf.matMul(n2, L.up)), L.down));
+      }
+      return tf.matMul(norm(h), dw.head) as tf.Tensor2D;
+    });
+    cache.length = total;
+    return out;
+  }
+
+  /**
    * The shared body of hidden() and step(): ids [B, T] at positions past..past+T-1 of the sequence
    * (past = cache length, 0 without a cache). Returns final-norm hidden states [B, T, d].
    */
@@ -310,6 +392,7 @@ export class LlamaModel {
     if (cache) {
       if (cache.batch !== B) throw new QrlhfError(`step: ids have batch ${B}, the cache ${cache.batch}`);
       if (total > cache.maxLen) throw new QrlhfError(`step: ${total} positions exceed the cache's maxLen ${cache.maxLen}`);
+      cache.unslab();
     }
     const rope = this.ropeTables(total);
     const newK: tf.Tensor4D[] = [];
