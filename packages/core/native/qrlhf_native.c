@@ -14,7 +14,10 @@
  *    4 x 8) over blocks of KC x NC of B (L3) and MC x KC of A (L2). Transposed operands only change
  *    how panels are read. When padding wastes less work the other way round (few output columns,
  *    e.g. n = 19), C^T = B^T A^T is computed instead, with C written through its strides;
- *  - few output rows (m <= 8, decoding): no packing, the right operand streamed once from memory;
+ *  - few output rows (m <= 8, decoding): no packing, the right operand streamed once from memory
+ *    (or read from its packed copy, see packB: weights are packed once and kept by the caller);
+ *  - tall and narrow (n <= 32, e.g. features x 19 quantile heads): A read in place, row by row,
+ *    since packing it would only add a pass over memory;
  *  - threads: a fixed pool; a product is split in row or column blocks of whole panels, a batch
  *    in whole entries. Workers spin briefly after a job (the next product of a decoding step is
  *    microseconds away), then sleep on a condition variable. A call made while the pool is busy
@@ -237,7 +240,69 @@ typedef struct {
   float *a, *b;
 } Buffers;
 
+#ifdef QRLHF_X86
+/* The 12 x 32 kernel reading op(A) in place from 12 rows (row stride rsa, contiguous along k)
+ * instead of a packed panel: for a tall, narrow product (all of C's columns in one panel), A is
+ * read exactly once, so packing it would only add a pass over memory. Rows past mr repeat row
+ * mr - 1 (valid memory; their results are not stored). */
+__attribute__((target("avx512f"))) static void ukr_avx512_rows(long kc, const float *A, long rsa, const float *Bp,
+                                                                float *C, long rsc, long csc, int acc, long mr,
+                                                                long nr) {
+#define DECL(i) __m512 c##i##a = _mm512_setzero_ps(), c##i##b = _mm512_setzero_ps(); \
+  const float *a##i = A + ((i) < mr ? (i) : mr - 1) * rsa;
+  R12(DECL)
+#undef DECL
+  for (long p = 0; p < kc; p++) {
+    const __m512 b0 = _mm512_loadu_ps(Bp + p * 32), b1 = _mm512_loadu_ps(Bp + p * 32 + 16);
+#define STEP(i)                                                                                    \
+  {                                                                                                \
+    const __m512 ai = _mm512_set1_ps(a##i[p]);                                                     \
+    c##i##a = _mm512_fmadd_ps(ai, b0, c##i##a);                                                    \
+    c##i##b = _mm512_fmadd_ps(ai, b1, c##i##b);                                                    \
+  }
+    R12(STEP)
+#undef STEP
+  }
+  float t[12 * 32] __attribute__((aligned(64)));
+#define SPILL(i)                                                                                   \
+  _mm512_store_ps(t + (i) * 32, c##i##a);                                                          \
+  _mm512_store_ps(t + (i) * 32 + 16, c##i##b);
+  R12(SPILL)
+#undef SPILL
+  for (long i = 0; i < mr; i++)
+    for (long j = 0; j < nr; j++) {
+      float *d = C + i * rsc + j * csc;
+      *d = acc ? *d + t[i * 32 + j] : t[i * 32 + j];
+    }
+}
+#endif
+
+/* A tall, narrow product (n <= NR, A contiguous along k) on the AVX-512 kernel that reads A in place. */
+static int use_narrow_path(const Gemm *g) {
+  return g_arch.simd == 2 && g->csa == 1 && g->n <= g_arch.NR && g->m >= 4 * g_arch.MR && g->bp == NULL;
+}
+static void gemm_narrow(const Gemm *g, Buffers *buf) {
+#ifdef QRLHF_X86
+  const long KB = 4096; /* a packed B block of KB x 32 floats (512 KB) stays in L2 */
+  for (long pc = 0; pc < g->k; pc += KB) {
+    const long kc = g->k - pc < KB ? g->k - pc : KB;
+    pack_b(g, pc, 0, kc, g->n, buf->b, 32);
+    for (long ir = 0; ir < g->m; ir += 12) {
+      const long mr = g->m - ir < 12 ? g->m - ir : 12;
+      ukr_avx512_rows(kc, g->a + ir * g->rsa + pc, g->rsa, buf->b, g->c + ir * g->rsc, g->rsc, g->csc, pc > 0, mr, g->n);
+    }
+  }
+#else
+  (void)g;
+  (void)buf;
+#endif
+}
+
 static void gemm_packed(const Gemm *g, Buffers *buf) {
+  if (use_narrow_path(g)) {
+    gemm_narrow(g, buf);
+    return;
+  }
   const int MR = g_arch.MR, NR = g_arch.NR;
   const long MC = (long)MC_PANELS * MR;
   for (long jc = 0; jc < g->n; jc += NC) {
@@ -608,7 +673,7 @@ static long ceil_to(long x, long q) { return (x + q - 1) / q * q; }
 
 /* The orientation with less padded work (ties: as given). */
 static Gemm oriented(const Gemm *g) {
-  if (g->bp) return *g;
+  if (g->bp || use_narrow_path(g)) return *g;
   const long MR = g_arch.MR, NR = g_arch.NR;
   const double direct = (double)ceil_to(g->m, MR) * (double)ceil_to(g->n, NR);
   const double swap = (double)ceil_to(g->n, MR) * (double)ceil_to(g->m, NR);

@@ -135,9 +135,10 @@ test.serial('BatchMatMul (XNNPACK path) matches float64 within k·eps·Σ|ab| an
 
 // The native addon's blocking: row panels of 12 (AVX-512) / 6 / 4, column panels of 32 / 16 / 8,
 // k in blocks of 256, m in blocks of 192 rows, n in blocks of 3072 columns; products with at
-// most 8 rows stream B without packing; few columns (n = 19) are computed as Cᵀ = Bᵀ·Aᵀ.
+// most 8 rows stream B without packing; tall products with at most 32 columns read A in place
+// (k in blocks of 4096); other narrow ones are computed as Cᵀ = Bᵀ·Aᵀ.
 const nativeShapes: [number, number, number][] = [
-  ...shapes, [200, 513, 40], [5, 300, 3100], [1000, 64, 19], [3, 700, 33], [8, 1, 70], [13, 257, 33], [9, 17, 4],
+  ...shapes, [200, 513, 40], [5, 300, 3100], [1000, 64, 19], [100, 5000, 7], [3, 700, 33], [8, 1, 70], [13, 257, 33], [9, 17, 4],
 ];
 const maybeNative = loadNative() ? test.serial : test.skip;
 maybeNative('BatchMatMul (native path) matches float64 within k·eps·Σ|ab| and the stock kernel, all layouts', (t) => {
