@@ -72,8 +72,9 @@ export class DualPool {
     return theta * c;
   }
 
-  /** Solves the master LP over the pool; updates and returns the best bound. */
-  improve(maxRounds = 20, addPerRound = 8): number {
+  /** Solves the master LP over the pool; updates and returns the best bound. No new round starts
+   *  after `deadline` (performance.now() time; the last solved round is used). */
+  improve(maxRounds = 20, addPerRound = 8, deadline = Infinity): number {
     const m = this.g.length;
     if (m === 0) return this.best;
     const d = this.d;
@@ -84,6 +85,7 @@ export class DualPool {
     const have = new Set(rows.map((r) => r.j * 2 + (r.s > 0 ? 0 : 1)));
     let solved = false;
     for (let round = 0; round < maxRounds; round++) {
+      if (round > 0 && performance.now() > deadline) break;
       const R = rows.length + 1;
       const N = m + R; // λ, then one slack per row
       const A = new Float64Array(R * N);

@@ -48,7 +48,9 @@ export interface SolveOptions {
   stallWindow?: number;
   /** Solve the dual pool's master LP every this many iterations (default 20; see certificate.ts). */
   certifyEvery?: number;
-  /** Seconds for the crossover certificates at the end (basisDual in certificate.ts), default 10. */
+  /** Seconds for the certificates at the end (the master LP and the crossover of certificate.ts);
+   *  default min(10, timeLimit / 10). During the iterations the master LP is skipped whenever it has
+   *  taken more than a tenth of the time so far, so certification never costs much of the budget. */
   certifyTimeLimit?: number;
   onProgress?: (info: { iteration: number; active: number; worstGap: number; products?: number; smoothing?: number; bestObjective?: number }) => void;
 }
@@ -181,6 +183,8 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
       u >= tau * m ? tau * u - (tau * tau * m) / 2 : u <= (tau - 1) * m ? (tau - 1) * u - ((tau - 1) * (tau - 1) * m) / 2 : (u * u) / (2 * m);
 
     const certEvery = opts.certifyEvery ?? 20;
+    const loopStart = performance.now();
+    let certSpent = 0;
     let iter = 0;
     let totalTrials = 0;
     for (; iter < maxIter && performance.now() < deadline; iter++) {
@@ -251,6 +255,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
       // dual points and gradients
       const grad = Array.from({ length: A }, () => new Float64Array(d));
       let worstGap = 0;
+      const improveNow = iter % certEvery === certEvery - 1 && certSpent <= 0.1 * (performance.now() - loopStart);
       for (let a = 0; a < A; a++) {
         const k = active[a]!;
         const tau = taus[k]!;
@@ -269,7 +274,11 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           g[j] = -gj / (sd[j]! * n);
         }
         pools[k]!.add(ga, (theta * (psiY[a]! - pbar * ySum)) / n);
-        if (iter % certEvery === certEvery - 1) pools[k]!.improve();
+        if (improveNow) {
+          const t0 = performance.now();
+          pools[k]!.improve(20, 8, deadline);
+          certSpent += performance.now() - t0;
+        }
         bestD[k] = pools[k]!.best;
         const relGap = (bestP[k]! - bestD[k]!) / Math.max(bestP[k]!, 1e-12);
         worstGap = Math.max(worstGap, relGap);
@@ -431,7 +440,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     }
     // last dual points, at the returned heads (the smoothed derivative of their residuals at three
     // smoothings: one product for all), then the pool's master LP once more
-    const certDeadline = performance.now() + 1000 * (opts.certifyTimeLimit ?? 10);
+    const certDeadline = performance.now() + 1000 * (opts.certifyTimeLimit ?? Math.min(10, (opts.timeLimit ?? Infinity) / 10));
     const uncertified: number[] = [];
     for (let k = 0; k < K; k++) if ((obj0[k]! - bestD[k]!) > tol * Math.max(obj0[k]!, 1e-12)) uncertified.push(k);
     if (uncertified.length > 0) {
@@ -491,7 +500,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
         pools[k]!.add(ga, c);
       });
       for (const k of uncertified) {
-        pools[k]!.improve();
+        pools[k]!.improve(20, 8, certDeadline);
         bestD[k] = pools[k]!.best;
       }
     }
