@@ -167,10 +167,14 @@ __attribute__((target("avx2,fma"))) static void ukr_avx2(long kc, const float *A
 
 static Arch g_arch = {"portable", 4, 8, ukr_c, 0};
 
+/* The best kernels the CPU runs; QRLHF_NATIVE_ARCH=avx2|portable picks a lower one (tests run
+ * every path on one machine that way). */
 static void pick_arch(void) {
+  const char *want = getenv("QRLHF_NATIVE_ARCH");
+  if (want && strcmp(want, "portable") == 0) return;
 #ifdef QRLHF_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) {
+  if (__builtin_cpu_supports("avx512f") && !(want && strcmp(want, "avx2") == 0)) {
     g_arch = (Arch){"avx512", 12, 32, ukr_avx512, 2};
     return;
   }
