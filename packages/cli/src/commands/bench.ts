@@ -24,6 +24,8 @@ export interface TrainRow { model: string; params: number; tokens: number; step_
 export interface SampleRow { model: string; batch: number; new_tokens: number; tokens_per_s: number; step_ms: number }
 export interface BenchResult {
   backend: string; threads: number; kernels: 'qrlhf' | 'stock';
+  /** qrlhf's native addon, when it computed the products (packages/core/native). */
+  native?: { arch: string; threads: number } | null;
   matmul: MatmulRow[]; train: TrainRow[]; sample: SampleRow[];
 }
 
@@ -148,7 +150,8 @@ function pad(s: string | number, w: number): string {
 }
 
 export function formatBench(r: BenchResult): string {
-  const out: string[] = [`backend ${r.backend}, ${r.threads} thread(s), ${r.kernels} kernels`];
+  const nat = r.native ? `, native ${r.native.arch} products on ${r.native.threads} thread(s)` : '';
+  const out: string[] = [`backend ${r.backend}, ${r.threads} thread(s), ${r.kernels} kernels${nat}`];
   if (r.matmul.length) {
     out.push('', 'matmul                        m     k     n  tA tB batch  GFLOP/s');
     for (const x of r.matmul) {
@@ -186,12 +189,14 @@ async function run(args: BenchArgs): Promise<void> {
   if (args.stock) {
     process.env['QRLHF_STOCK_KERNELS'] = '1';
     process.env['QRLHF_WASM_THREADS'] = '1';
+    process.env['QRLHF_NATIVE'] = '0';
   }
   const quick = Boolean(args.quick);
   const choice = await initBackend(backend);
   const w = choice.tfName === 'wasm' ? wasmInfo() : null;
   const result: BenchResult = {
     backend: choice.tfName, threads: w ? w.threads : 1, kernels: w?.kernels ? 'qrlhf' : 'stock',
+    native: w?.native.active ? { arch: w.native.arch ?? '?', threads: w.native.threads ?? 1 } : null,
     matmul: [], train: [], sample: [],
   };
   const log = (s: string) => process.stderr.write(s + '\n');
