@@ -62,21 +62,26 @@ typedef struct {
 
 enum { KC = 256, MC_PANELS = 16, NC = 3072 };
 
-/* ----------------------------------------------------------------------------- portable */
-static void ukr_c(long kc, const float *Ap, const float *Bp, float *C, long rsc, long csc, int acc,
-                  long mr, long nr) {
-  float t[4][8] = {{0}};
-  for (long p = 0; p < kc; p++) {
-    for (int i = 0; i < 4; i++) {
-      float a = Ap[p * 4 + i];
-      for (int j = 0; j < 8; j++) t[i][j] += a * Bp[p * 8 + j];
-    }
-  }
+/* writes (or adds, with acc) the valid mr x nr corner of a register tile t (row length ld) into C */
+static void store_tile(const float *t, long ld, float *C, long rsc, long csc, int acc, long mr, long nr) {
   for (long i = 0; i < mr; i++)
     for (long j = 0; j < nr; j++) {
       float *d = C + i * rsc + j * csc;
-      *d = acc ? *d + t[i][j] : t[i][j];
+      *d = acc ? *d + t[i * ld + j] : t[i * ld + j];
     }
+}
+
+/* ----------------------------------------------------------------------------- portable */
+static void ukr_c(long kc, const float *Ap, const float *Bp, float *C, long rsc, long csc, int acc,
+                  long mr, long nr) {
+  float t[4 * 8] = {0};
+  for (long p = 0; p < kc; p++) {
+    for (int i = 0; i < 4; i++) {
+      float a = Ap[p * 4 + i];
+      for (int j = 0; j < 8; j++) t[i * 8 + j] += a * Bp[p * 8 + j];
+    }
+  }
+  store_tile(t, 8, C, rsc, csc, acc, mr, nr);
 }
 
 #ifdef QRLHF_X86
@@ -123,11 +128,7 @@ __attribute__((target("avx512f"))) static void ukr_avx512(long kc, const float *
   _mm512_store_ps(t + (i) * 32 + 16, c##i##b);
   R12(SPILL)
 #undef SPILL
-  for (long i = 0; i < mr; i++)
-    for (long j = 0; j < nr; j++) {
-      float *d = C + i * rsc + j * csc;
-      *d = acc ? *d + t[i * 32 + j] : t[i * 32 + j];
-    }
+  store_tile(t, 32, C, rsc, csc, acc, mr, nr);
 }
 
 /* ----------------------------------------------------------------------------- AVX2 + FMA */
@@ -157,11 +158,7 @@ __attribute__((target("avx2,fma"))) static void ukr_avx2(long kc, const float *A
   _mm256_store_ps(t + (i) * 16 + 8, c##i##b);
   R6(SPILL)
 #undef SPILL
-  for (long i = 0; i < mr; i++)
-    for (long j = 0; j < nr; j++) {
-      float *d = C + i * rsc + j * csc;
-      *d = acc ? *d + t[i * 16 + j] : t[i * 16 + j];
-    }
+  store_tile(t, 16, C, rsc, csc, acc, mr, nr);
 }
 #endif
 
@@ -273,11 +270,7 @@ __attribute__((target("avx512f"))) static void ukr_avx512_rows(long kc, const fl
   _mm512_store_ps(t + (i) * 32 + 16, c##i##b);
   R12(SPILL)
 #undef SPILL
-  for (long i = 0; i < mr; i++)
-    for (long j = 0; j < nr; j++) {
-      float *d = C + i * rsc + j * csc;
-      *d = acc ? *d + t[i * 32 + j] : t[i * 32 + j];
-    }
+  store_tile(t, 32, C, rsc, csc, acc, mr, nr);
 }
 #endif
 

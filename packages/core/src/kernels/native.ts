@@ -11,9 +11,9 @@
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { threadsFromEnv } from './setup.js';
 
 export interface NativeAddon {
   /** For every e: C_e = op(A_e)·op(B_e) on `heap`, at float offsets offsets[3e], [3e+1], [3e+2]. */
@@ -45,17 +45,6 @@ export function nativeAddonPath(): string {
   return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'build', 'qrlhf_native.node');
 }
 
-function wantedThreads(): number {
-  const env = process.env['QRLHF_NATIVE_THREADS'];
-  if (env !== undefined && env !== '') {
-    const n = Number(env);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`QRLHF_NATIVE_THREADS: expected an integer >= 1, got "${env}"`);
-    return Math.min(n, 64);
-  }
-  const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-  return Math.max(1, Math.min(cpus, 64));
-}
-
 let addon: NativeAddon | null | undefined;
 let info: NativeInfo = { active: false, note: 'not loaded yet' };
 
@@ -75,7 +64,7 @@ export function loadNative(): NativeAddon | null {
   }
   try {
     const a = createRequire(import.meta.url)(file) as NativeAddon;
-    const r = a.init(wantedThreads(), Number(process.env['QRLHF_NATIVE_SPIN_US'] ?? 200));
+    const r = a.init(threadsFromEnv('QRLHF_NATIVE_THREADS', 64), Number(process.env['QRLHF_NATIVE_SPIN_US'] ?? 200));
     addon = a;
     info = { active: true, arch: r.arch, threads: r.threads };
   } catch (e) {

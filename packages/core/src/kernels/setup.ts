@@ -40,16 +40,21 @@ export function wasmInfo(): WasmInfo {
   return { ...info, native: nativeInfo() };
 }
 
-/** Threads wanted: QRLHF_WASM_THREADS, else the logical CPU count, within [1, 8]. */
-export function wantedWasmThreads(): number {
-  const env = process.env['QRLHF_WASM_THREADS'];
+/** Threads from the environment variable `name` if set, else the logical CPU count, within [1, max]. */
+export function threadsFromEnv(name: string, max: number): number {
+  const env = process.env[name];
   if (env !== undefined && env !== '') {
     const n = Number(env);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`QRLHF_WASM_THREADS: expected an integer >= 1, got "${env}"`);
-    return Math.min(n, 8);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${name}: expected an integer >= 1, got "${env}"`);
+    return Math.min(n, max);
   }
   const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
-  return Math.max(1, Math.min(cpus, 8));
+  return Math.max(1, Math.min(cpus, max));
+}
+
+/** Threads wanted: QRLHF_WASM_THREADS, else the logical CPU count, within [1, 8]. */
+export function wantedWasmThreads(): number {
+  return threadsFromEnv('QRLHF_WASM_THREADS', 8);
 }
 
 interface WasmPackage {
