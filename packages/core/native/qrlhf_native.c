@@ -31,6 +31,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
@@ -586,14 +587,37 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-static int buffers_for(int tid) {
-  if (g_buf[tid].a) return 1;
+static int alloc_buffers(Buffers *b) {
   const size_t asz = (size_t)MC_PANELS * 12 * KC * sizeof(float);
   const size_t bsz = (size_t)KC * (NC + 32) * sizeof(float);
-  g_buf[tid].a = aligned_alloc(64, (asz + 63) & ~(size_t)63);
-  g_buf[tid].b = aligned_alloc(64, (bsz + 63) & ~(size_t)63);
-  return g_buf[tid].a && g_buf[tid].b;
+  if (!b->a) b->a = aligned_alloc(64, (asz + 63) & ~(size_t)63);
+  if (!b->b) b->b = aligned_alloc(64, (bsz + 63) & ~(size_t)63);
+  return b->a && b->b;
 }
+/* packing buffers of pool worker `tid` (>= 1) */
+static int buffers_for(int tid) { return alloc_buffers(&g_buf[tid]); }
+
+/* The calling JS thread's own packing buffers (a pthread key: freed when that thread ends). Callers
+ * are thread 0 of their job; with several JS threads (worker_threads) each has its own. */
+static pthread_key_t g_caller_key;
+static void free_caller_buffers(void *p) {
+  Buffers *b = (Buffers *)p;
+  free(b->a);
+  free(b->b);
+  free(b);
+}
+static Buffers *caller_buffers(void) {
+  Buffers *b = (Buffers *)pthread_getspecific(g_caller_key);
+  if (b) return b;
+  b = calloc(1, sizeof(Buffers));
+  if (!b || !alloc_buffers(b)) {
+    fprintf(stderr, "qrlhf native: out of memory for packing buffers\n");
+    abort();
+  }
+  pthread_setspecific(g_caller_key, b);
+  return b;
+}
+static Buffers *buffers(int tid) { return tid == 0 ? caller_buffers() : &g_buf[tid]; }
 
 /* Runs chunks 0..n-1 of fn, on the pool when it has more than one thread and is free (another
  * JS thread may be using it: then on the calling thread alone). */
@@ -691,7 +715,7 @@ static void serial(const Gemm *g, int tid) {
     gemm_rows(g, 0, g->n);
     return;
   }
-  gemm_packed(g, &g_buf[tid]);
+  gemm_packed(g, buffers(tid));
 }
 
 static void single_chunk(void *ctx, long chunk, int tid) {
@@ -719,7 +743,7 @@ static void single_chunk(void *ctx, long chunk, int tid) {
     s.c += j0 * s.csc;
     s.n = j1 - j0;
   }
-  gemm_packed(&s, &g_buf[tid]);
+  gemm_packed(&s, buffers(tid));
 }
 
 static void batch_chunk(void *ctx, long e, int tid) {
@@ -1158,7 +1182,7 @@ static napi_value js_decode_attention(napi_env env, napi_callback_info info) {
 static int start_threads(int want) {
   if (want < 1) want = 1;
   if (want > MAX_THREADS) want = MAX_THREADS;
-  for (int t = 0; t < want; t++)
+  for (int t = 1; t < want; t++)
     if (!buffers_for(t)) {
       want = t > 0 ? t : 1;
       break;
@@ -1222,7 +1246,7 @@ static napi_value js_set_threads(napi_env env, napi_callback_info info) {
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void once_init(void) {
   pick_arch();
-  buffers_for(0);
+  pthread_key_create(&g_caller_key, free_caller_buffers);
 }
 
 NAPI_MODULE_INIT() {
