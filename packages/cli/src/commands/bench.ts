@@ -224,14 +224,14 @@ async function run(args: BenchArgs): Promise<void> {
 
 export const benchCommand: CommandModule<object, BenchArgs> = {
   command: 'bench',
-  describe: 'measure matmul, LoRA training and sampling speed on this machine',
+  describe: 'measure matmul, LoRA training and sampling speed on this machine (QRLHF_NATIVE=0: without the native addon)',
   builder: (y: Argv) =>
     y
       .option('suite', { type: 'string', describe: `comma-separated: ${SUITES.join(',')}`, default: SUITES.join(',') })
       .option('models', { type: 'string', describe: 'model sizes for train/sample: 5m,25m', default: '5m,25m' })
       .option('json', { type: 'string', describe: 'also write the results as JSON to this file' })
       .option('backend', { type: 'string', describe: `tfjs backend: ${BACKEND_NAMES.join(', ')}`, default: 'auto' })
-      .option('stock', { type: 'boolean', describe: 'tfjs as shipped: its own wasm kernels on one thread (the "before")', default: false })
+      .option('stock', { type: 'boolean', describe: 'tfjs as shipped: its own wasm kernels on one thread, no native addon (the "before")', default: false })
       .option('quick', { type: 'boolean', describe: 'fewer repetitions and 32 new tokens (smoke test)', default: false }) as unknown as Argv<BenchArgs>,
   handler: handle(run),
 };
