@@ -240,6 +240,8 @@ static void pack_b(const Gemm *g, long pc, long jc, long kc, long nc, float *Bp,
 /* ----------------------------------------------------------------------------- serial drivers */
 typedef struct {
   float *a, *b;
+  float *scratch; /* decoding attention's, grown on demand */
+  size_t scratch_cap;
 } Buffers;
 
 #ifdef QRLHF_X86
@@ -519,7 +521,8 @@ static void gemm_rows(const Gemm *g, long j0, long j1) {
  * caller only waits for chunks a worker is actually computing. */
 enum { MAX_THREADS = 64 };
 typedef void (*ChunkFn)(void *ctx, long chunk, int tid);
-#define JOB_CLOSED (1 << 30)
+#define JOB_CLOSED (1u << 30)
+#define JOB_COUNT (JOB_CLOSED - 1u)
 static int g_threads = 1; /* threads a product may use */
 static int g_started = 1; /* workers started + the caller */
 static Buffers g_buf[MAX_THREADS];
@@ -528,7 +531,11 @@ static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
 static pthread_mutex_t g_busy = PTHREAD_MUTEX_INITIALIZER;
 static atomic_uint g_gen;
 static atomic_int g_sleepers;
-static atomic_int g_state = JOB_CLOSED; /* workers inside the current job | JOB_CLOSED */
+/* the current job: its number (high 32 bits), JOB_CLOSED, and the workers inside it (low bits).
+ * Only a worker that joined a job (compare-and-swap while it is open) ever decrements the count,
+ * and the caller waits for the count to reach 0 before the next job can start, so a decrement
+ * always lands on the job it belongs to. */
+static _Atomic uint64_t g_state = JOB_CLOSED;
 static atomic_long g_next;
 static ChunkFn g_chunk_fn;
 static void *g_ctx;
@@ -578,10 +585,19 @@ static void *worker_main(void *arg) {
       }
     }
     seen = gen;
-    /* join the current job unless it is closed (it may already be a newer one: chunks are
-     * claimed atomically, so joining any open job is correct) */
+    /* join the current job unless it is closed (it may already be a newer one than the wake-up
+     * was for: chunks are claimed atomically, so joining any open job is correct) */
     if (tid >= g_threads) continue; /* setThreads() lowered the count */
-    if (!(atomic_fetch_add(&g_state, 1) & JOB_CLOSED)) claim_chunks(tid);
+    uint64_t st = atomic_load(&g_state);
+    int joined = 0;
+    while (!(st & JOB_CLOSED)) {
+      if (atomic_compare_exchange_weak(&g_state, &st, st + 1)) {
+        joined = 1;
+        break;
+      }
+    }
+    if (!joined) continue;
+    claim_chunks(tid);
     atomic_fetch_sub(&g_state, 1);
   }
   return NULL;
@@ -604,6 +620,7 @@ static void free_caller_buffers(void *p) {
   Buffers *b = (Buffers *)p;
   free(b->a);
   free(b->b);
+  free(b->scratch);
   free(b);
 }
 static Buffers *caller_buffers(void) {
@@ -618,6 +635,16 @@ static Buffers *caller_buffers(void) {
   return b;
 }
 static Buffers *buffers(int tid) { return tid == 0 ? caller_buffers() : &g_buf[tid]; }
+/* at least n floats of thread tid's own scratch memory (NULL when out of memory) */
+static float *scratch_for(int tid, size_t n) {
+  Buffers *b = buffers(tid);
+  if (b->scratch_cap < n) {
+    free(b->scratch);
+    b->scratch = malloc(n * sizeof(float));
+    b->scratch_cap = b->scratch ? n : 0;
+  }
+  return b->scratch;
+}
 
 /* Runs chunks 0..n-1 of fn, on the pool when it has more than one thread and is free (another
  * JS thread may be using it: then on the calling thread alone). */
@@ -631,7 +658,8 @@ static void run_chunks(ChunkFn fn, void *ctx, long n, int parallel) {
   g_ctx = ctx;
   g_chunks = n;
   atomic_store(&g_next, 0);
-  atomic_store(&g_state, 0);
+  /* open the next job: a new number, count 0 */
+  atomic_store(&g_state, ((atomic_load(&g_state) >> 32) + 1) << 32);
   atomic_fetch_add(&g_gen, 1);
   if (atomic_load(&g_sleepers) > 0) {
     pthread_mutex_lock(&g_mu);
@@ -639,8 +667,8 @@ static void run_chunks(ChunkFn fn, void *ctx, long n, int parallel) {
     pthread_mutex_unlock(&g_mu);
   }
   claim_chunks(0);
-  atomic_fetch_or(&g_state, JOB_CLOSED);
-  while ((atomic_load(&g_state) & ~JOB_CLOSED) != 0) cpu_relax();
+  atomic_fetch_or(&g_state, (uint64_t)JOB_CLOSED);
+  while ((atomic_load(&g_state) & JOB_COUNT) != 0) cpu_relax();
   pthread_mutex_unlock(&g_busy);
 }
 
@@ -805,6 +833,25 @@ static void gemm_one(Gemm g) {
     }                                                                                              \
   } while (0)
 
+/* off + a·b·c ≤ len, without overflow (the entry points check every operand with it) */
+static int within(size_t off, size_t a, size_t b, size_t c, size_t len) {
+  size_t ab, abc, end;
+  if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc) || __builtin_add_overflow(off, abc, &end))
+    return 0;
+  return end <= len;
+}
+/* rows of `width` floats at off, off + stride, ...: the last one ends within len */
+static int rows_within(size_t off, size_t rows, size_t stride, size_t width, size_t len) {
+  size_t span, end;
+  if (rows == 0 || width == 0) return 1;
+  if (__builtin_mul_overflow(rows - 1, stride, &span) || __builtin_add_overflow(off, span, &end) ||
+      __builtin_add_overflow(end, width, &end))
+    return 0;
+  return end <= len;
+}
+/* no dimension may exceed the floats a wasm heap can hold */
+#define QRLHF_MAX_DIM (1L << 30)
+
 static int get_long(napi_env env, napi_value v, long *out) {
   int64_t x;
   if (napi_get_value_int64(env, v, &x) != napi_ok) return 0;
@@ -834,8 +881,9 @@ static napi_value js_gemm(napi_env env, napi_callback_info info) {
   }
   long m, n, k, ta, tb;
   if (!get_long(env, argv[1], &m) || !get_long(env, argv[2], &n) || !get_long(env, argv[3], &k) ||
-      !get_long(env, argv[4], &ta) || !get_long(env, argv[5], &tb) || m < 0 || n < 0 || k < 0) {
-    napi_throw_type_error(env, NULL, "qrlhf native gemm: m, n, k, transA, transB must be non-negative integers");
+      !get_long(env, argv[4], &ta) || !get_long(env, argv[5], &tb) || m < 0 || n < 0 || k < 0 ||
+      m > QRLHF_MAX_DIM || n > QRLHF_MAX_DIM || k > QRLHF_MAX_DIM) {
+    napi_throw_type_error(env, NULL, "qrlhf native gemm: m, n, k must be integers in [0, 2^30], transA, transB integers");
     return NULL;
   }
   NAPI_OK(napi_get_typedarray_info(env, argv[6], &type, &olen, &odata, NULL, NULL));
@@ -847,15 +895,14 @@ static napi_value js_gemm(napi_env env, napi_callback_info info) {
   const long batch = (long)(olen / 3);
   long packed = -1;
   if (argc >= 8 && !get_long(env, argv[7], &packed)) packed = -1;
-  if (packed >= 0 && (size_t)packed + (size_t)packed_size(k, n) > hlen) {
+  if (packed >= 0 && !within((size_t)packed, (size_t)packed_size(k, n), 1, 1, hlen)) {
     napi_throw_range_error(env, NULL, "qrlhf native gemm: the packed operand lies outside the heap");
     return NULL;
   }
   /* every operand must lie inside the heap */
   for (long e = 0; e < batch; e++) {
-    if ((size_t)offs[3 * e] + (size_t)m * (size_t)k > hlen ||
-        (packed < 0 && (size_t)offs[3 * e + 1] + (size_t)k * (size_t)n > hlen) ||
-        (size_t)offs[3 * e + 2] + (size_t)m * (size_t)n > hlen) {
+    if (!within(offs[3 * e], m, k, 1, hlen) || (packed < 0 && !within(offs[3 * e + 1], k, n, 1, hlen)) ||
+        !within(offs[3 * e + 2], m, n, 1, hlen)) {
       napi_throw_range_error(env, NULL, "qrlhf native gemm: an operand lies outside the heap");
       return NULL;
     }
@@ -905,12 +952,12 @@ static napi_value js_pack_b(napi_env env, napi_callback_info info) {
   if (argc < 6 || napi_get_typedarray_info(env, argv[0], &type, &hlen, &hdata, NULL, NULL) != napi_ok ||
       type != napi_float32_array || !get_long(env, argv[1], &k) || !get_long(env, argv[2], &n) ||
       !get_long(env, argv[3], &tb) || !get_long(env, argv[4], &bo) || !get_long(env, argv[5], &dst) || k < 0 ||
-      n < 0 || bo < 0 || dst < 0) {
+      n < 0 || bo < 0 || dst < 0 || k > QRLHF_MAX_DIM || n > QRLHF_MAX_DIM) {
     napi_throw_type_error(env, NULL, "qrlhf native packB: expected (Float32Array, k, n, transB, offset, dst)");
     return NULL;
   }
   const long size = packed_size(k, n);
-  if ((size_t)bo + (size_t)k * (size_t)n > hlen || (size_t)dst + (size_t)size > hlen) {
+  if (!within((size_t)bo, k, n, 1, hlen) || !within((size_t)dst, (size_t)size, 1, 1, hlen)) {
     napi_throw_range_error(env, NULL, "qrlhf native packB: an operand lies outside the heap");
     return NULL;
   }
@@ -989,8 +1036,7 @@ static napi_value js_copy_blocks(napi_env env, napi_callback_info info) {
     const uint32_t *s = spec + 6 * b;
     const size_t rows = s[0], width = s[5];
     if (rows == 0 || width == 0) continue;
-    const size_t last = rows - 1;
-    if ((size_t)s[1] + last * (size_t)s[2] + width > hlen || (size_t)s[3] + last * (size_t)s[4] + width > hlen) {
+    if (!rows_within(s[1], rows, s[2], width, hlen) || !rows_within(s[3], rows, s[4], width, hlen)) {
       napi_throw_range_error(env, NULL, "qrlhf native copyBlocks: a block lies outside the heap");
       return NULL;
     }
@@ -1046,8 +1092,7 @@ typedef struct {
   long B, Hkv, g, hd, maxLen, past;
   uint32_t qkv, cos, sin, bias, k, v, out;
   int has_bias;
-  float *scratch; /* per thread: (past + 1) + g * hd floats */
-  long scratch_len;
+  long scratch_len; /* floats of scratch per pair: (past + 1) + g * hd */
 } AttnJob;
 
 #if defined(__linux__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -1127,7 +1172,12 @@ QRLHF_CLONES static void attn_pair(const AttnJob *J, long b, long kh, float *scr
 
 static void attn_chunk(void *ctx, long chunk, int tid) {
   AttnJob *J = (AttnJob *)ctx;
-  attn_pair(J, chunk / J->Hkv, chunk % J->Hkv, J->scratch + (long)tid * J->scratch_len);
+  float *scratch = scratch_for(tid, (size_t)J->scratch_len);
+  if (!scratch) {
+    fprintf(stderr, "qrlhf native: out of memory for attention scratch\n");
+    abort();
+  }
+  attn_pair(J, chunk / J->Hkv, chunk % J->Hkv, scratch);
 }
 
 /* decodeAttention(heap, dims [B, Hkv, g, hd, maxLen, past], offsets [qkv, cos, sin, bias, k, v, out])
@@ -1159,23 +1209,21 @@ static napi_value js_decode_attention(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "qrlhf native decodeAttention: bad dimensions");
     return NULL;
   }
-  const size_t width = (size_t)J.Hkv * (size_t)(J.g + 2) * (size_t)J.hd, total = (size_t)J.past + 1;
-  const size_t slab = (size_t)J.B * (size_t)J.Hkv * (size_t)J.maxLen * (size_t)J.hd;
-  if ((size_t)J.qkv + J.B * width > hlen || (size_t)J.cos + J.B * width > hlen || (size_t)J.sin + J.B * width > hlen ||
-      (J.has_bias && (size_t)J.bias + J.B * total > hlen) || (size_t)J.k + slab > hlen || (size_t)J.v + slab > hlen ||
-      (size_t)J.out + (size_t)J.B * (size_t)J.Hkv * (size_t)J.g * (size_t)J.hd > hlen) {
+  const size_t total = (size_t)J.past + 1;
+  size_t width = 0, bhkv = 0, out_len = 0;
+  /* every dimension is a positive int32, so these products of two or three fit in 64 bits */
+  width = (size_t)J.Hkv * (size_t)(J.g + 2) * (size_t)J.hd;
+  bhkv = (size_t)J.B * (size_t)J.Hkv;
+  out_len = (size_t)J.g * (size_t)J.hd;
+  if (!within(J.qkv, J.B, width, 1, hlen) || !within(J.cos, J.B, width, 1, hlen) || !within(J.sin, J.B, width, 1, hlen) ||
+      (J.has_bias && !within(J.bias, J.B, total, 1, hlen)) || !within(J.k, bhkv, (size_t)J.maxLen, (size_t)J.hd, hlen) ||
+      !within(J.v, bhkv, (size_t)J.maxLen, (size_t)J.hd, hlen) || !within(J.out, bhkv, out_len, 1, hlen)) {
     napi_throw_range_error(env, NULL, "qrlhf native decodeAttention: an operand lies outside the heap");
     return NULL;
   }
   J.scratch_len = (long)total + J.g * J.hd + 16;
-  J.scratch = malloc(sizeof(float) * (size_t)J.scratch_len * (size_t)(g_threads > 0 ? g_threads : 1));
-  if (!J.scratch) {
-    napi_throw_error(env, NULL, "qrlhf native decodeAttention: out of memory");
-    return NULL;
-  }
   const double work = 4.0 * (double)J.B * (double)J.Hkv * (double)J.g * (double)total * (double)J.hd;
   run_chunks(attn_chunk, &J, J.B * J.Hkv, work >= 2e5);
-  free(J.scratch);
   return NULL;
 }
 
