@@ -1101,7 +1101,7 @@ typedef struct {
 #define QRLHF_CLONES
 #endif
 
-/* e^x for x <= 0 (softmax arguments), about 1 ulp; 0 below -87 */
+/* e^x for x <= 0 (softmax arguments), within 3 ulp (measured over 1.6e8 inputs); 0 below -87 */
 static inline float exp_neg(float x) {
   const float l2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
   const float xc = x < -87.0f ? -87.0f : x;
