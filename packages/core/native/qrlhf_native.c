@@ -89,24 +89,26 @@ static void ukr_c(long kc, const float *Ap, const float *Bp, float *C, long rsc,
 /* ----------------------------------------------------------------------------- AVX-512 */
 #define R12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 
-__attribute__((target("avx512f"))) static void ukr_avx512(long kc, const float *Ap, const float *Bp,
-                                                           float *C, long rsc, long csc, int acc,
-                                                           long mr, long nr) {
-#define DECL(i) __m512 c##i##a = _mm512_setzero_ps(), c##i##b = _mm512_setzero_ps();
+/* The 12 x 32 tile, reading row i of op(A) at a + i * rsa + p * csa: a packed panel (rsa 1,
+ * csa 12) or, for tall narrow products, the rows themselves (rsa = row stride, csa 1; rows past mr
+ * repeat row mr - 1, valid memory whose results are not stored). */
+__attribute__((target("avx512f"), always_inline)) static inline void
+tile_avx512(long kc, const float *A, long rsa, long csa, const float *Bp, float *C, long rsc, long csc, int acc,
+            long mr, long nr) {
+#define DECL(i) __m512 c##i##a = _mm512_setzero_ps(), c##i##b = _mm512_setzero_ps(); \
+  const float *a##i = A + ((i) < mr ? (i) : mr - 1) * rsa;
   R12(DECL)
 #undef DECL
   for (long p = 0; p < kc; p++) {
-    const __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
+    const __m512 b0 = _mm512_loadu_ps(Bp + p * 32), b1 = _mm512_loadu_ps(Bp + p * 32 + 16);
 #define STEP(i)                                                                                    \
   {                                                                                                \
-    const __m512 ai = _mm512_set1_ps(Ap[i]);                                                       \
+    const __m512 ai = _mm512_set1_ps(a##i[p * csa]);                                               \
     c##i##a = _mm512_fmadd_ps(ai, b0, c##i##a);                                                    \
     c##i##b = _mm512_fmadd_ps(ai, b1, c##i##b);                                                    \
   }
     R12(STEP)
 #undef STEP
-    Ap += 12;
-    Bp += 32;
   }
   if (mr == 12 && nr == 32 && csc == 1) {
 #define STORE(i)                                                                                   \
@@ -130,6 +132,20 @@ __attribute__((target("avx512f"))) static void ukr_avx512(long kc, const float *
   R12(SPILL)
 #undef SPILL
   store_tile(t, 32, C, rsc, csc, acc, mr, nr);
+}
+
+__attribute__((target("avx512f"))) static void ukr_avx512(long kc, const float *Ap, const float *Bp, float *C,
+                                                           long rsc, long csc, int acc, long mr, long nr) {
+  tile_avx512(kc, Ap, 1, 12, Bp, C, rsc, csc, acc, mr, nr);
+}
+
+/* The same tile reading op(A) in place (contiguous along k, row stride rsa): for a tall, narrow
+ * product (all of C's columns in one panel), A is read exactly once, so packing it would only add
+ * a pass over memory. */
+__attribute__((target("avx512f"))) static void ukr_avx512_rows(long kc, const float *A, long rsa, const float *Bp,
+                                                                float *C, long rsc, long csc, int acc, long mr,
+                                                                long nr) {
+  tile_avx512(kc, A, rsa, 1, Bp, C, rsc, csc, acc, mr, nr);
 }
 
 /* ----------------------------------------------------------------------------- AVX2 + FMA */
@@ -243,39 +259,6 @@ typedef struct {
   float *scratch; /* decoding attention's, grown on demand */
   size_t scratch_cap;
 } Buffers;
-
-#ifdef QRLHF_X86
-/* The 12 x 32 kernel reading op(A) in place from 12 rows (row stride rsa, contiguous along k)
- * instead of a packed panel: for a tall, narrow product (all of C's columns in one panel), A is
- * read exactly once, so packing it would only add a pass over memory. Rows past mr repeat row
- * mr - 1 (valid memory; their results are not stored). */
-__attribute__((target("avx512f"))) static void ukr_avx512_rows(long kc, const float *A, long rsa, const float *Bp,
-                                                                float *C, long rsc, long csc, int acc, long mr,
-                                                                long nr) {
-#define DECL(i) __m512 c##i##a = _mm512_setzero_ps(), c##i##b = _mm512_setzero_ps(); \
-  const float *a##i = A + ((i) < mr ? (i) : mr - 1) * rsa;
-  R12(DECL)
-#undef DECL
-  for (long p = 0; p < kc; p++) {
-    const __m512 b0 = _mm512_loadu_ps(Bp + p * 32), b1 = _mm512_loadu_ps(Bp + p * 32 + 16);
-#define STEP(i)                                                                                    \
-  {                                                                                                \
-    const __m512 ai = _mm512_set1_ps(a##i[p]);                                                     \
-    c##i##a = _mm512_fmadd_ps(ai, b0, c##i##a);                                                    \
-    c##i##b = _mm512_fmadd_ps(ai, b1, c##i##b);                                                    \
-  }
-    R12(STEP)
-#undef STEP
-  }
-  float t[12 * 32] __attribute__((aligned(64)));
-#define SPILL(i)                                                                                   \
-  _mm512_store_ps(t + (i) * 32, c##i##a);                                                          \
-  _mm512_store_ps(t + (i) * 32 + 16, c##i##b);
-  R12(SPILL)
-#undef SPILL
-  store_tile(t, 32, C, rsc, csc, acc, mr, nr);
-}
-#endif
 
 /* A tall, narrow product (n <= NR, A contiguous along k) on the AVX-512 kernel that reads A in place. */
 static int use_narrow_path(const Gemm *g) {
