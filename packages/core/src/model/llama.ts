@@ -285,7 +285,9 @@ export class LlamaModel {
     const g = H / Hkv;
     const tables = this.decodeRope(this.ropeTables(total));
     const { pos, bias } = this.maskLayout(flat, B, 1, past);
-    if (decodeAttentionAvailable()) return this.decodeNative(ids, cache, flat, pos, bias !== null, dw, tables);
+    // With qrlhf's native kernels the attention of a layer is one call on caches preallocated for
+    // the whole generation and written in place (attention.ts), so no step copies them.
+    const slabs = decodeAttentionAvailable() ? cache.toSlabs(Hkv, hd) : null;
     const newK: tf.Tensor4D[] = [];
     const newV: tf.Tensor4D[] = [];
     let out: tf.Tensor2D;
@@ -298,24 +300,40 @@ export class LlamaModel {
           return tf.tensor2d(t, [B, w]);
         };
         const [cos, sin] = [rows(tables.cos), rows(tables.sin)];
-        const biasT = bias ? tf.tensor4d(bias, [B, Hkv, g, total]) : null;
+        /** The attention output [B, H hd] of layer i from its unrotated q, k, v projection. */
+        let attend: (i: number, qkv: tf.Tensor2D) => tf.Tensor2D;
+        if (slabs) {
+          // one bias row per batch row: the mask layout repeats it for every head
+          let biasRows: tf.Tensor2D | null = null;
+          if (bias) {
+            const r = new Float32Array(B * total);
+            for (let b = 0; b < B; b++) r.set(bias.subarray(b * H * total, b * H * total + total), b * total);
+            biasRows = tf.tensor2d(r, [B, total]);
+          }
+          const dims = { B, Hkv, g, hd, maxLen: cache.maxLen, past };
+          attend = (i, qkv) => decodeAttention(qkv, cos, sin, biasRows, slabs[i]!.k, slabs[i]!.v, dims);
+        } else {
+          const biasT = bias ? tf.tensor4d(bias, [B, Hkv, g, total]) : null;
+          attend = (i, qkv) => {
+            // q, k, v grouped per kv head, rotated ([B, Hkv, g + 2, hd]; values have cos 1, sin 0).
+            const y = rotate(qkv, cos, sin, hd).reshape([B, Hkv, g + 2, hd]);
+            const [q, k, v] = tf.split(y, [g, 1, 1], 2) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
+            const [pk, pv] = [cache.keys[i], cache.values[i]];
+            const K = pk ? (tf.concat([pk, k], 2) as tf.Tensor4D) : k;
+            const V = pv ? (tf.concat([pv, v], 2) as tf.Tensor4D) : v;
+            newK.push(tf.keep(K));
+            newV.push(tf.keep(V));
+            const scores = tf.matMul(q, K, false, true);
+            return tf.matMul(tf.softmax(biasT ? tf.add(scores, biasT) : scores), V).reshape([B, H * hd]) as tf.Tensor2D;
+          };
+        }
         // x / sqrt(mean(x²) + eps), the mean as a product; the norm's weights are folded into the
         // next product. (A [B, 1] broadcast multiply is as fast as a same-shape one here.)
         const norm = (x: tf.Tensor2D) => tf.mul(x, tf.rsqrt(tf.add(tf.matMul(tf.square(x), dw.meanCol), dw.eps))) as tf.Tensor2D;
         let h = tf.gather(this.weights['model.embed_tokens.weight']!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
         for (let i = 0; i < c.numLayers; i++) {
           const L = dw.layers[i]!;
-          // q, k, v grouped per kv head, rotated ([B, Hkv, g + 2, hd]; values have cos 1, sin 0).
-          const y = rotate(tf.matMul(norm(h), L.qkv), cos, sin, hd).reshape([B, Hkv, g + 2, hd]);
-          const [q, k, v] = tf.split(y, [g, 1, 1], 2) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D];
-          const [pk, pv] = [cache.keys[i], cache.values[i]];
-          const K = pk ? (tf.concat([pk, k], 2) as tf.Tensor4D) : k;
-          const V = pv ? (tf.concat([pv, v], 2) as tf.Tensor4D) : v;
-          newK.push(tf.keep(K));
-          newV.push(tf.keep(V));
-          const scores = tf.matMul(q, K, false, true);
-          const att = tf.matMul(tf.softmax(biasT ? tf.add(scores, biasT) : scores), V).reshape([B, H * hd]);
-          h = tf.add(h, tf.matMul(att, L.o));
+          h = tf.add(h, tf.matMul(attend(i, tf.matMul(norm(h), L.qkv) as tf.Tensor2D), L.o));
           const n2 = norm(h);
           const gate = tf.matMul(n2, L.gate);
           h = tf.add(h, tf.matMul(tf.mul(tf.mul(gate, tf.sigmoid(gate)), tf.matMul(n2, L.up)), L.down));
@@ -326,54 +344,8 @@ export class LlamaModel {
       tf.dispose([...newK, ...newV]);
       throw e;
     }
-    commitCache(cache, newK, newV, total);
-    return out;
-  }
-
-  /**
-   * decode() on the native kernels: the attention of each layer is one call (attention.ts) on
-   * caches preallocated for the whole generation and written in place, so no step copies them.
-   */
-  private decodeNative(
-    ids: number[], cache: KVCache, flat: Float32Array, pos: Int32Array, masked: boolean,
-    dw: ReturnType<LlamaModel['decodingWeights']>, tables: NonNullable<RopeTables['dec']>,
-  ): tf.Tensor2D {
-    const c = this.config;
-    const B = ids.length;
-    const past = cache.length;
-    const total = past + 1;
-    const { numHeads: H, numKvHeads: Hkv } = c;
-    const hd = headDim(c);
-    const g = H / Hkv;
-    const slabs = cache.toSlabs(Hkv, hd);
-    const out = tf.tidy(() => {
-      const w = tables.width;
-      const rows = (table: Float32Array) => {
-        const t = new Float32Array(B * w);
-        for (let b = 0; b < B; b++) t.set(table.subarray(pos[b]! * w, (pos[b]! + 1) * w), b * w);
-        return tf.tensor2d(t, [B, w]);
-      };
-      const [cos, sin] = [rows(tables.cos), rows(tables.sin)];
-      let biasT: tf.Tensor2D | null = null;
-      if (masked) {
-        const bias = new Float32Array(B * total);
-        for (let i = 0; i < bias.length; i++) if (flat[i] === 0) bias[i] = MASKED;
-        biasT = tf.tensor2d(bias, [B, total]);
-      }
-      const norm = (x: tf.Tensor2D) => tf.mul(x, tf.rsqrt(tf.add(tf.matMul(tf.square(x), dw.meanCol), dw.eps))) as tf.Tensor2D;
-      let h = tf.gather(this.weights['model.embed_tokens.weight']!, tf.tensor1d(ids, 'int32')) as tf.Tensor2D;
-      for (let i = 0; i < c.numLayers; i++) {
-        const L = dw.layers[i]!;
-        const qkv = tf.matMul(norm(h), L.qkv) as tf.Tensor2D;
-        const att = decodeAttention(qkv, cos, sin, biasT, slabs[i]!.k, slabs[i]!.v, { B, Hkv, g, hd, maxLen: cache.maxLen, past });
-        h = tf.add(h, tf.matMul(att, L.o));
-        const n2 = norm(h);
-        const gate = tf.matMul(n2, L.gate);
-        h = tf.add(h, tf.matMul(tf.mul(tf.mul(gate, tf.sigmoid(gate)), tf.matMul(n2, L.up)), L.down));
-      }
-      return tf.matMul(norm(h), dw.head) as tf.Tensor2D;
-    });
-    cache.length = total;
+    if (slabs) cache.length = total;
+    else commitCache(cache, newK, newV, total);
     return out;
   }
 
