@@ -570,7 +570,7 @@ static void *worker_main(void *arg) {
     seen = gen;
     /* join the current job unless it is closed (it may already be a newer one than the wake-up
      * was for: chunks are claimed atomically, so joining any open job is correct) */
-    if (tid >= g_threads) continue; /* setThreads() lowered the count */
+    if (tid >= g_threads) continue; /* a later init() asked for fewer threads */
     uint64_t st = atomic_load(&g_state);
     int joined = 0;
     while (!(st & JOB_CLOSED)) {
@@ -974,9 +974,7 @@ static napi_value js_packed_size(napi_env env, napi_callback_info info) {
 typedef struct {
   float *heap;
   const uint32_t *spec;
-  long count;
-  long per; /* rows per chunk */
-  long total_chunks;
+  long per;    /* rows per chunk */
   long *first; /* first chunk of every block (count + 1) */
 } CopyJob;
 
@@ -1033,30 +1031,27 @@ static napi_value js_copy_blocks(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "qrlhf native copyBlocks: out of memory");
     return NULL;
   }
-  /* chunks of about 256 KB; one chunk in all when the copy is small */
+  /* Chunks of about 256 KB of the narrowest block (one rows-per-chunk for all blocks keeps the
+   * chunk -> block lookup simple); copies under 1 MB run on the calling thread. */
   const int parallel = bytes >= 1 << 20;
-  CopyJob J = {(float *)hdata, spec, count, 1, 0, first};
+  long per = 0;
+  for (long b = 0; b < count; b++) {
+    const uint32_t *s = spec + 6 * b;
+    if (s[0] == 0 || s[5] == 0) continue;
+    long p = parallel ? (long)((1 << 16) / s[5]) : (long)s[0];
+    if (p < 1) p = 1;
+    if (p > (long)s[0]) p = (long)s[0];
+    if (per == 0 || p < per) per = p;
+  }
+  CopyJob J = {(float *)hdata, spec, per, first};
   long chunks = 0;
   for (long b = 0; b < count; b++) {
     const uint32_t *s = spec + 6 * b;
     first[b] = chunks;
     if (s[0] == 0 || s[5] == 0) continue;
-    long per = parallel ? (long)((1 << 16) / (s[5] ? s[5] : 1)) : (long)s[0];
-    if (per < 1) per = 1;
-    if (per > (long)s[0]) per = (long)s[0];
-    /* one rows-per-chunk for all blocks keeps the lookup simple: use the smallest */
-    if (b == 0 || per < J.per) J.per = per;
-    chunks = 0; /* recomputed below */
-  }
-  chunks = 0;
-  for (long b = 0; b < count; b++) {
-    const uint32_t *s = spec + 6 * b;
-    first[b] = chunks;
-    if (s[0] == 0 || s[5] == 0) continue;
-    chunks += ((long)s[0] + J.per - 1) / J.per;
+    chunks += ((long)s[0] + per - 1) / per;
   }
   first[count] = chunks;
-  J.total_chunks = chunks;
   run_chunks(copy_chunk, &J, chunks, parallel);
   if (first != first_stack) free(first);
   return NULL;
@@ -1258,22 +1253,6 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* setThreads(n): how many of the started threads a product may use (1 = calling thread only) */
-static napi_value js_set_threads(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  long want = 1;
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc >= 1) get_long(env, argv[0], &want);
-  pthread_mutex_lock(&g_busy);
-  if (want < 1) want = 1;
-  start_threads((int)want); /* started workers beyond this just idle */
-  pthread_mutex_unlock(&g_busy);
-  napi_value v;
-  NAPI_OK(napi_create_int32(env, g_threads, &v));
-  return v;
-}
-
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void once_init(void) {
   pick_arch();
@@ -1295,7 +1274,5 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "packB", fn);
   napi_create_function(env, "packedSize", NAPI_AUTO_LENGTH, js_packed_size, NULL, &fn);
   napi_set_named_property(env, exports, "packedSize", fn);
-  napi_create_function(env, "setThreads", NAPI_AUTO_LENGTH, js_set_threads, NULL, &fn);
-  napi_set_named_property(env, exports, "setThreads", fn);
   return exports;
 }

@@ -141,7 +141,6 @@ export function broadcastOuter(a: number[], b: number[]): number[] {
 /** Which path the last call took (for tests and the benchmark's diagnostics). */
 export const matMulStats = { native: 0, packedOperands: 0, naive: 0, folded: 0, batched: 0, swapped: 0, plainCopies: 0 };
 
-
 /**
  * The whole product on qrlhf's native addon (native.ts), in place on the heap: one call for the
  * batch (a shared right operand with a plain left one folds the batch into rows). A right operand

@@ -3,7 +3,7 @@
  * (the gradient of a split). Without the addon, or for other dtypes, tfjs's own kernel runs.
  */
 import * as tf from '@tensorflow/tfjs';
-import { aroundAxis, copyable, copyBlocks, type Block } from './copy.js';
+import { copyable, copyAlongAxis } from './copy.js';
 import { activeNative } from './native.js';
 import { runStock, type KernelArgs } from './stock.js';
 import type { TensorInfoLike, WasmBackendLike } from './heap.js';
@@ -19,16 +19,7 @@ function concat(args: { inputs: TensorInfoLike[]; backend: WasmBackendLike; attr
   if (parts.length < 2) return stock();
   const outShape = tf.backend_util.computeOutShape(parts.map((t) => t.shape), axis);
   const out = backend.makeOutput(outShape, first.dtype);
-  const [outer, inner] = aroundAxis(outShape, axis);
-  const total = outShape[axis]!;
-  const blocks: Block[] = [];
-  let start = 0;
-  for (const t of parts) {
-    const s = t.shape[axis]!;
-    blocks.push({ rows: outer, src: t, srcStart: 0, srcStride: s * inner, dst: out, dstStart: start * inner, dstStride: total * inner, width: s * inner });
-    start += s;
-  }
-  copyBlocks(backend, blocks);
+  copyAlongAxis(backend, out, parts, axis, 'concat');
   return out;
 }
 

@@ -5,7 +5,7 @@
  * training step. Without the addon, or for other dtypes, tfjs's own kernel runs.
  */
 import * as tf from '@tensorflow/tfjs';
-import { aroundAxis, copyable, copyBlocks, type Block } from './copy.js';
+import { copyable, copyAlongAxis } from './copy.js';
 import { activeNative } from './native.js';
 import { runStock, type KernelArgs } from './stock.js';
 import type { TensorInfoLike } from './heap.js';
@@ -18,20 +18,12 @@ function splitV(args: KernelArgs): TensorInfoLike[] {
   if (!activeNative() || !copyable(x) || x.shape.some((d) => d === 0)) {
     return runStock('SplitV', args) as unknown as TensorInfoLike[];
   }
-  const [outer, inner] = aroundAxis(x.shape, axis);
-  const len = x.shape[axis]!;
-  const outs: TensorInfoLike[] = [];
-  const blocks: Block[] = [];
-  let start = 0;
-  for (const s of sizes) {
+  const outs = sizes.map((size) => {
     const shape = x.shape.slice();
-    shape[axis] = s;
-    const out = backend.makeOutput(shape, x.dtype);
-    outs.push(out);
-    if (s > 0) blocks.push({ rows: outer, src: x, srcStart: start * inner, srcStride: len * inner, dst: out, dstStart: 0, dstStride: s * inner, width: s * inner });
-    start += s;
-  }
-  copyBlocks(backend, blocks);
+    shape[axis] = size;
+    return backend.makeOutput(shape, x.dtype);
+  });
+  copyAlongAxis(backend, x, outs, axis, 'split');
   return outs;
 }
 

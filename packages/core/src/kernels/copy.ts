@@ -18,7 +18,7 @@ export function copyable(t: TensorInfoLike): boolean {
   return t.dtype === 'float32' || t.dtype === 'int32';
 }
 
-export interface Block {
+interface Block {
   rows: number;
   src: TensorInfoLike;
   /** floats from the start of src */
@@ -31,7 +31,7 @@ export interface Block {
 }
 
 /** Runs the blocks in one native call (the addon must be active). */
-export function copyBlocks(backend: WasmBackendLike, blocks: Block[]): void {
+function copyBlocks(backend: WasmBackendLike, blocks: Block[]): void {
   const spec = new Uint32Array(6 * blocks.length);
   blocks.forEach((b, i) => {
     spec[6 * i] = b.rows;
@@ -45,6 +45,30 @@ export function copyBlocks(backend: WasmBackendLike, blocks: Block[]): void {
 }
 
 /** [outer, inner] of a shape around `axis` (outer: product before it, inner: after it). */
-export function aroundAxis(shape: readonly number[], axis: number): [number, number] {
+function aroundAxis(shape: readonly number[], axis: number): [number, number] {
   return [sizeOf(shape.slice(0, axis)), sizeOf(shape.slice(axis + 1))];
+}
+
+/**
+ * Copies between `whole` and `parts`, its consecutive slices along `axis` in order: 'split' fills
+ * the parts from the whole, 'concat' the whole from the parts. One native call of row copies.
+ */
+export function copyAlongAxis(
+  backend: WasmBackendLike, whole: TensorInfoLike, parts: TensorInfoLike[], axis: number, direction: 'split' | 'concat',
+): void {
+  const [outer, inner] = aroundAxis(whole.shape, axis);
+  const wholeStride = whole.shape[axis]! * inner;
+  const blocks: Block[] = [];
+  let start = 0;
+  for (const p of parts) {
+    const width = p.shape[axis]! * inner;
+    if (width > 0) {
+      const w = { t: whole, start, stride: wholeStride };
+      const q = { t: p, start: 0, stride: width };
+      const [src, dst] = direction === 'split' ? [w, q] : [q, w];
+      blocks.push({ rows: outer, src: src.t, srcStart: src.start, srcStride: src.stride, dst: dst.t, dstStart: dst.start, dstStride: dst.stride, width });
+    }
+    start += width;
+  }
+  copyBlocks(backend, blocks);
 }

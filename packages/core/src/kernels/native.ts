@@ -7,7 +7,8 @@
  * BatchMatMul.ts is used instead; results agree within float32 rounding either way.
  *
  * Environment: QRLHF_NATIVE=0 disables it; QRLHF_NATIVE_THREADS sets its threads (default: the
- * logical CPUs).
+ * logical CPUs); QRLHF_NATIVE_SPIN_US how long an idle worker spins before it sleeps (default 200);
+ * QRLHF_NATIVE_ARCH=avx2|portable forces a lower kernel set (for tests).
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -27,7 +28,6 @@ export interface NativeAddon {
   /** Floats packB writes for op(B) [k, n]. */
   packedSize(k: number, n: number): number;
   init(threads: number, spinMicroseconds: number): { arch: string; threads: number; mr: number; nr: number };
-  setThreads(threads: number): number;
 }
 
 export interface NativeInfo {
