@@ -262,9 +262,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
         levelIter[k]!++;
         const pbar = psiSum[a]! / n;
         // a = theta (psi − pbar) is in the box and sums to 0; the pool handles the L∞ constraint
-        let theta = 1;
-        if (psiMax[a]! - pbar > tau) theta = Math.min(theta, tau / (psiMax[a]! - pbar));
-        if (psiMin[a]! - pbar < tau - 1) theta = Math.min(theta, (tau - 1) / (psiMin[a]! - pbar));
+        const theta = boxScale(psiMax[a]!, psiMin[a]!, pbar, tau);
         const g = grad[a]!;
         const ga = new Float64Array(d);
         for (let j = 0; j < d; j++) {
@@ -479,9 +477,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
             if (p < pmin) pmin = p;
           }
           const pbar = ps / n;
-          let theta = 1;
-          if (pmax - pbar > tau) theta = Math.min(theta, tau / (pmax - pbar));
-          if (pmin - pbar < tau - 1) theta = Math.min(theta, (tau - 1) / (pmin - pbar));
+          const theta = boxScale(pmax, pmin, pbar, tau);
           stats.push({ k, theta, sum: ps, c: (theta * (py - pbar * ySum)) / n });
         });
       });
@@ -531,6 +527,15 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     X.dispose();
     XT.dispose();
   }
+}
+
+/** The largest theta <= 1 with theta (psi_i − pbar) in the dual box [tau − 1, tau] for every i,
+ *  given the largest and smallest psi_i and their mean pbar. */
+function boxScale(pmax: number, pmin: number, pbar: number, tau: number): number {
+  let theta = 1;
+  if (pmax - pbar > tau) theta = Math.min(theta, tau / (pmax - pbar));
+  if (pmin - pbar < tau - 1) theta = Math.min(theta, (tau - 1) / (pmin - pbar));
+  return theta;
 }
 
 /** Returns M·B as plain data: M a resident [r, inner] tensor, B [inner, cols] row-major. */
