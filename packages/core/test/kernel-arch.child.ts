@@ -2,9 +2,9 @@
 // QRLHF_NATIVE_ARCH selects (avx512 / avx2 / portable) and prints, as one JSON line, the worst
 // error against float64 in units of the float32 bound k·eps·Σ|ab|.
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/backend.js';
-import { wasmInfo } from '../src/kernels/setup.js';
-import { matMulStats } from '../src/kernels/index.js';
+import { initBackend } from '../src/compute/backend.js';
+import { wasmInfo } from '../src/compute/kernels/setup.js';
+import { matMulStats } from '../src/compute/kernels/index.js';
 
 await initBackend('wasm', { quiet: true });
 const EPS = 2 ** -24;

@@ -5,7 +5,7 @@ import test from 'ava';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { loadNative, nativeInfo } from '../src/kernels/index.js';
+import { loadNative, nativeInfo } from '../src/compute/kernels/index.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const child = path.join(here, 'kernel-arch.child.ts');

@@ -2,8 +2,8 @@
 // against index arithmetic done here in plain JS.
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/backend.js';
-import { nativeInfo } from '../src/kernels/index.js';
+import { initBackend } from '../src/compute/backend.js';
+import { nativeInfo } from '../src/compute/kernels/index.js';
 
 test.before(async () => {
   await initBackend('wasm', { quiet: true });

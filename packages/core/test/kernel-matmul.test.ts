@@ -4,10 +4,10 @@
 // |c - exact| <= k·eps·Σ|a_q·b_q| (eps = 2^-24), so the test holds whatever order XNNPACK sums in.
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/backend.js';
-import { matMulStats, nativeInfo, setNativeEnabled, loadNative } from '../src/kernels/index.js';
-import { stockConfig } from '../src/kernels/stock.js';
-import { wasmInfo } from '../src/kernels/setup.js';
+import { initBackend } from '../src/compute/backend.js';
+import { matMulStats, nativeInfo, setNativeEnabled, loadNative } from '../src/compute/kernels/index.js';
+import { stockConfig } from '../src/compute/kernels/stock.js';
+import { wasmInfo } from '../src/compute/kernels/setup.js';
 
 const EPS = 2 ** -24;
 

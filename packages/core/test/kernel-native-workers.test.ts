@@ -3,7 +3,7 @@
 // stay exact. Each thread checks every repetition against its own float64 product.
 import test from 'ava';
 import { Worker } from 'node:worker_threads';
-import { loadNative, nativeAddonPath } from '../src/kernels/index.js';
+import { loadNative, nativeAddonPath } from '../src/compute/kernels/index.js';
 
 const maybe = loadNative() ? test : test.skip;
 

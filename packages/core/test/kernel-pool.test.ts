@@ -4,7 +4,7 @@
 // hung within ~20,000 products (this test caught it in one run of three); every result is also checked against float64.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { loadNative, nativeAddonPath } from '../src/kernels/index.js';
+import { loadNative, nativeAddonPath } from '../src/compute/kernels/index.js';
 
 const maybe = loadNative() ? test : test.skip;
 

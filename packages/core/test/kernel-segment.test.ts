@@ -2,7 +2,7 @@
 // (whose gradient it is) on the wasm backend against the exact scatter-add of the upstream gradient.
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/backend.js';
+import { initBackend } from '../src/compute/backend.js';
 
 test.before(async () => {
   await initBackend('wasm', { quiet: true });

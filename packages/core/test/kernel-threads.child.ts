@@ -1,8 +1,8 @@
 // Child of kernel-threads.test.ts: initialise wasm, multiply, print one JSON line, and return
 // without any shutdown call (the parent checks that the process exits by itself).
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/backend.js';
-import { wasmInfo } from '../src/kernels/setup.js';
+import { initBackend } from '../src/compute/backend.js';
+import { wasmInfo } from '../src/compute/kernels/setup.js';
 
 const listeners = process.listeners('uncaughtException').length + process.listeners('unhandledRejection').length;
 await initBackend('wasm', { quiet: true });

@@ -1,7 +1,7 @@
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend, LlamaModel, type LlamaConfig } from '@qrlhf/core';
-import { decodeAttentionStats, nativeInfo } from '../src/kernels/index.js';
+import { decodeAttentionStats, nativeInfo } from '../src/compute/kernels/index.js';
 import { defineDecodeTests } from './model-decode-cases.js';
 
 await initBackend('wasm', { quiet: true });

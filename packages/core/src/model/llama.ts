@@ -14,7 +14,7 @@ import { QrlhfError } from '../errors.js';
 import type { Rng } from '../random.js';
 import { type LlamaConfig, headDim, validateConfig } from './config.js';
 import { LoraAdapter, type LoraConfig, type LoraModule, loraGroup } from './lora.js';
-import { decodeAttention, decodeAttentionAvailable, newDecodeCache } from '../kernels/attention.js';
+import { decodeAttention, decodeAttentionAvailable, newDecodeCache } from '../compute/kernels/attention.js';
 
 /** Added to an attention score to hide a key: finite, so a query that sees nothing (a left pad
  *  row) gets a uniform distribution instead of NaN, and exp() of it is exactly 0 otherwise. */

@@ -40,9 +40,9 @@ export interface NativeInfo {
   note?: string;
 }
 
-/** Where build.mjs writes the addon (the same relative path from src/kernels and dist/kernels). */
+/** Where build.mjs writes the addon (the same relative path from src/compute/kernels and dist/compute/kernels). */
 export function nativeAddonPath(): string {
-  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'build', 'qrlhf_native.node');
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'native', 'build', 'qrlhf_native.node');
 }
 
 let addon: NativeAddon | null | undefined;
