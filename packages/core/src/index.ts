@@ -5,6 +5,7 @@ export * from './compute/backend.js';
 export * from './model/index.js';
 export * from './io/index.js';
 export * from './tokenizer.js';
+export * from './chat/index.js';
 export * from './data/index.js';
 export * from './train/index.js';
 export * from './track/index.js';

@@ -131,6 +131,8 @@ export interface TokenizerOptions {
   tokenizerConfig?: Record<string, unknown>;
   /** Names the source in error messages. */
   where?: string;
+  /** The folder the tokenizer was read from (where its chat template may sit). */
+  dir?: string;
 }
 
 export class Tokenizer {
@@ -142,10 +144,13 @@ export class Tokenizer {
   readonly defaultAddBos: boolean;
   /** Where it was loaded from (a path, or a description). */
   readonly source: string;
+  /** The folder it was read from (null when built in memory or from a llama2.c file). */
+  readonly dir: string | null;
   private readonly tokConfig: Json;
 
   private constructor(private readonly backend: Backend, opts: TokenizerOptions, source: string) {
     this.source = source;
+    this.dir = opts.dir ?? null;
     this.vocabSize = backend.vocabSize;
     const where = opts.where ?? source;
     const cfg: Json = opts.tokenizerConfig ?? {};
@@ -225,7 +230,7 @@ export class Tokenizer {
         throw new QrlhfError(`${cfgPath}: expected a JSON object`);
       }
     }
-    return Tokenizer.fromJSON(json, { config, tokenizerConfig, where: file });
+    return Tokenizer.fromJSON(json, { config, tokenizerConfig, where: file, dir: dirname(file) });
   }
 
   /** A tokenizer from a tokenizer.json document already in memory. */
@@ -276,6 +281,11 @@ export class Tokenizer {
   /** A tokenizer.json document (for a llama2.c tokenizer: the equivalent converted one). */
   toJSON(): object {
     return this.backend.toJSON();
+  }
+
+  /** The tokenizer_config.json content it was loaded with ({} when none): special tokens, chat_template. */
+  get tokenizerConfig(): Readonly<Record<string, unknown>> {
+    return this.tokConfig;
   }
 
   /** tokenizer_config.json content to save beside toJSON(): the loaded one with our ids written in. */
