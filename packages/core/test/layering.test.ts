@@ -1,7 +1,8 @@
 // core is two things in one package: the compute substrate (src/compute/: backend choice, kernels,
 // native addon loader, wasm heap, threads) and the language-model library (everything else in
 // src/: model, io, tokenizer, data, train, track, config). The arrow points one way: the library
-// may import compute/, compute/ imports only itself and errors.ts (a leaf that imports nothing).
+// may import compute/ (through its faces backend.ts and ops.ts: the model calls a kernel by op
+// name, never by file), compute/ imports only itself and errors.ts (a leaf that imports nothing).
 // This test reads every import specifier in src/ and fails on an arrow the other way.
 import test from 'ava';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -44,6 +45,17 @@ test('compute/ imports nothing from the language-model library (only itself and 
     }
   }
   t.deepEqual(bad, [], 'compute/ must not import the LM library');
+});
+
+test('the library reaches compute/ only through its faces (backend.ts, ops.ts), never a kernel file', (t) => {
+  const faces = ['backend.ts', 'ops.ts'].map((f) => path.join(COMPUTE, f));
+  const bad: string[] = [];
+  for (const f of tsFiles(SRC).filter((x) => !inside(x, COMPUTE))) {
+    for (const target of relativeImports(f, readFileSync(f, 'utf8'))) {
+      if (inside(target, COMPUTE) && !faces.includes(target)) bad.push(`${path.relative(SRC, f)} → ${path.relative(SRC, target)}`);
+    }
+  }
+  t.deepEqual(bad, []);
 });
 
 test('errors.ts, shared by both sides, imports nothing relative', (t) => {

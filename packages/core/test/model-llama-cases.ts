@@ -4,8 +4,8 @@
  */
 import type { TestFn } from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { LlamaModel, configFromHf, configToHf, QrlhfError } from '@qrlhf/core';
-import { modelFrom, randomWeights, referenceLogits, relErr, smallConfig } from './model-reference.js';
+import { LlamaModel, Rng, configFromHf, configToHf, QrlhfError, referenceForward } from '@qrlhf/core';
+import { loraFactors, mergedWeights, modelFrom, randomWeights, referenceLogits, relErr, smallConfig } from './model-reference.js';
 
 const flat = (x: number[][][]) => x.flat(2);
 
@@ -41,6 +41,44 @@ export function defineForwardTests(test: TestFn, label: string): void {
       t.true(err < 1e-4, `relative error ${err}`);
       // The logits are not degenerate (the check above could not pass by accident).
       t.true(Math.max(...ref) - Math.min(...ref) > 1);
+      model.dispose();
+    });
+  });
+
+  CONFIGS.forEach((c, ci) => {
+    test(`${label}: the plain reference forward (reference.ts) equals the float64 reference and the fast forward, values and LoRA gradients, with pads and an adapter (config ${ci})`, (t) => {
+      const w = randomWeights(c, 300 + ci);
+      const model = modelFrom(c, w);
+      const a = model.addLora({ r: 2, alpha: 3, dropout: 0, targetModules: 'all-linear' }, new Rng(ci));
+      const rng = new Rng(310 + ci);
+      for (const v of Object.values(a.variables)) {
+        tf.tidy(() => v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => 0.3 * rng.normal()), v.shape)));
+      }
+      const ids = [[0, 0, ...randomIds(6, c.vocabSize, 7 + ci)], randomIds(8, c.vocabSize, 70 + ci)];
+      const mask = [[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]];
+      const [idsT, maskT] = [tf.tensor2d(ids, undefined, 'int32'), tf.tensor2d(mask)];
+      const plain = tf.tidy(() => referenceForward(model, idsT, { mask: maskT }).arraySync());
+      const fast = tf.tidy(() => model.forward(idsT, { mask: maskT }).arraySync());
+      const ref = referenceLogits(c, w, ids, mask, mergedWeights(w, loraFactors(a.variables), a.scale));
+      const keep = (i: number) => mask[Math.floor(i / (8 * c.vocabSize))]![Math.floor(i / c.vocabSize) % 8] === 1;
+      t.true(relErr(plain.flat(2), flat(ref), keep) < 1e-4, `reference.ts vs float64: ${relErr(plain.flat(2), flat(ref), keep)}`);
+      t.true(relErr(fast.flat(2), plain.flat(2), keep) < 1e-5, `fast vs reference.ts: ${relErr(fast.flat(2), plain.flat(2), keep)}`);
+      // The adapter matters here.
+      t.true(relErr(plain.flat(2), flat(referenceLogits(c, w, ids, mask)), keep) > 1e-2);
+      // Gradients of one scalar of the logits with respect to every adapter factor agree.
+      const probe = tf.randomNormal([2, 8, c.vocabSize], 0, 1, 'float32', 5);
+      const weight = tf.mul(probe, maskT.reshape([2, 8, 1]));
+      const grads = (f: () => tf.Tensor) => {
+        const { grads: g } = tf.variableGrads(() => tf.sum(tf.mul(f(), weight)) as tf.Scalar, Object.values(a.variables));
+        const out = Object.keys(a.variables).map((k) => Array.from(g[a.variables[k]!.name]!.dataSync()));
+        tf.dispose(Object.values(g));
+        return out.flat();
+      };
+      const gPlain = grads(() => referenceForward(model, idsT, { mask: maskT }));
+      const gFast = grads(() => model.forward(idsT, { mask: maskT }));
+      t.true(relErr(gFast, gPlain) < 1e-4, `LoRA gradients fast vs reference.ts: ${relErr(gFast, gPlain)}`);
+      t.true(Math.max(...gPlain.map(Math.abs)) > 1e-3);
+      tf.dispose([idsT, maskT, probe, weight]);
       model.dispose();
     });
   });

@@ -1,7 +1,10 @@
 /**
  * LoRA (SPEC §3): a linear layer W [out, in] gains a low-rank update,
  *   y = x Wᵀ + (alpha / r) · dropout(x) Aᵀ Bᵀ,   A [r, in] ~ uniform(±1/sqrt(in)), B [out, r] = 0,
- * so a fresh adapter leaves the model unchanged and training moves only A and B.
+ * so a fresh adapter leaves the model unchanged and training moves only A and B. Without dropout
+ * this is x (W + (alpha / r) B A)ᵀ. The update is written here only, in its three shapes: on
+ * activations for one module (delta), for several modules reading the same x (fusedDelta), and
+ * as a weight to merge (deltaWeight).
  * Files follow PEFT's layout so Python tools can load them.
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -173,6 +176,43 @@ export class LoraAdapter {
     if (!p) return null;
     // The scale multiplies the narrow [N, r] middle, not the [N, out] result (and so its gradient).
     return tf.tidy(() => tf.matMul(this.middle(layer, module, x, training)!, p.B, false, true));
+  }
+
+  /**
+   * delta() for several modules that read the same x, as one pair of products: their middles side
+   * by side [N, Σ r], times a block matrix of their B's (module m's rows hold its B in its own r
+   * columns, zeros elsewhere) → [N, Σ out]; `outs` are the modules' output widths. Null when the
+   * adapter covers none of them.
+   */
+  fusedDelta(layer: number, modules: LoraModule[], outs: number[], x: tf.Tensor, training: boolean): tf.Tensor | null {
+    const covered = modules.filter((m) => this.pair(layer, m));
+    if (covered.length === 0) return null;
+    return tf.tidy(() => {
+      const r = this.config.r;
+      const R = r * covered.length;
+      const mid = this.dropsOut(training)
+        ? tf.concat(covered.map((m) => this.middle(layer, m, x, training)!), 1)
+        : tf.mul(tf.matMul(x, tf.concat(covered.map((m) => this.pair(layer, m)!.A), 0), false, true), this.scale);
+      let at = 0;
+      const rows = modules.map((m, j) => {
+        const p = this.pair(layer, m);
+        if (!p) return tf.zeros([outs[j]!, R]);
+        const parts: tf.Tensor[] = [];
+        if (at > 0) parts.push(tf.zeros([outs[j]!, at]));
+        parts.push(p.B);
+        if (at + r < R) parts.push(tf.zeros([outs[j]!, R - at - r]));
+        at += r;
+        return parts.length > 1 ? tf.concat(parts, 1) : p.B;
+      });
+      return tf.matMul(mid, rows.length > 1 ? tf.concat(rows, 0) : rows[0]!, false, true);
+    });
+  }
+
+  /** The update as a weight, (alpha / r) B A [out, in] (merging, and decoding on merged weights); null when not covered. */
+  deltaWeight(layer: number, module: LoraModule): tf.Tensor | null {
+    const p = this.pairs.get(`${layer}.${module}`);
+    if (!p) return null;
+    return tf.tidy(() => tf.mul(tf.matMul(p.B, p.A), this.scale));
   }
 
   /** The first half of delta(): (alpha / r) · dropout(x) Aᵀ, [N, r]; null when not covered. */

@@ -11,6 +11,8 @@ import { splitVConfig } from './SplitV.js';
 import { concatConfig } from './Concat.js';
 import { identityConfig } from './Identity.js';
 import { captureStock } from './stock.js';
+import { decodeAttentionCanRun, decodeAttentionConfig } from './DecodeAttention.js';
+import { registerOpKernel } from '../ops.js';
 
 export const WASM_KERNELS: readonly tf.KernelConfig[] = [
   batchMatMulConfig, fusedMatMulConfig, unsortedSegmentSumConfig, splitVConfig, concatConfig, identityConfig,
@@ -29,8 +31,11 @@ export function stockKernelsRequested(): boolean {
   return v !== undefined && v !== '' && v !== '0';
 }
 
-/** Registers the list on the wasm backend (once). Must run before the backend initialises. */
+/** Registers the list on the wasm backend (once). Must run before the backend initialises.
+ *  The kernels of qrlhf's own ops (../ops.ts) replace nothing of tfjs's, so they are registered
+ *  even with QRLHF_STOCK_KERNELS=1. */
 export function registerWasmKernels(): boolean {
+  registerOpKernel(decodeAttentionConfig, decodeAttentionCanRun);
   if (registered) return true;
   if (stockKernelsRequested()) return false;
   for (const name of STOCK_USED) captureStock(name);
@@ -48,4 +53,4 @@ export function wasmKernelsRegistered(): boolean {
 
 export { matMulStats } from './BatchMatMul.js';
 export { nativeInfo, loadNative, setNativeEnabled, nativeAddonPath, type NativeInfo } from './native.js';
-export { decodeAttention, decodeAttentionAvailable, decodeAttentionStats, newDecodeCache, type DecodeAttentionDims } from './attention.js';
+export { decodeAttentionStats } from './DecodeAttention.js';
