@@ -94,6 +94,22 @@ export interface FeatureOptions {
   batchSize?: number;
   /** Longest sequence; longer ones lose their first tokens (the model's maxPositionEmbeddings). */
   maxTokens?: number;
+  /**
+   * Token ids whose LAST occurrence in the sequence marks the prompt feature (its first token),
+   * instead of the prompt's last token: the released QRM reads its gate input at the
+   * end-of-user-turn + assistant-header pattern.
+   */
+  gatePattern?: readonly number[];
+}
+
+/** Start of the last occurrence of `pattern` in `ids` (RewardBench's find_token_for_gating); an error naming `where` when absent. */
+export function findGatePosition(ids: readonly number[], pattern: readonly number[], where: string): number {
+  for (let j = ids.length - pattern.length; j >= 0; j--) {
+    let k = 0;
+    while (k < pattern.length && ids[j + k] === pattern[k]) k++;
+    if (k === pattern.length) return j;
+  }
+  throw new QrlhfError(`${where}: the gate's token pattern [${pattern.join(', ')}] does not occur in the sequence (is the dialogue in the QRM's chat format?)`);
 }
 
 /**
@@ -106,16 +122,30 @@ export function pairFeatures(
   opts: FeatureOptions & { where?: (i: number) => string; onBatch?: (done: number) => void } = {},
 ): { response: Float32Array; prompt: Float32Array; truncated: number } {
   const { model, tokenizer } = backbone;
+  const maxTokens = opts.maxTokens ?? model.config.maxPositionEmbeddings;
+  const enc = items.map((it, i) => {
+    const where = opts.where?.(i) ?? `item ${i}`;
+    const e = encodePair(tokenizer, it.prompt, it.response, maxTokens, where);
+    return opts.gatePattern ? { ...e, promptEnd: findGatePosition(e.ids, opts.gatePattern, where) } : e;
+  });
+  return encodedFeatures(backbone, enc, opts);
+}
+
+/** Response and prompt features [n, d] of sequences already encoded (see pairFeatures). */
+export function encodedFeatures(
+  backbone: Pick<Backbone, 'model'> & { tokenizer: Pick<Tokenizer, 'padId'> },
+  enc: readonly EncodedPair[],
+  opts: FeatureOptions & { onBatch?: (done: number) => void } = {},
+): { response: Float32Array; prompt: Float32Array; truncated: number } {
+  const { model, tokenizer } = backbone;
   const d = model.config.hiddenSize;
   const batchSize = opts.batchSize ?? 8;
-  const maxTokens = opts.maxTokens ?? model.config.maxPositionEmbeddings;
   const pooling = opts.pooling ?? 'last';
   if (!FEATURE_POOLINGS.includes(pooling)) throw new QrlhfError(`feature pooling: expected one of ${FEATURE_POOLINGS.join(', ')}, got "${pooling}"`);
   const mean = pooling === 'mean';
-  const enc = items.map((it, i) => encodePair(tokenizer, it.prompt, it.response, maxTokens, opts.where?.(i) ?? `item ${i}`));
   const order = enc.map((_, i) => i).sort((a, b) => enc[a]!.ids.length - enc[b]!.ids.length);
-  const response = new Float32Array(items.length * d);
-  const prompt = new Float32Array(items.length * d);
+  const response = new Float32Array(enc.length * d);
+  const prompt = new Float32Array(enc.length * d);
   const pad = tokenizer.padId;
   for (let s = 0; s < order.length; s += batchSize) {
     const rows = order.slice(s, s + batchSize);

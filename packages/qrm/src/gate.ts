@@ -7,6 +7,13 @@
  * and its expectation E = mean_k Q_mix(tau_k) = Σ_m g_m · mean_k Q'_m(tau_k). The gate is trained
  * (heads frozen, attribute quantiles fixed inputs) with the Bradley-Terry loss
  * −log σ(E(chosen) − E(rejected)).
+ *
+ * Two architectures (`kind`):
+ * - 'mlp' (qrlhf's own, trained here): (Linear with bias → ReLU) × numHidden, Linear with bias.
+ * - 'batchnorm' (the released QRM / ArmoRM gate, read from and written to their folders):
+ *   (Linear without bias → ReLU → BatchNorm1d) × numHidden, Linear with bias; BatchNorm in eval
+ *   mode, y = (h − running_mean) / sqrt(running_var + eps) · weight + bias, eps = 1e-5 (PyTorch's
+ *   default). beta is the release's `logit_scale`. Scored here, not trained (trainGate refuses it).
  */
 import * as tf from '@tensorflow/tfjs';
 import { AdamW, QrlhfError, cosineSchedule, type Rng } from '@qrlhf/core';
@@ -20,9 +27,15 @@ export interface GateConfig {
   hiddenSize: number;
   /** Number of hidden layers (3). */
   numHidden: number;
-  /** Softmax temperature T (fixed, 10). */
+  /** Softmax temperature T (fixed, 10; the released QRM-Llama3.1-8B uses 5). */
   temperature: number;
+  /** 'mlp' (absent = 'mlp') or 'batchnorm' (the released layout; see the header). */
+  kind?: GateKind;
 }
+
+export type GateKind = 'mlp' | 'batchnorm';
+/** BatchNorm1d's eps in PyTorch (the released gate's BatchNorm layers use the default). */
+export const BATCHNORM_EPS = 1e-5;
 
 export const DEFAULT_GATE_CONFIG = { hiddenSize: 1024, numHidden: 3, temperature: 10 } as const;
 
@@ -43,7 +56,17 @@ function checkConfig(c: GateConfig): void {
   if (!Number.isFinite(c.temperature) || c.temperature <= 0) {
     throw new QrlhfError(`gate config: temperature must be > 0, got ${c.temperature}`);
   }
+  if (c.kind !== undefined && c.kind !== 'mlp' && c.kind !== 'batchnorm') {
+    throw new QrlhfError(`gate config: kind must be "mlp" or "batchnorm", got ${JSON.stringify(c.kind)}`);
+  }
 }
+
+/** Index in the PyTorch ModuleList of layer i's Linear (and, for 'batchnorm', of its BatchNorm: + 2). */
+function linearIndex(c: GateConfig, i: number): number {
+  return c.kind === 'batchnorm' ? 3 * i : i;
+}
+
+const BN_PARTS = ['weight', 'bias', 'running_mean', 'running_var'] as const;
 
 /**
  * Variable names follow PyTorch's module layout (`layers.{i}.weight`, `layers.{i}.bias`, the last
@@ -100,32 +123,43 @@ export class GateNetwork {
   /** A gate from file tensors (the layout of `toTensors`); checks every name and shape. */
   static fromTensors(config: GateConfig, tensors: Record<string, { shape: number[]; data: ArrayLike<number> }>, where = 'gate'): GateNetwork {
     checkConfig(config);
+    const bn = config.kind === 'batchnorm';
     const vars: Record<string, tf.Variable> = {};
     const get = (name: string, shape: number[]): Float32Array => {
       const t = tensors[name];
-      if (!t) throw new QrlhfError(`${where}: tensor "${name}" is missing`);
+      if (!t) throw new QrlhfError(`${where}: tensor "${name}" is missing (expected shape [${shape.join(', ')}] for a ${config.kind ?? 'mlp'} gate with ${config.numHidden} hidden layers)`);
       if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i])) {
         throw new QrlhfError(`${where}: tensor "${name}" has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
       }
       return Float32Array.from(t.data);
     };
+    const ignored = new Set<string>();
     try {
       GateNetwork.layerShapes(config).forEach(([fin, fout], i) => {
-        const stored = get(`layers.${i}.weight`, [fout, fin]); // [out, in] on file
+        const li = linearIndex(config, i);
+        const stored = get(`layers.${li}.weight`, [fout, fin]); // [out, in] on file
         const w = new Float32Array(fin * fout);
         for (let o = 0; o < fout; o++) for (let j = 0; j < fin; j++) w[j * fout + o] = stored[o * fin + j]!;
-        vars[`layers.${i}.weight`] = makeVar(tf.tensor2d(w, [fin, fout]), `gate.layers.${i}.weight`);
-        vars[`layers.${i}.bias`] = makeVar(tf.tensor1d(get(`layers.${i}.bias`, [fout])), `gate.layers.${i}.bias`);
+        vars[`layers.${li}.weight`] = makeVar(tf.tensor2d(w, [fin, fout]), `gate.layers.${li}.weight`);
+        const hidden = i < config.numHidden;
+        if (!bn || !hidden) vars[`layers.${li}.bias`] = makeVar(tf.tensor1d(get(`layers.${li}.bias`, [fout])), `gate.layers.${li}.bias`);
+        if (bn && hidden) {
+          for (const part of BN_PARTS) {
+            const name = `layers.${li + 2}.${part}`;
+            vars[name] = makeVar(tf.tensor1d(get(name, [fout])), `gate.${name}`, !part.startsWith('running_'));
+          }
+          ignored.add(`layers.${li + 2}.num_batches_tracked`); // a training counter, unused in eval mode
+        }
       });
       vars['beta'] = makeVar(tf.tensor1d(get('beta', [1])), 'gate.beta');
     } catch (e) {
       for (const v of Object.values(vars)) v.dispose();
       throw e;
     }
-    const extra = Object.keys(tensors).filter((k) => !(k in vars));
+    const extra = Object.keys(tensors).filter((k) => !(k in vars) && !ignored.has(k));
     if (extra.length) {
       for (const v of Object.values(vars)) v.dispose();
-      throw new QrlhfError(`${where}: unexpected tensors ${extra.join(', ')} for a gate with ${config.numHidden} hidden layers`);
+      throw new QrlhfError(`${where}: unexpected tensors ${extra.join(', ')} for a ${config.kind ?? 'mlp'} gate with ${config.numHidden} hidden layers`);
     }
     return new GateNetwork(config, vars);
   }
@@ -135,7 +169,7 @@ export class GateNetwork {
     const out: Record<string, F32Tensor> = {};
     for (const [name, v] of Object.entries(this.variables)) {
       const data = v.dataSync() as Float32Array;
-      if (name.endsWith('.weight')) {
+      if (name.endsWith('.weight') && v.shape.length === 2) {
         const [fin, fout] = v.shape as [number, number];
         const t = new Float32Array(fin * fout);
         for (let j = 0; j < fin; j++) for (let o = 0; o < fout; o++) t[o * fin + j] = data[j * fout + o]!;
@@ -155,10 +189,18 @@ export class GateNetwork {
   weights(x: tf.Tensor2D): tf.Tensor2D {
     return tf.tidy(() => {
       const c = this.config;
+      const v = this.variables;
       let h: tf.Tensor2D = x;
       for (let i = 0; i <= c.numHidden; i++) {
-        h = tf.add(tf.matMul(h, this.variables[`layers.${i}.weight`]!), this.variables[`layers.${i}.bias`]!);
+        const li = linearIndex(c, i);
+        h = tf.matMul(h, v[`layers.${li}.weight`]!);
+        if (v[`layers.${li}.bias`]) h = tf.add(h, v[`layers.${li}.bias`]!);
         if (i < c.numHidden) h = tf.relu(h);
+        if (i < c.numHidden && c.kind === 'batchnorm') {
+          const bn = (part: string): tf.Variable => v[`layers.${li + 2}.${part}`]!;
+          const scale = tf.mul(bn('weight'), tf.rsqrt(tf.add(bn('running_var'), BATCHNORM_EPS)));
+          h = tf.add(tf.mul(tf.sub(h, bn('running_mean')), scale), bn('bias'));
+        }
       }
       return tf.mul(tf.softmax(tf.div(h, c.temperature)), this.variables['beta']!) as tf.Tensor2D;
     });
@@ -340,6 +382,9 @@ export function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSize = 10
  */
 export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOptions): GateTrainResult {
   checkPairs(pairs, gate, 'trainGate');
+  if (gate.config.kind === 'batchnorm') {
+    throw new QrlhfError('gate training: a "batchnorm" gate (the released QRM layout) is scored here, not trained; train an "mlp" gate');
+  }
   if (opts.validation) checkPairs(opts.validation, gate, 'trainGate validation');
   const epochs = opts.epochs ?? 3;
   const batchSize = opts.batchSize ?? 1024;

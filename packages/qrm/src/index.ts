@@ -6,3 +6,4 @@ export * from './eval.js';
 export * from './features.js';
 export * from './model.js';
 export * from './stage2.js';
+export * from './released.js';

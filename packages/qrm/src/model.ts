@@ -14,7 +14,8 @@ import { QrlhfError, loadModel, readSafetensors, writeFileAtomic, writeSafetenso
 import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
 import { applyDebias } from './debias.js';
 import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
-import { FEATURE_POOLINGS, pairFeatures, type Backbone, type FeaturePooling, type PromptResponseItem } from './features.js';
+import { isReleasedQrmFolder, loadRewardBackbone } from './released.js';
+import { FEATURE_POOLINGS, encodedFeatures, findGatePosition, pairFeatures, type Backbone, type FeaturePooling, type PromptResponseItem } from './features.js';
 
 export interface QrmScore {
   /** K mixed reward quantiles, non-decreasing. */
@@ -53,6 +54,16 @@ export interface QrmJson {
   maxTokens?: number | null;
   /** How the response feature is pooled (absent = 'last', SPEC §4). */
   pooling?: FeaturePooling;
+  /**
+   * Token ids whose last occurrence marks the prompt feature (the released QRM layout: the
+   * end-of-user-turn + assistant-header tokens); absent/null: the prompt's last token.
+   */
+  gatePattern?: number[] | null;
+  /**
+   * Sort each attribute's quantiles before mixing (absent = true, qrlhf's rule). false: keep them
+   * in level order, as the released QRM's code does (its imports set it).
+   */
+  rearrange?: boolean;
   gate: GateConfig;
   mixture: MixtureMode;
 }
@@ -158,6 +169,10 @@ export interface QrmParts {
   mixture?: MixtureMode;
   /** The response-feature pooling the heads were fitted on ('last' default). */
   pooling?: FeaturePooling;
+  /** Token pattern whose last occurrence is the gate's input position (null: the prompt's last token). */
+  gatePattern?: number[] | null;
+  /** Sort each attribute's quantiles before mixing (default true; false: the released code's rule). */
+  rearrange?: boolean;
 }
 
 export class QuantileRewardModel {
@@ -173,6 +188,10 @@ export class QuantileRewardModel {
   readonly pooling: FeaturePooling;
   /** How the attribute distributions are mixed: eq. 3 (default) or the true mixture. */
   mixture: MixtureMode;
+  /** Token pattern whose last occurrence is the gate's input position (null: the prompt's last token). */
+  readonly gatePattern: number[] | null;
+  /** Whether each attribute's quantiles are sorted before mixing (false for imported released QRMs). */
+  readonly rearrange: boolean;
   private backbone: Backbone | null = null;
   private ownsBackbone = false;
 
@@ -193,6 +212,8 @@ export class QuantileRewardModel {
     this.pooling = p.pooling ?? 'last';
     if (!FEATURE_POOLINGS.includes(this.pooling)) throw new QrlhfError(`QRM: pooling must be one of ${FEATURE_POOLINGS.join(', ')}, got "${this.pooling}"`);
     this.mixture = p.mixture ?? 'eq3';
+    this.gatePattern = p.gatePattern && p.gatePattern.length > 0 ? [...p.gatePattern] : null;
+    this.rearrange = p.rearrange ?? true;
   }
 
   /** Per-attribute min/max that mapped raw labels onto the heads' [0, 1] scale (null: none). */
@@ -250,6 +271,8 @@ export class QuantileRewardModel {
       maxTokens: j.maxTokens ?? null,
       pooling: j.pooling ?? 'last',
       mixture: j.mixture ?? 'eq3',
+      gatePattern: j.gatePattern ?? null,
+      rearrange: j.rearrange ?? true,
     });
   }
 
@@ -265,6 +288,8 @@ export class QuantileRewardModel {
       tokenizer: this.tokenizerPath,
       maxTokens: this.maxTokens,
       pooling: this.pooling,
+      gatePattern: this.gatePattern,
+      rearrange: this.rearrange,
       gate: { ...this.gate.config },
       mixture: this.mixture,
     };
@@ -295,7 +320,7 @@ export class QuantileRewardModel {
     if (promptFeat.length !== n * d || respFeat.length !== n * d) {
       throw new QrlhfError(`QRM: expected prompt and response features of ${n} x ${d}, got ${promptFeat.length} and ${respFeat.length} values`);
     }
-    const raw = predictAttributeQuantiles(this.heads, respFeat, n);
+    const raw = predictAttributeQuantiles(this.heads, respFeat, n, { rearrange: this.rearrange });
     const vIdx = this.verbosity === null ? -1 : attributes.indexOf(this.verbosity);
     const attrQ = applyDebias(raw, n, M, K, this.debiasPenalties, vIdx);
     const g = this.gate.predict(promptFeat, n);
@@ -321,7 +346,10 @@ export class QuantileRewardModel {
     if (!this.backbonePath) {
       throw new QrlhfError('QRM: no backbone is recorded in qrm.json; give one (--backbone) or call setBackbone()');
     }
-    const loaded = await loadModel(this.backbonePath, this.tokenizerPath ? { tokenizer: this.tokenizerPath } : {});
+    // A released-layout reward folder is its own backbone: its model.* tensors, no lm_head.
+    const loaded = isReleasedQrmFolder(this.backbonePath)
+      ? await loadRewardBackbone(this.backbonePath, this.tokenizerPath)
+      : await loadModel(this.backbonePath, this.tokenizerPath ? { tokenizer: this.tokenizerPath } : {});
     this.setBackbone({ model: loaded.model, tokenizer: loaded.tokenizer });
     this.ownsBackbone = true;
     return this.backbone!;
@@ -331,8 +359,29 @@ export class QuantileRewardModel {
   async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
     if (pairs.length === 0) return [];
     const b = await this.loadBackbone();
-    const f = pairFeatures(b, pairs, { batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling });
+    const f = pairFeatures(b, pairs, { batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling, gatePattern: this.gatePattern ?? undefined });
     return this.scoreFeatures(f.prompt, f.response, pairs.length);
+  }
+
+  /**
+   * Scores token sequences as they are (no tokenizer, no truncation): the response feature at the
+   * last token ('last' pooling), the prompt feature at the last occurrence of gatePattern, or at
+   * `promptEnd` when the QRM has no pattern.
+   */
+  async scoreTokens(items: readonly { ids: readonly number[]; promptEnd?: number }[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
+    if (items.length === 0) return [];
+    const b = await this.loadBackbone();
+    const enc = items.map((it, i) => {
+      const ids = [...it.ids];
+      let promptEnd = it.promptEnd ?? -1;
+      if (this.gatePattern) promptEnd = findGatePosition(ids, this.gatePattern, `sequence ${i}`);
+      if (!(Number.isInteger(promptEnd) && promptEnd >= 0 && promptEnd < ids.length)) {
+        throw new QrlhfError(`sequence ${i}: promptEnd must be a position in the sequence (0 … ${ids.length - 1}), got ${it.promptEnd}`);
+      }
+      return { ids, promptEnd, truncated: 0 };
+    });
+    const f = encodedFeatures(b, enc, { batchSize: opts.batchSize ?? 8, pooling: this.pooling });
+    return this.scoreFeatures(f.prompt, f.response, items.length);
   }
 
   /** Frees the gate (and the backbone when this model loaded it). */

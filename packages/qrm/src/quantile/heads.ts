@@ -224,8 +224,13 @@ export function formatFitReport(report: QuantileFitReport): string {
   return lines.join('\n');
 }
 
-/** Quantiles [n, M, K] on the heads' [0, 1] scale, non-decreasing in tau (rows sorted: see the file comment). */
-export function predictAttributeQuantiles(heads: QuantileHeads, x: Float32Array, n: number): Float32Array {
+/**
+ * Quantiles [n, M, K] on the heads' [0, 1] scale, non-decreasing in tau (rows sorted: see the file
+ * comment). `rearrange: false` keeps each row in level order as the heads give it (the released
+ * QRM's code does not sort).
+ */
+export function predictAttributeQuantiles(heads: QuantileHeads, x: Float32Array, n: number, opts: { rearrange?: boolean } = {}): Float32Array {
+  const rearrange = opts.rearrange ?? true;
   const { d } = heads;
   const M = heads.attributes.length;
   const K = heads.taus.length;
@@ -246,6 +251,10 @@ export function predictAttributeQuantiles(heads: QuantileHeads, x: Float32Array,
       const base = (i * M + m) * K;
       for (let k = 0; k < K; k++) {
         const v = raw[base + k]! + heads.bias[m * K + k]!;
+        if (!rearrange) {
+          out[base + k] = v;
+          continue;
+        }
         // insertion sort: the K values arrive almost sorted
         let p = k;
         while (p > 0 && out[base + p - 1]! > v) {
