@@ -47,8 +47,12 @@ maybe('the real HH-RLHF file streams 2312 rows that match an independent whole-f
   const kept = ref.filter((r) => r.response.trim() !== '');
   t.is(ex.length + skipped.length, 2312);
   t.is(ex.length, kept.length);
-  t.deepEqual(ex, kept);
+  t.deepEqual(ex.map(({ prompt, response }) => ({ prompt, response })), kept);
   for (const e of ex) {
+    // the turns: one per marker, alternating from the user, the last one the response
+    const markers = (e.prompt + e.response).match(/\n\n(Human|Assistant):/g)!;
+    t.deepEqual(e.messages.map((m) => m.role), markers.map((m) => (m.includes('Human') ? 'user' : 'assistant')));
+    t.is(e.messages[e.messages.length - 1]!.content, e.response.trim());
     t.true(e.prompt.startsWith('\n\nHuman:'));
     t.true(e.prompt.endsWith('\n\nAssistant:'));
     t.false(e.response.includes('\n\nAssistant:'));
@@ -63,10 +67,12 @@ test('{prompt, response} rows and HH rows (gz or not) are both read', async (t) 
     { chosen: '\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d' },
   ];
   const text = rows.map((r) => JSON.stringify(r)).join('\n');
+  const u = (content: string) => ({ role: 'user', content });
+  const a = (content: string) => ({ role: 'assistant', content });
   const expected = [
-    { prompt: 'Q: 1+1?', response: ' 2' },
-    { prompt: '\n\nHuman: hi\n\nAssistant:', response: ' hey' },
-    { prompt: '\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:', response: ' d' },
+    { prompt: 'Q: 1+1?', response: ' 2', messages: [u('Q: 1+1?'), a('2')] },
+    { prompt: '\n\nHuman: hi\n\nAssistant:', response: ' hey', messages: [u('hi'), a('hey')] },
+    { prompt: '\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:', response: ' d', messages: [u('a'), a('b'), u('c'), a('d')] },
   ];
   t.deepEqual(await readSftExamples(file('mix.jsonl', text)), expected);
   t.deepEqual(await readSftExamples(file('mix.jsonl.gz', gzipSync(text))), expected);

@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import {
-  BACKEND_NAMES, QrlhfError, applyOverrides, defaultConfig, defineConfig, loadConfigFile, requireKeys, type ConfigOf,
+  BACKEND_NAMES, CHAT_TEMPLATE_FIELD, QrlhfError, applyOverrides, isChatTemplatePath, defaultConfig, defineConfig, loadConfigFile, requireKeys, type ConfigOf,
 } from '@qrlhf/core';
 
 export const LORA_TARGET_NAMES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
@@ -22,6 +22,7 @@ export const SFT_SCHEMA = defineConfig({
   model: { type: 'string', default: null, nullable: true, doc: 'base model: a Hugging Face folder or a llama2.c .bin checkpoint (required)' },
   tokenizer: { type: 'string', default: null, nullable: true, doc: 'tokenizer file or folder (null = the one inside / beside the model)' },
   data: { type: 'string', default: null, nullable: true, doc: 'training data: HH-RLHF {chosen, rejected} or {prompt, response} rows, .jsonl or .jsonl.gz (required)' },
+  chatTemplate: CHAT_TEMPLATE_FIELD,
   out: { type: 'string', default: 'runs/sft', doc: 'run folder: config.json, metrics.jsonl, checkpoints/, adapter/, merged/' },
   seed: { type: 'int', default: 0, min: 0, doc: 'seed of every random draw: LoRA init, held-out split, shuffling, dropout' },
   backend: { type: 'string', default: 'auto', choices: BACKEND_NAMES, doc: 'tfjs backend: auto picks tensorflow-gpu > tensorflow > wasm > cpu' },
@@ -80,6 +81,7 @@ export function resolveConfigPaths(c: SftConfig, keys: readonly string[], base: 
     const v = out[k];
     if (keys.includes(k) && typeof v === 'string' && v !== '' && !isAbsolute(v)) out[k] = resolve(base, v);
   }
+  if (keys.includes('chatTemplate') && isChatTemplatePath(out.chatTemplate) && !isAbsolute(out.chatTemplate)) out.chatTemplate = resolve(base, out.chatTemplate);
   return out;
 }
 

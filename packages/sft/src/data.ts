@@ -5,18 +5,52 @@
  * Layout of one example (SPEC §3): [BOS] prompt response [EOS]. The loss mask is 1 on the
  * response tokens and the EOS, 0 on BOS and the prompt, so the loss is the mean cross-entropy of
  * the response given the prompt.
+ *
+ * With a chat template (chatTemplate 'auto' on a model that has one, or a PATH) the dialogue's
+ * turns are rendered by the template: the prompt is every turn before the final assistant turn
+ * plus the generation prompt, the response is the final turn's text and the template's own
+ * end-of-turn token (<|im_end|>, <|eot_id|>, </s>), so no EOS is appended; BOS only where the
+ * tokenizer adds one and the template did not write it (formatNeedsBos).
  */
-import { QrlhfError, Rng } from '@qrlhf/core';
+import { QrlhfError, Rng, formatNeedsBos, type ChatMessage, type DialogueFormat } from '@qrlhf/core';
 
 /** What tokenising needs from a tokenizer (the core `Tokenizer` satisfies it). */
 export interface SftTokenizer {
   readonly bosId: number;
   readonly eosId: number;
+  /** Whether the tokenizer's convention starts a text with BOS (read for chat templates only). */
+  readonly defaultAddBos?: boolean;
   encode(text: string, opts?: { addBos?: boolean }): number[];
 }
 
+/** One example's texts and its ends: BOS before the prompt, EOS after the response (both by default). */
+export interface SftText {
+  prompt: string;
+  response: string;
+  bos?: boolean;
+  eos?: boolean;
+}
+
+/**
+ * The texts of SFT examples in `format`. HH: the pairs as read (BOS + prompt + response + EOS, as
+ * always); a template: prompt and reply from format.split(messages), no EOS when the reply ends
+ * with the template's end-of-turn token.
+ */
+export function formatExamples(
+  tok: SftTokenizer,
+  items: readonly { prompt: string; response: string; messages?: ChatMessage[] }[],
+  format: DialogueFormat,
+): SftText[] {
+  if (!format.template) return items.map(({ prompt, response }) => ({ prompt, response }));
+  return items.map((it, i) => {
+    if (!it.messages) throw new QrlhfError(`sft example ${i}: a chat template needs the dialogue's turns (messages)`);
+    const s = format.split(it.messages);
+    return { prompt: s.prompt, response: s.reply, bos: formatNeedsBos(format, s.prompt, tok.defaultAddBos ?? true, true), eos: !s.endsTurn };
+  });
+}
+
 export interface SftExample {
-  /** [BOS, ...prompt, ...response, EOS] */
+  /** [BOS, ...prompt, ...response, EOS] (with a chat template: BOS and EOS only where needed, see formatExamples) */
   ids: number[];
   /** Number of leading tokens (BOS + prompt) that carry no loss; the rest (response + EOS) do. */
   promptLength: number;
@@ -50,6 +84,7 @@ export function tokenizeExample(
   tok: SftTokenizer,
   prompt: string,
   response: string,
+  ends: { bos?: boolean; eos?: boolean } = {},
 ): { example: SftExample; mismatch: boolean } {
   const p = tok.encode(prompt, { addBos: false });
   const whole = tok.encode(prompt + response, { addBos: false });
@@ -61,21 +96,23 @@ export function tokenizeExample(
     mismatch = true;
     r = tok.encode(response, { addBos: false });
   }
-  return { example: { ids: [tok.bosId, ...p, ...r, tok.eosId], promptLength: 1 + p.length }, mismatch };
+  const bos = (ends.bos ?? true) ? [tok.bosId] : [];
+  const eos = (ends.eos ?? true) ? [tok.eosId] : [];
+  return { example: { ids: [...bos, ...p, ...r, ...eos], promptLength: bos.length + p.length }, mismatch };
 }
 
 /** Tokenises all pairs, filtering out those longer than maxLength tokens (counted in the stats);
  *  `kept[i]` is the index in `pairs` of `examples[i]`. */
 export function tokenizeExamples(
   tok: SftTokenizer,
-  pairs: readonly { prompt: string; response: string }[],
+  pairs: readonly SftText[],
   maxLength: number,
 ): { examples: SftExample[]; kept: number[]; stats: TokenizeStats } {
   const examples: SftExample[] = [];
   const kept: number[] = [];
   const stats: TokenizeStats = { total: pairs.length, tooLong: 0, boundaryMismatch: 0 };
-  pairs.forEach(({ prompt, response }, i) => {
-    const { example, mismatch } = tokenizeExample(tok, prompt, response);
+  pairs.forEach(({ prompt, response, bos, eos }, i) => {
+    const { example, mismatch } = tokenizeExample(tok, prompt, response, { bos, eos });
     if (mismatch) stats.boundaryMismatch++;
     if (example.ids.length > maxLength) {
       stats.tooLong++;

@@ -38,6 +38,8 @@ import {
   sequenceLogProbs,
   writeDirAtomic,
   writeFileAtomic,
+  dialogueFormatFor,
+  type DialogueFormat,
   type LlamaModel,
   type LoraConfig,
   type Metrics,
@@ -47,7 +49,9 @@ import {
   printLine,
 } from '@qrlhf/core';
 import { checkSftConfig, type SftConfig } from './config.js';
-import { ExampleStream, lossTokenCount, padBatch, splitHeldOut, tokenizeExamples, type SftExample, type TokenizeStats } from './data.js';
+import {
+  ExampleStream, formatExamples, lossTokenCount, padBatch, splitHeldOut, tokenizeExamples, type SftExample, type SftText, type TokenizeStats,
+} from './data.js';
 import { maskedCorrect, maskedNllSum } from './loss.js';
 
 export interface SftHooks {
@@ -88,21 +92,22 @@ export interface SftResult {
 
 /** Config keys that fix the training trajectory: a resumed run must agree with its checkpoint on them. */
 const TRAJECTORY_KEYS = [
-  'model', 'tokenizer', 'data', 'seed', 'loraR', 'loraAlpha', 'loraDropout', 'loraTargets', 'maxLength', 'maxExamples',
+  'model', 'tokenizer', 'data', 'chatTemplate', 'seed', 'loraR', 'loraAlpha', 'loraDropout', 'loraTargets', 'maxLength', 'maxExamples',
   'heldOutFraction', 'microBatchSize', 'gradAccumSteps',
 ] as const satisfies readonly (keyof SftConfig)[];
 
 interface Prepared {
   train: SftExample[];
   heldOut: SftExample[];
-  heldOutText: { prompt: string; response: string }[];
+  heldOutText: SftText[];
   summary: SftDataSummary;
 }
 
-async function prepareData(cfg: SftConfig & { data: string }, tok: Tokenizer): Promise<Prepared> {
+async function prepareData(cfg: SftConfig & { data: string }, tok: Tokenizer, format: DialogueFormat): Promise<Prepared> {
   let skippedEmpty = 0;
-  let pairs = await readSftExamples(cfg.data, { onSkip: () => skippedEmpty++ });
-  if (cfg.maxExamples > 0) pairs = pairs.slice(0, cfg.maxExamples);
+  let items = await readSftExamples(cfg.data, { onSkip: () => skippedEmpty++ });
+  if (cfg.maxExamples > 0) items = items.slice(0, cfg.maxExamples);
+  const pairs = formatExamples(tok, items, format);
   const { examples, kept, stats } = tokenizeExamples(tok, pairs, cfg.maxLength);
   if (examples.length === 0) {
     throw new QrlhfError(
@@ -186,7 +191,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   let tracker: Tracker | null = null;
   let opt: AdamW | null = null;
   try {
-    const data = await prepareData(cfg, tok);
+    const format = dialogueFormatFor(cfg.chatTemplate, tok);
+    const data = await prepareData(cfg, tok, format);
     const nTrain = data.train.length;
     const effective = cfg.microBatchSize * cfg.gradAccumSteps;
     const endPos = cfg.maxSteps > 0 ? cfg.maxSteps * effective : Math.max(1, Math.floor(cfg.epochs * nTrain));
@@ -358,7 +364,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     model.mergeLora();
     await saveHfFolder(mergedDir, model, tok);
 
-    const samples = sampleMerged(model, tok, data.heldOutText.slice(0, cfg.samples), cfg);
+    const samples = sampleMerged(model, tok, format, data.heldOutText.slice(0, cfg.samples), cfg);
     if (samples.length) writeFileAtomic(join(out, 'samples.jsonl'), samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
     const le = lastEval as { loss: number; accuracy: number } | null;
     printLine(tracker, `sft: done at step ${step}; held-out response loss ${fmt(evalLossBefore)} before → ${fmt(le?.loss ?? null)} after; ` +
@@ -386,12 +392,17 @@ function fmt(x: number | null): string {
   return x === null ? 'n/a' : x.toFixed(4);
 }
 
-/** Greedy continuations of held-out prompts, cut at EOS or at the next "\n\nHuman:" turn. */
-function sampleMerged(model: LlamaModel, tok: Tokenizer, items: { prompt: string; response: string }[], cfg: SftConfig) {
+/**
+ * Greedy continuations of held-out prompts, cut at EOS or at the next "\n\nHuman:" turn (HH), or at
+ * EOS or the template's end-of-turn token (a chat template).
+ */
+function sampleMerged(model: LlamaModel, tok: Tokenizer, format: DialogueFormat, items: SftText[], cfg: SftConfig) {
   const out: { prompt: string; response: string; reference: string }[] = [];
   const rng = new Rng(`${cfg.seed}:samples`);
+  const eot = format.endOfTurn === null ? undefined : tok.tokenToId(format.endOfTurn);
+  const stopIds = eot === undefined ? undefined : [...new Set([model.config.eosTokenId, eot])];
   for (const it of items) {
-    const ids = [tok.bosId, ...tok.encode(it.prompt, { addBos: false })];
+    const ids = [...((it.bos ?? true) ? [tok.bosId] : []), ...tok.encode(it.prompt, { addBos: false })];
     const room = model.config.maxPositionEmbeddings - ids.length;
     const maxNew = Math.min(cfg.sampleMaxTokens, room);
     if (maxNew <= 0) continue;
@@ -399,12 +410,15 @@ function sampleMerged(model: LlamaModel, tok: Tokenizer, items: { prompt: string
       maxNewTokens: maxNew,
       temperature: 0,
       rng,
-      stop: (gen) => tok.decode(gen, { skipSpecial: true }).includes('\n\nHuman:'),
+      ...(stopIds ? { eosTokenId: stopIds } : {}),
+      ...(format.template ? {} : { stop: (gen: number[]) => tok.decode(gen, { skipSpecial: true }).includes('\n\nHuman:') }),
     });
     let text = tok.decode(g.tokens[0]!, { skipSpecial: true });
-    const cut = text.indexOf('\n\nHuman:');
+    const cut = format.template ? -1 : text.indexOf('\n\nHuman:');
     if (cut >= 0) text = text.slice(0, cut);
-    out.push({ prompt: it.prompt, response: text, reference: it.response });
+    const eotText = format.endOfTurn;
+    const reference = eotText !== null && it.response.endsWith(eotText) ? it.response.slice(0, -eotText.length) : it.response;
+    out.push({ prompt: it.prompt, response: text, reference });
   }
   return out;
 }

@@ -207,6 +207,14 @@ export class TemplateFormat implements DialogueFormat {
   }
 }
 
+/** The `chatTemplate` field of every stage's schema (defineConfig), declared once. */
+export const CHAT_TEMPLATE_FIELD = { type: 'string', default: 'auto', doc: CHAT_TEMPLATE_DOC } as const;
+
+/** Whether a `chatTemplate` value is a path (to be resolved against a config file's folder). */
+export function isChatTemplatePath(v: unknown): v is string {
+  return typeof v === 'string' && v !== '' && v !== 'auto' && v !== 'hh';
+}
+
 /** Where a format's template can come from: the model's tokenizer config and folder. */
 export interface FormatSource {
   /** tokenizer_config.json content (its chat_template and special tokens). */
@@ -231,4 +239,22 @@ export function resolveDialogueFormat(option: ChatTemplateOption, source: Format
   }
   if (typeof option !== 'string' || option === '') throw new QrlhfError(`chatTemplate: expected 'auto', 'hh' or the path of a template, got ${JSON.stringify(option)}`);
   return new TemplateFormat(ChatTemplate.fromPath(option, cfg), opts);
+}
+
+/** The format `option` names for a model whose tokenizer is `tok` (its config and folder give 'auto'). */
+export function dialogueFormatFor(
+  option: ChatTemplateOption,
+  tok: { readonly tokenizerConfig: Readonly<Record<string, unknown>>; readonly dir: string | null; readonly source: string },
+  opts: { now?: Date } = {},
+): DialogueFormat {
+  return resolveDialogueFormat(option, { tokenizerConfig: { ...tok.tokenizerConfig }, dir: tok.dir, where: tok.source }, opts);
+}
+
+/**
+ * Whether a stage puts the tokenizer's BOS before a text of `format`: for HH, the stage's own
+ * convention (`hhBos`, unchanged from before templates); for a template, when the tokenizer adds
+ * one and the text does not already begin with it (ChatTemplate.needsBos).
+ */
+export function formatNeedsBos(format: DialogueFormat, text: string, tokenizerAddsBos: boolean, hhBos: boolean): boolean {
+  return format.template ? format.template.needsBos(text, tokenizerAddsBos) : hhBos;
 }
