@@ -10,3 +10,4 @@ export * from './data/index.js';
 export * from './train/index.js';
 export * from './track/index.js';
 export * from './config.js';
+export * from './engine/http.js';

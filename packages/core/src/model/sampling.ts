@@ -19,6 +19,12 @@ export interface GenerateOptions {
   /** Called with a row's new tokens after each draw; true stops that row. */
   stop?: (generatedIds: number[]) => boolean;
   rng: Rng;
+  /**
+   * One generator per row, used instead of `rng` when given: row b's draws then depend only on
+   * rowRngs[b] (and its own tokens), not on which other rows share the batch. This is what lets a
+   * request served alone (an engine's per-request `seed`) reproduce the same row of a larger batch.
+   */
+  rowRngs?: Rng[];
 }
 
 export interface GenerateResult {
@@ -66,7 +72,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
       for (let b = 0; b < B; b++) {
         const wasActive = !done[b];
         if (wasActive) {
-          const tok = chooseToken(all.subarray(b * V, (b + 1) * V), opts);
+          const tok = chooseToken(all.subarray(b * V, (b + 1) * V), opts.rowRngs ? { ...opts, rng: opts.rowRngs[b]! } : opts);
           tokens[b]!.push(tok);
           if (eos.has(tok)) {
             done[b] = true;
@@ -108,6 +114,9 @@ function validateGenerate(prompts: number[][], o: GenerateOptions, V: number): v
     throw new QrlhfError(`generate: topK must be a positive integer, got ${o.topK}`);
   }
   if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) throw new QrlhfError(`generate: topP must be in (0, 1], got ${o.topP}`);
+  if (o.rowRngs !== undefined && o.rowRngs.length !== prompts.length) {
+    throw new QrlhfError(`generate: rowRngs has ${o.rowRngs.length} generators for ${prompts.length} prompts (one per row)`);
+  }
 }
 
 /** Index of the largest value (the first on ties). */
