@@ -5,3 +5,4 @@ export * from './prompts.js';
 export * from './learner.js';
 export * from './train.js';
 export * from './plot/figure3.js';
+export * from './engine.js';

@@ -9,7 +9,6 @@ import {
   AdamW,
   QrlhfError,
   clipGradNorm,
-  generate,
   globalNorm,
   sequenceLogProbs,
   withLoraDisabled,
@@ -22,6 +21,7 @@ import type { Utility } from '@qrlhf/qrm';
 import { leaveOneOutAdvantages, ppoClipLoss, reinforceLoss, rlooRewards, sequenceKl, type KlEstimator } from './objective.js';
 import type { RlPrompt } from './prompts.js';
 import { checkQuantiles, type RewardSource } from './reward.js';
+import { localEngine, type RolloutEngine } from './engine.js';
 
 export interface RlooSettings {
   k: number;
@@ -93,6 +93,8 @@ export interface RlooLearnerOptions {
   rng: Rng;
   /** AdamW over the adapter's variables (the learner does not own it). */
   optimizer: AdamW;
+  /** Where rollouts are sampled (default: in this process, on `model`). */
+  engine?: RolloutEngine;
 }
 
 interface SeqTensors {
@@ -197,6 +199,7 @@ export class RlooLearner {
   readonly settings: RlooSettings;
   rng: Rng;
   readonly optimizer: AdamW;
+  readonly engine: RolloutEngine;
   private readonly pad: number;
 
   constructor(o: RlooLearnerOptions) {
@@ -207,6 +210,7 @@ export class RlooLearner {
     this.settings = { ...o.settings };
     this.rng = o.rng;
     this.optimizer = o.optimizer;
+    this.engine = o.engine ?? localEngine(o.model, o.settings.generationBatchSize);
     this.pad = o.model.config.padTokenId ?? o.model.config.eosTokenId;
     if (!o.model.lora) throw new QrlhfError('RlooLearner: the policy needs a LoRA adapter (the RL adapter; off, it is the reference)');
     const s = this.settings;
@@ -214,31 +218,35 @@ export class RlooLearner {
     if (!(s.temperature > 0)) throw new QrlhfError(`RLOO: temperature must be > 0 for training (the policy's log-probs are taken at it), got ${s.temperature}`);
   }
 
-  /** Samples k responses per prompt (batched generate with the KV cache, draws from this.rng). */
-  rollout(prompts: RlPrompt[]): { responses: number[][]; eos: boolean[] } {
-    const { k, generationBatchSize: gb } = this.settings;
-    const rows = prompts.flatMap((p) => Array.from({ length: k }, () => p.ids));
-    const responses: number[][] = [];
-    const eos: boolean[] = [];
-    for (let i = 0; i < rows.length; i += gb) {
-      const g = generate(this.model, rows.slice(i, i + gb), {
-        maxNewTokens: this.settings.maxNewTokens,
-        temperature: this.settings.temperature,
-        ...(this.settings.topP < 1 ? { topP: this.settings.topP } : {}),
-        ...(this.settings.topK > 0 ? { topK: this.settings.topK } : {}),
-        eosTokenId: this.tokenizer.eosId,
-        rng: this.rng,
-      });
-      responses.push(...g.tokens);
-      eos.push(...g.finishedWithEos);
-    }
-    return { responses, eos };
+  /**
+   * Samples k responses per prompt on the engine. One seed per prompt comes from this.rng, so the
+   * draws of a prompt do not depend on the engine, its batching or which server answered.
+   */
+  async rollout(prompts: RlPrompt[]): Promise<{ responses: number[][]; eos: boolean[] }> {
+    const seeds = prompts.map(() => this.rng.seed32());
+    const s = this.settings;
+    const r = await this.engine.generate(prompts.map((p) => p.ids), s.k, seeds, {
+      maxNewTokens: s.maxNewTokens,
+      temperature: s.temperature,
+      topP: s.topP,
+      topK: s.topK,
+      eosId: this.tokenizer.eosId,
+    });
+    const V = this.model.config.vocabSize;
+    const n = prompts.length * s.k;
+    if (r.responses.length !== n || r.eos.length !== n) throw new QrlhfError(`rollout engine ${this.engine.kind}: ${r.responses.length} responses for ${n} rows`);
+    r.responses.forEach((t, i) => {
+      if (t.length > s.maxNewTokens + 1 || t.some((x) => !Number.isInteger(x) || x < 0 || x >= V)) {
+        throw new QrlhfError(`rollout engine ${this.engine.kind}: response ${i} is not ${s.maxNewTokens} or fewer token ids below ${V}: ${JSON.stringify(t.slice(0, 20))}`);
+      }
+    });
+    return r;
   }
 
   /** Rollouts, rewards, KL and advantages for these prompts (no update). */
   async collect(prompts: RlPrompt[]): Promise<RolloutBatch> {
     const { k } = this.settings;
-    const { responses, eos } = this.rollout(prompts);
+    const { responses, eos } = await this.rollout(prompts);
     const eosId = this.tokenizer.eosId;
     const texts = responses.map((r) => this.tokenizer.decode(r.length && r[r.length - 1] === eosId ? r.slice(0, -1) : r, { skipSpecial: true }));
     const items = texts.map((response, i) => ({ prompt: prompts[Math.floor(i / k)]!.text, response }));

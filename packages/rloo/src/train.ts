@@ -33,6 +33,7 @@ import {
   type Metrics,
   checkResumableConfig,
   checkpointGuard,
+  defaultConfig,
   printLine,
 } from '@qrlhf/core';
 import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
@@ -40,6 +41,7 @@ import type { RlooConfig } from './config.js';
 import { RlooLearner, quantileKey, type RlooSettings, type RolloutBatch } from './learner.js';
 import { PromptStream, preparePrompts, readPromptTexts } from './prompts.js';
 import { qrmRewardSource, type RewardSource } from './reward.js';
+import { ENGINE_SCHEMA, localEngine, openAiEngine, type EngineConfig, type RolloutEngine } from './engine.js';
 
 /** One response of a step, as given to the extraMetrics hook. */
 export interface RlooBatchItem {
@@ -62,6 +64,8 @@ export interface RlooHooks {
   onStep?: (step: number) => void;
   /** No progress bar or messages on stderr. */
   quiet?: boolean;
+  /** engine openai: told of every failed request that is retried (server URL, what went wrong). */
+  onEngineRetry?: (url: string, error: string) => void;
 }
 
 export interface RlooResult {
@@ -179,6 +183,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   let qrm: QuantileRewardModel | null = null;
   let tracker: Tracker | null = null;
   let opt: AdamW | null = null;
+  let engine: RolloutEngine | null = null;
   try {
     const pset = preparePrompts(texts, tok, {
       maxPromptLength: cfg.maxPromptLength,
@@ -261,7 +266,21 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
         `${cfg.steps} steps of ${cfg.batchSize} prompts x ${cfg.k} responses; utility ${cfg.utility}` +
         (resumedFrom ? `; resuming at step ${resumedFrom}` : ''), hooks.quiet);
 
-    const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: settingsOf(cfg), rng, optimizer: opt });
+    const ecfg = engineConfigOf(config);
+    engine =
+      ecfg.kind === 'openai'
+        ? openAiEngine({
+            engine: ecfg,
+            out,
+            saveAdapter: (dir) => saveLoraAdapter(dir, adapter, cfg.policy!),
+            onRetry: (url, error) => {
+              hooks.onEngineRetry?.(url, error);
+              printLine(tracker!, `rloo: engine ${url} failed (${error}); its request goes to another server`, hooks.quiet);
+            },
+          })
+        : localEngine(model, cfg.generationBatchSize);
+    await engine.updatePolicy(step);
+    const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: settingsOf(cfg), rng, optimizer: opt, engine });
     const saveCheckpoint = (s: number) =>
       saveTrainingState(ckptDir, {
         step: s,
@@ -275,8 +294,18 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     while (step < cfg.steps) {
       const t0 = performance.now();
       const idx = stream.slice(step * cfg.batchSize, (step + 1) * cfg.batchSize);
-      const { batch, metrics } = await learner.step(idx.map((i) => pset.prompts[i]!), cfg.lr);
+      let stepped: Awaited<ReturnType<RlooLearner['step']>>;
+      try {
+        stepped = await learner.step(idx.map((i) => pset.prompts[i]!), cfg.lr);
+      } catch (e) {
+        if (e instanceof QrlhfError && e.message.startsWith('engine')) {
+          throw new QrlhfError(`${e.message}. The last checkpoint (step ${lastCkpt}, ${ckptDir}) is intact: start the servers and rerun with --resume`);
+        }
+        throw e;
+      }
+      const { batch, metrics } = stepped;
       step++;
+      await engine.updatePolicy(step);
       let extra: Record<string, number> = {};
       if (hooks.extraMetrics) {
         const items = batch.texts.map((response, i) => ({ prompt: batch.prompts[Math.floor(i / batch.k)]!.text, response, quantiles: batch.quantiles[i]! }));
@@ -308,11 +337,18 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
       last,
     };
   } finally {
+    await engine?.close();
     opt?.dispose();
     model.dispose();
     qrm?.dispose();
     await tracker?.close();
   }
+}
+
+/** The engine block of a config (defaults for the keys it leaves out; local when it has none). */
+export function engineConfigOf(config: object): EngineConfig {
+  const given = (config as { engine?: Partial<EngineConfig> | null }).engine ?? {};
+  return { ...defaultConfig(ENGINE_SCHEMA), ...given };
 }
 
 /** Reads a run folder's metrics.jsonl rows. */
