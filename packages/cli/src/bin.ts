@@ -10,9 +10,10 @@ import { qrmCommand } from './commands/qrm.js';
 import { rlooCommand } from './commands/rloo.js';
 import { benchCommand } from './commands/bench.js';
 import { plotCommand } from './commands/plot.js';
+import { serveCommand } from './commands/serve.js';
 
 const commands: (CommandModule | null)[] = [
-  generateCommand, convertCommand, tokenizeCommand, sftCommand, qrmCommand, rlooCommand, benchCommand, plotCommand,
+  generateCommand, convertCommand, tokenizeCommand, sftCommand, qrmCommand, rlooCommand, benchCommand, plotCommand, serveCommand,
 ];
 
 let cli = yargs(hideBin(process.argv))
