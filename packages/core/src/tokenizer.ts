@@ -283,6 +283,11 @@ export class Tokenizer {
     return this.backend.toJSON();
   }
 
+  /** A llama2.c (SentencePiece) tokenizer's piece scores, or null for a tokenizer.json (GGUF's "llama" vocabulary needs them). */
+  sentencePieceScores(): Float32Array | null {
+    return this.backend instanceof Llama2cBackend ? this.backend.tok.scores : null;
+  }
+
   /** The tokenizer_config.json content it was loaded with ({} when none): special tokens, chat_template. */
   get tokenizerConfig(): Readonly<Record<string, unknown>> {
     return this.tokConfig;
