@@ -1,4 +1,5 @@
 export * from './atomic.js';
+export * from './fsfault.js';
 export * from './safetensors.js';
 export * from './llama2c.js';
 export * from './checkpoint.js';
