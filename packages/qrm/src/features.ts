@@ -245,10 +245,32 @@ export async function readPairs(path: string, maxRows?: number): Promise<PairRow
 // ---------------------------------------------------------------------------------------------
 // Resumable extraction to ArmoRM-layout files
 
+/**
+ * What computes features instead of an in-process backbone: an inference engine (see
+ * engine-features.ts). `ref` goes into the metadata and the resume fingerprint.
+ */
+export interface FeatureSource {
+  /** Feature width. */
+  d: number;
+  /** Longest sequence sent. */
+  maxTokens: number;
+  /** e.g. "openai:http://host:8000/v1 model=NAME" */
+  ref: string;
+  /** Recorded in the file's metadata (e.g. {engine: 'openai', engine_model: NAME}). */
+  metadata: Record<string, string>;
+  features(
+    items: readonly PromptResponseItem[],
+    opts: FeatureOptions & { where?: (i: number) => string; onBatch?: (done: number) => void },
+  ): Promise<{ response: Float32Array; prompt: Float32Array; truncated: number }>;
+}
+
 export interface ExtractOptions extends FeatureOptions {
   input: string;
   output: string;
-  backbone: Backbone;
+  /** The in-process backbone (or give `source`). */
+  backbone?: Backbone;
+  /** An engine computing the features instead of `backbone`. */
+  source?: FeatureSource;
   /** Recorded in the file's metadata and the resume fingerprint (e.g. the model path). */
   backboneRef?: string;
   /** Rows per shard kept in `<output>.parts/` (512). */
@@ -349,6 +371,16 @@ function concatShards(parts: string, count: number, names: string[]): Record<str
   return out;
 }
 
+function widthOf(o: ExtractOptions): number {
+  if (!o.backbone === !o.source) throw new QrlhfError('feature extraction: give exactly one of a backbone or an engine source');
+  return o.source ? o.source.d : o.backbone!.model.config.hiddenSize;
+}
+
+/** One chunk's features, from the engine or the in-process backbone. */
+async function chunkFeatures(o: ExtractOptions, items: readonly PromptResponseItem[], extra: { where: (i: number) => string; onBatch: (k: number) => void }) {
+  return o.source ? o.source.features(items, { ...o, ...extra }) : pairFeatures(o.backbone!, items, { ...o, ...extra });
+}
+
 function fingerprint(o: ExtractOptions, stage: 1 | 2, rows: number, attributes: string[] | null): Fingerprint {
   const input = resolve(o.input);
   const st = statSync(input);
@@ -359,10 +391,10 @@ function fingerprint(o: ExtractOptions, stage: 1 | 2, rows: number, attributes: 
     inputSize: st.size,
     inputMtimeMs: Math.floor(st.mtimeMs),
     rows,
-    d: o.backbone.model.config.hiddenSize,
+    d: widthOf(o),
     shardSize: o.shardSize ?? 512,
-    maxTokens: o.maxTokens ?? o.backbone.model.config.maxPositionEmbeddings,
-    backbone: o.backboneRef ?? '',
+    maxTokens: o.maxTokens ?? o.source?.maxTokens ?? o.backbone!.model.config.maxPositionEmbeddings,
+    backbone: o.backboneRef ?? o.source?.ref ?? '',
     attributes,
     pooling: o.pooling ?? 'last',
   };
@@ -380,7 +412,7 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
   }
   if (attributes.length === 0) throw new QrlhfError(`${o.input}: no attribute columns (expected numeric fields beside prompt and response)`);
   const M = attributes.length;
-  const d = o.backbone.model.config.hiddenSize;
+  const d = widthOf(o);
   const fp = fingerprint(o, 1, rows.length, attributes);
   const { parts, done } = openParts(o.output, fp);
   const shardSize = fp.shardSize;
@@ -390,8 +422,7 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
   for (let s = done; s < nShards; s++) {
     const lo = s * shardSize;
     const chunk = rows.slice(lo, lo + shardSize);
-    const f = pairFeatures(o.backbone, chunk, {
-      ...o,
+    const f = await chunkFeatures(o, chunk, {
       where: (i) => `${o.input}: row ${lo + i + 1}`,
       onBatch: (k) => o.onProgress?.(lo + k, rows.length),
     });
@@ -410,7 +441,7 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
       embeddings: { dtype: 'F32', shape: [rows.length, d], data: all['embeddings']! },
       labels: { dtype: 'F32', shape: [rows.length, M], data: all['labels']! },
     },
-    { format: FORMAT, stage: '1', attributes: JSON.stringify(attributes), backbone: fp.backbone },
+    { format: FORMAT, stage: '1', attributes: JSON.stringify(attributes), backbone: fp.backbone, ...(o.source?.metadata ?? {}) },
   );
   rmSync(parts, { recursive: true, force: true });
   return { path: o.output, n: rows.length, d, attributes, resumedShards: done, truncated };
@@ -420,7 +451,7 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
 export async function extractPairFeatures(o: ExtractOptions): Promise<ExtractResult> {
   const rows = await readPairs(o.input, o.maxRows);
   if (rows.length === 0) throw new QrlhfError(`${o.input}: no rows`);
-  const d = o.backbone.model.config.hiddenSize;
+  const d = widthOf(o);
   const fp = fingerprint(o, 2, rows.length, null);
   const { parts, done } = openParts(o.output, fp);
   const shardSize = fp.shardSize;
@@ -433,8 +464,7 @@ export async function extractPairFeatures(o: ExtractOptions): Promise<ExtractRes
     // interleave: item 2i is pair i's chosen side, 2i+1 its rejected side -> [n, 2, d] directly
     const items: PromptResponseItem[] = [];
     for (const r of chunk) items.push({ prompt: r.prompt, response: r.chosen }, { prompt: r.prompt, response: r.rejected });
-    const f = pairFeatures(o.backbone, items, {
-      ...o,
+    const f = await chunkFeatures(o, items, {
       where: (i) => `${o.input}: row ${lo + Math.floor(i / 2) + 1} (${i % 2 === 0 ? 'chosen' : 'rejected'})`,
       onBatch: (k) => o.onProgress?.(lo + Math.floor(k / 2), rows.length),
     });
@@ -451,7 +481,7 @@ export async function extractPairFeatures(o: ExtractOptions): Promise<ExtractRes
       embeddings: { dtype: 'F32', shape: [rows.length, 2, d], data: all['embeddings']! },
       prompt_embeddings: { dtype: 'F32', shape: [rows.length, 2, d], data: all['prompt_embeddings']! },
     },
-    { format: FORMAT, stage: '2', backbone: fp.backbone },
+    { format: FORMAT, stage: '2', backbone: fp.backbone, ...(o.source?.metadata ?? {}) },
   );
   rmSync(parts, { recursive: true, force: true });
   return { path: o.output, n: rows.length, d, resumedShards: done, truncated };

@@ -7,3 +7,4 @@ export * from './features.js';
 export * from './model.js';
 export * from './stage2.js';
 export * from './released.js';
+export * from './engine-features.js';

@@ -2,15 +2,17 @@
  * `qrlhf qrm features|fit|gate|score|eval`: the quantile reward model from the command line.
  * Thin: flags are parsed and checked here, the work is done by @qrlhf/qrm.
  */
-import { appendFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import yargs from 'yargs';
 import type { Argv, CommandModule } from 'yargs';
-import { BACKEND_NAMES, QrlhfError, Rng, initBackend, loadModel, readJsonl, sharedDataDir, writeFileAtomic } from '@qrlhf/core';
+import { BACKEND_NAMES, QrlhfError, Rng, Tokenizer, configFromHf, initBackend, loadModel, readJsonl, sharedDataDir, writeFileAtomic } from '@qrlhf/core';
 import {
   QuantileRewardModel,
   extractPairFeatures,
   extractRatingFeatures,
+  openAiFeatureSource,
+  type FeatureSource,
   fitQuantileHeads,
   formatFitReport,
   loadHeads,
@@ -83,7 +85,11 @@ const featuresCommand: CommandModule = {
       .option('max-tokens', { type: 'string', describe: "Longest sequence; longer ones lose their first tokens (default: the model's context)" })
       .option('max-rows', { type: 'string', describe: 'Use only the first N rows' })
       .option('pooling', { type: 'string', describe: "Response feature: 'last' token (default, SPEC §4) or 'mean' over the response's tokens" })
-      .option('backend', backendOption),
+      .option('engine', { type: 'string', describe: 'local (default: the backbone in this process) | openai (POST /v1/embeddings on --base-url; --model then gives only the tokenizer and config)' })
+      .option('base-url', { type: 'string', describe: 'openai: the embedding server(s), e.g. http://127.0.0.1:8000/v1 (comma-separated for several)' })
+      .option('engine-model', { type: 'string', describe: "openai: the model's name on the server (default: the --model folder's name)" })
+      .option('backend', backendOption)
+      .example('$0 qrm features --model M --ratings r.jsonl --out f1.safetensors --engine openai --base-url http://127.0.0.1:8000/v1', 'features from a served backbone (vLLM or qrlhf serve)'),
   handler: handle(async (a: Args) => {
     const modelPath = requiredString('model', a['model'], 'the frozen backbone');
     const pooling = poolingFlag(a['pooling']);
@@ -99,14 +105,33 @@ const featuresCommand: CommandModule = {
     const maxRows = intFlag('max-rows', a['max-rows'], { min: 1 });
     const attrs = optionalString('attributes', a['attributes']);
     const attributes = attrs === undefined ? undefined : attrs.split(',').map((s) => s.trim()).filter((s) => s !== '');
-    await initBackend(backendFlag(a['backend']));
-    const { model, tokenizer } = await loadModel(modelPath, tokenizerPath === undefined ? {} : { tokenizer: tokenizerPath });
+    const engine = optionalString('engine', a['engine']) ?? 'local';
+    if (engine !== 'local' && engine !== 'openai') throw new QrlhfError(`--engine: expected local or openai, got ${JSON.stringify(engine)}`);
+    let source: FeatureSource | null = null;
+    let loaded: Awaited<ReturnType<typeof loadModel>> | null = null;
+    if (engine === 'openai') {
+      const urls = (requiredString('base-url', a['base-url'], 'the embedding server (--engine openai)')).split(',').map((u) => u.trim()).filter(Boolean);
+      const cfgPath = join(modelPath, 'config.json');
+      if (!existsSync(cfgPath)) throw new QrlhfError(`${modelPath}: --engine openai needs the backbone's Hugging Face folder for its config.json and tokenizer (no ${cfgPath})`);
+      const config = configFromHf(JSON.parse(readFileSync(cfgPath, 'utf8')), cfgPath);
+      const tokenizer = await Tokenizer.fromFile(tokenizerPath ?? modelPath, config);
+      source = await openAiFeatureSource({
+        baseUrls: urls,
+        model: optionalString('engine-model', a['engine-model']) ?? resolve(modelPath).split(/[\\/]/).pop()!,
+        tokenizer,
+        maxTokens: maxTokens ?? config.maxPositionEmbeddings,
+        batchSize,
+      });
+    } else {
+      await initBackend(backendFlag(a['backend']));
+      loaded = await loadModel(modelPath, tokenizerPath === undefined ? {} : { tokenizer: tokenizerPath });
+    }
     const bar = progress(ratings !== undefined ? 'features (stage 1)' : 'features (stage 2)');
     try {
       const opts = {
         input,
         output: out,
-        backbone: { model, tokenizer },
+        ...(source ? { source } : { backbone: { model: loaded!.model, tokenizer: loaded!.tokenizer } }),
         backboneRef: resolve(modelPath),
         batchSize,
         shardSize,
@@ -123,7 +148,7 @@ const featuresCommand: CommandModule = {
           `${r.resumedShards ? ` (resumed after ${r.resumedShards} shards)` : ''}${r.truncated ? `; ${r.truncated} sequences cut to --max-tokens` : ''}\n`,
       );
     } finally {
-      model.dispose();
+      loaded?.model.dispose();
     }
   }),
 };
