@@ -288,6 +288,11 @@ export class Tokenizer {
     return this.backend instanceof Llama2cBackend ? this.backend.tok.scores : null;
   }
 
+  /** The strings of its special (control) tokens. */
+  specialTokenStrings(): string[] {
+    return [...this.backend.specialTokens().keys()];
+  }
+
   /** The tokenizer_config.json content it was loaded with ({} when none): special tokens, chat_template. */
   get tokenizerConfig(): Readonly<Record<string, unknown>> {
     return this.tokConfig;

@@ -16,11 +16,14 @@ import { resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
   QrlhfError,
+  formatNeedsBos,
+  pairToMessages,
   readJsonl,
   readSafetensors,
   writeFileAtomic,
   writeSafetensors,
   type LlamaModel,
+  type DialogueFormat,
   type RawTensor,
   type Tokenizer,
 } from '@qrlhf/core';
@@ -53,12 +56,21 @@ function addBos(tok: Tokenizer): boolean {
  * it) and the position of the prompt's last token: the last position where the joint encoding
  * still agrees with the prompt's own encoding (BPE merges across the border move it back by one
  * at most). Sequences longer than maxTokens lose tokens from the front (the start of the
- * dialogue); the prompt's last token must survive, or the row is an error.
+ * dialogue); the prompt's last token must survive, or the row is an error. `bos` overrides the
+ * tokenizer's convention; `promptEndAt` puts the prompt feature at the last token of
+ * prompt.slice(0, promptEndAt) instead (a chat template's end of the last user turn).
  */
-export function encodePair(tok: Tokenizer, prompt: string, response: string, maxTokens: number, where = 'row'): EncodedPair {
-  const bos = addBos(tok);
+export function encodePair(
+  tok: Tokenizer,
+  prompt: string,
+  response: string,
+  maxTokens: number,
+  where = 'row',
+  o: { bos?: boolean; promptEndAt?: number } = {},
+): EncodedPair {
+  const bos = o.bos ?? addBos(tok);
   const full = tok.encode(prompt + response, { addBos: bos });
-  const p = tok.encode(prompt, { addBos: bos });
+  const p = tok.encode(o.promptEndAt === undefined ? prompt : prompt.slice(0, o.promptEndAt), { addBos: bos });
   let common = 0;
   while (common < p.length && common < full.length && p[common] === full[common]) common++;
   if (common === 0) throw new QrlhfError(`${where}: the prompt is empty (no token to take the prompt feature from)`);
@@ -76,6 +88,20 @@ export function encodePair(tok: Tokenizer, prompt: string, response: string, max
     }
   }
   return { ids, promptEnd, truncated };
+}
+
+/**
+ * A (prompt, response) item in a chat template's format: the prompt (HH text or plain text) and
+ * response become turns, rendered by `format` (DialogueFormat.split); the sequence is the rendered
+ * prompt + the reply and its end-of-turn token, BOS only where the template did not write it, and
+ * the prompt feature sits at the token that closes the last user turn (SPEC §4: Llama 3's
+ * <|eot_id|> before the assistant header). The HH format encodes the texts as they are.
+ */
+export function encodeDialogue(tok: Tokenizer, format: DialogueFormat | undefined, prompt: string, response: string, maxTokens: number, where = 'row'): EncodedPair {
+  if (!format?.template) return encodePair(tok, prompt, response, maxTokens, where);
+  const s = format.split(pairToMessages(prompt, response));
+  const bos = formatNeedsBos(format, s.prompt, addBos(tok), addBos(tok));
+  return encodePair(tok, s.prompt, s.reply, maxTokens, where, { bos, promptEndAt: s.userTurnEnd });
 }
 
 /**
@@ -100,6 +126,8 @@ export interface FeatureOptions {
    * end-of-user-turn + assistant-header pattern.
    */
   gatePattern?: readonly number[];
+  /** How a (prompt, response) is written for the backbone (default: the HH texts as they are). */
+  format?: DialogueFormat;
 }
 
 /** Start of the last occurrence of `pattern` in `ids` (RewardBench's find_token_for_gating); an error naming `where` when absent. */
@@ -125,7 +153,7 @@ export function pairFeatures(
   const maxTokens = opts.maxTokens ?? model.config.maxPositionEmbeddings;
   const enc = items.map((it, i) => {
     const where = opts.where?.(i) ?? `item ${i}`;
-    const e = encodePair(tokenizer, it.prompt, it.response, maxTokens, where);
+    const e = encodeDialogue(tokenizer, opts.format, it.prompt, it.response, maxTokens, where);
     return opts.gatePattern ? { ...e, promptEnd: findGatePosition(e.ids, opts.gatePattern, where) } : e;
   });
   return encodedFeatures(backbone, enc, opts);
@@ -307,6 +335,8 @@ interface Fingerprint {
   backbone: string;
   attributes: string[] | null;
   pooling: FeaturePooling;
+  /** The chat template's file when the dialogues were rendered by one (absent: HH). */
+  chatTemplate?: string;
 }
 
 function shardPath(parts: string, i: number): string {
@@ -397,6 +427,7 @@ function fingerprint(o: ExtractOptions, stage: 1 | 2, rows: number, attributes: 
     backbone: o.backboneRef ?? o.source?.ref ?? '',
     attributes,
     pooling: o.pooling ?? 'last',
+    ...(o.format?.template ? { chatTemplate: o.format.name } : {}),
   };
 }
 

@@ -10,7 +10,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
-import { QrlhfError, loadModel, readSafetensors, writeFileAtomic, writeSafetensors } from '@qrlhf/core';
+import { QrlhfError, dialogueFormatFor, loadModel, readSafetensors, writeFileAtomic, writeSafetensors, type DialogueFormat } from '@qrlhf/core';
 import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
 import { applyDebias } from './debias.js';
 import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
@@ -64,6 +64,8 @@ export interface QrmJson {
    * in level order, as the released QRM's code does (its imports set it).
    */
   rearrange?: boolean;
+  /** How (prompt, response) is written for the backbone: 'auto' | 'hh' | a template PATH (absent = 'auto'). */
+  chatTemplate?: string;
   gate: GateConfig;
   mixture: MixtureMode;
 }
@@ -173,6 +175,8 @@ export interface QrmParts {
   gatePattern?: number[] | null;
   /** Sort each attribute's quantiles before mixing (default true; false: the released code's rule). */
   rearrange?: boolean;
+  /** How (prompt, response) is written for the backbone: 'auto' (default) | 'hh' | a template PATH. */
+  chatTemplate?: string;
 }
 
 export class QuantileRewardModel {
@@ -192,6 +196,9 @@ export class QuantileRewardModel {
   readonly gatePattern: number[] | null;
   /** Whether each attribute's quantiles are sorted before mixing (false for imported released QRMs). */
   readonly rearrange: boolean;
+  /** How (prompt, response) is written for the backbone: 'auto' (its template, else HH) | 'hh' | a template PATH. */
+  readonly chatTemplate: string;
+  private format: DialogueFormat | null = null;
   private backbone: Backbone | null = null;
   private ownsBackbone = false;
 
@@ -214,6 +221,7 @@ export class QuantileRewardModel {
     this.mixture = p.mixture ?? 'eq3';
     this.gatePattern = p.gatePattern && p.gatePattern.length > 0 ? [...p.gatePattern] : null;
     this.rearrange = p.rearrange ?? true;
+    this.chatTemplate = p.chatTemplate ?? 'auto';
   }
 
   /** Per-attribute min/max that mapped raw labels onto the heads' [0, 1] scale (null: none). */
@@ -237,6 +245,13 @@ export class QuantileRewardModel {
     if (this.ownsBackbone && this.backbone && this.backbone !== b) this.backbone.model.dispose();
     this.backbone = b;
     this.ownsBackbone = false;
+    this.format = null;
+  }
+
+  /** The dialogue format of the backbone's tokenizer for this QRM's chatTemplate (resolved once per backbone). */
+  dialogueFormat(b: Backbone): DialogueFormat {
+    this.format ??= dialogueFormatFor(this.chatTemplate, b.tokenizer);
+    return this.format;
   }
 
   static async load(dir: string): Promise<QuantileRewardModel> {
@@ -273,6 +288,7 @@ export class QuantileRewardModel {
       mixture: j.mixture ?? 'eq3',
       gatePattern: j.gatePattern ?? null,
       rearrange: j.rearrange ?? true,
+      chatTemplate: j.chatTemplate === undefined || j.chatTemplate === 'auto' || j.chatTemplate === 'hh' ? j.chatTemplate : ref(j.chatTemplate)!,
     });
   }
 
@@ -290,6 +306,7 @@ export class QuantileRewardModel {
       pooling: this.pooling,
       gatePattern: this.gatePattern,
       rearrange: this.rearrange,
+      chatTemplate: this.chatTemplate,
       gate: { ...this.gate.config },
       mixture: this.mixture,
     };
@@ -359,7 +376,10 @@ export class QuantileRewardModel {
   async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
     if (pairs.length === 0) return [];
     const b = await this.loadBackbone();
-    const f = pairFeatures(b, pairs, { batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling, gatePattern: this.gatePattern ?? undefined });
+    const f = pairFeatures(b, pairs, {
+      batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling, gatePattern: this.gatePattern ?? undefined,
+      format: this.dialogueFormat(b),
+    });
     return this.scoreFeatures(f.prompt, f.response, pairs.length);
   }
 

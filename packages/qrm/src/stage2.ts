@@ -35,6 +35,8 @@ export interface TrainQrmOptions {
   mixture?: MixtureMode;
   /** The response-feature pooling the features were extracted with (recorded in qrm.json). */
   pooling?: FeaturePooling;
+  /** The dialogue format the features were extracted with: 'auto' | 'hh' | a template PATH (recorded in qrm.json). */
+  chatTemplate?: string;
   onProgress?: (m: GateProgress) => void;
 }
 
@@ -127,6 +129,7 @@ export function trainQrm(o: TrainQrmOptions): TrainQrmResult {
     tokenizer: o.tokenizer ?? null,
     mixture: o.mixture ?? 'eq3',
     pooling: o.pooling ?? 'last',
+    chatTemplate: o.chatTemplate ?? 'auto',
   });
   return { model, training, debias: { ...debias, verbosity }, nTrain: trIdx.length, nVal };
 }

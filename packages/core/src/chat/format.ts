@@ -135,13 +135,16 @@ export class TemplateFormat implements DialogueFormat {
   readonly name: string;
   readonly endOfTurn: string | null;
   private readonly now: Date;
+  private readonly special: readonly string[];
 
+  /** `specialTokens`: the tokenizer's own special token strings, besides those its config names. */
   constructor(
     readonly template: ChatTemplate,
-    opts: { now?: Date } = {},
+    opts: { now?: Date; specialTokens?: readonly string[] } = {},
   ) {
     this.name = template.where;
     this.now = opts.now ?? new Date();
+    this.special = [...new Set([...template.specialStrings, ...(opts.specialTokens ?? [])])].filter((x) => x !== '');
     const probe = this.turnTail([{ role: 'user', content: 'Hi' }], 'assistant');
     this.endOfTurn = probe.eot === '' ? null : probe.eot.slice(probe.eot.length - probe.special.length);
   }
@@ -162,7 +165,7 @@ export class TemplateFormat implements DialogueFormat {
     const after = text.slice(at + SENTINEL.length);
     let best = -1;
     let special = '';
-    for (const s of this.template.specialStrings) {
+    for (const s of this.special) {
       const i = after.indexOf(s);
       if (i >= 0 && (best < 0 || i < best || (i === best && s.length > special.length))) {
         best = i;
@@ -223,6 +226,8 @@ export interface FormatSource {
   dir?: string | null;
   /** Names the source in errors. */
   where?: string;
+  /** The tokenizer's own special token strings (end-of-turn tokens the config may not name). */
+  specialTokens?: readonly string[];
 }
 
 /**
@@ -230,8 +235,9 @@ export interface FormatSource {
  * a PATH (.jinja text, a .json with "chat_template", or a folder), whose missing special tokens
  * come from the source's tokenizer config.
  */
-export function resolveDialogueFormat(option: ChatTemplateOption, source: FormatSource = {}, opts: { now?: Date } = {}): DialogueFormat {
+export function resolveDialogueFormat(option: ChatTemplateOption, source: FormatSource = {}, options: { now?: Date } = {}): DialogueFormat {
   if (option === 'hh') return HH_FORMAT;
+  const opts = { ...options, specialTokens: source.specialTokens ?? [] };
   const cfg = source.tokenizerConfig ?? {};
   if (option === 'auto') {
     const t = (source.dir ? ChatTemplate.fromDir(source.dir) : null) ?? ChatTemplate.fromTokenizerConfig(cfg, source.where ?? 'tokenizer_config.json');
@@ -244,10 +250,16 @@ export function resolveDialogueFormat(option: ChatTemplateOption, source: Format
 /** The format `option` names for a model whose tokenizer is `tok` (its config and folder give 'auto'). */
 export function dialogueFormatFor(
   option: ChatTemplateOption,
-  tok: { readonly tokenizerConfig: Readonly<Record<string, unknown>>; readonly dir: string | null; readonly source: string },
+  tok: {
+    readonly tokenizerConfig: Readonly<Record<string, unknown>>;
+    readonly dir: string | null;
+    readonly source: string;
+    specialTokenStrings?(): string[];
+  },
   opts: { now?: Date } = {},
 ): DialogueFormat {
-  return resolveDialogueFormat(option, { tokenizerConfig: { ...tok.tokenizerConfig }, dir: tok.dir, where: tok.source }, opts);
+  const specialTokens = tok.specialTokenStrings?.() ?? [];
+  return resolveDialogueFormat(option, { tokenizerConfig: { ...tok.tokenizerConfig }, dir: tok.dir, where: tok.source, specialTokens }, opts);
 }
 
 /**
