@@ -169,7 +169,10 @@ export class Tokenizer {
     const prefix = backend.ownPrefix();
     const c = opts.config ?? {};
     let bos = c.bosTokenId ?? byName('bos_token', BOS_NAMES) ?? (prefix.length === 1 ? prefix[0] : undefined);
-    let eos = c.eosTokenId ?? byName('eos_token', EOS_NAMES);
+    // A config with several eos ids (Llama 3.x Instruct) leaves the choice to tokenizer_config.json's
+    // eos_token when it is one of them (<|eot_id|>, the end of a chat turn), else its first.
+    const namedEos = c.eosTokenIds ? byName('eos_token', EOS_NAMES) : undefined;
+    let eos = namedEos !== undefined && c.eosTokenIds!.includes(namedEos) ? namedEos : c.eosTokenId ?? byName('eos_token', EOS_NAMES);
     if (bos === undefined && eos === undefined) {
       throw new QrlhfError(`${where}: cannot tell the BOS/EOS tokens: no special token is named like one; ` +
         'give a tokenizer_config.json (bos_token, eos_token) or a model config with bos_token_id/eos_token_id');

@@ -226,7 +226,16 @@ export function defineConfigTests(test: TestFn): void {
     bad({ rms_norm_eps: -1 }, /"rms_norm_eps": expected a positive number/);
     bad({ tie_word_embeddings: 'yes' }, /"tie_word_embeddings"/);
     bad({ eos_token_id: 600 }, /"eos_token_id" \(600\) must be below "vocab_size"/);
-    bad({ rope_scaling: { type: 'linear', factor: 2 } }, /"rope_scaling"/);
+    bad({ rope_scaling: { type: 'dynamic', factor: 2 } }, /m\/config\.json: "rope_scaling\.type" is "dynamic": rotary scaling of this type is not supported/);
+    bad({ rope_scaling: { rope_type: 'yarn', factor: 4 } }, /"rope_scaling\.rope_type" is "yarn"/);
+    bad({ rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4 } }, /"rope_scaling\.original_max_position_embeddings" is missing/);
+    bad({ rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 1, original_max_position_embeddings: 8192 } }, /"rope_scaling\.high_freq_factor" is 1 \(expected a number above low_freq_factor/);
+    bad({ rope_scaling: { rope_type: 'linear', factor: 'two' } }, /"rope_scaling\.factor" is "two"/);
+    bad({ attention_bias: true }, /m\/config\.json: "attention_bias".*not supported/);
+    bad({ mlp_bias: true }, /"mlp_bias".*not supported/);
+    bad({ head_dim: 7 }, /"head_dim" = 7\) must be even/);
+    bad({ eos_token_id: [] }, /"eos_token_id": expected a non-negative integer token id or a non-empty list/);
+    bad({ eos_token_id: [2, 700] }, /"eos_token_id" \(700\) must be below "vocab_size"/);
     bad({ model_type: 'gpt2' }, /"model_type"/);
     t.throws(() => configFromHf([1]), { instanceOf: QrlhfError });
   });

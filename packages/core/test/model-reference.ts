@@ -30,7 +30,7 @@ export function smallConfig(over: Partial<LlamaConfig> = {}): LlamaConfig {
 /** Random weights large enough that logits differ clearly between tokens (std 0.4, norms 1 ± 0.3). */
 export function randomWeights(c: LlamaConfig, seed: number): Weights {
   const rng = new Rng(seed);
-  const hd = c.hiddenSize / c.numHeads;
+  const hd = c.headDim ?? c.hiddenSize / c.numHeads;
   const d = c.hiddenSize;
   const shapes: Record<string, number[]> = { 'model.embed_tokens.weight': [c.vocabSize, d], 'model.norm.weight': [d] };
   for (let i = 0; i < c.numLayers; i++) {
@@ -79,13 +79,38 @@ function rms(x: number[], w: ArrayLike<number>, eps: number): number[] {
   return x.map((v, i) => v * r * w[i]!);
 }
 
-/** Rotate-half RoPE on one head vector at position p: pairs (i, i + hd/2). */
-function rope(x: number[], p: number, theta: number): number[] {
+/**
+ * The rotary inverse frequencies in float64, written from the published formulas: theta^(-2i/hd);
+ * rope_scaling "linear" divides them all by factor; "llama3" (Meta's apply_scaling in llama3.1's
+ * reference code, transformers' _compute_llama3_parameters) keeps those whose wavelength 2π/f is
+ * below original/high_freq_factor, divides those above original/low_freq_factor by factor, and in
+ * between blends f/factor and f with weight smooth = (original/wavelength - low) / (high - low).
+ */
+export function referenceInvFreq(c: LlamaConfig): number[] {
+  const hd = c.headDim ?? c.hiddenSize / c.numHeads;
+  const base: number[] = [];
+  for (let j = 0; j < hd; j += 2) base.push(1 / c.ropeTheta ** (j / hd));
+  const s = c.ropeScaling;
+  if (!s) return base;
+  if (s.ropeType === 'linear') return base.map((f) => f / s.factor);
+  const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
+  const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
+  return base.map((f) => {
+    const wavelen = (2 * Math.PI) / f;
+    if (wavelen < highWavelen) return f;
+    if (wavelen > lowWavelen) return f / s.factor;
+    const smooth = (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+    return (1 - smooth) * (f / s.factor) + smooth * f;
+  });
+}
+
+/** Rotate-half RoPE on one head vector at position p: pairs (i, i + hd/2), frequencies inv. */
+function rope(x: number[], p: number, inv: number[]): number[] {
   const hd = x.length;
   const half = hd / 2;
   const y = x.slice();
   for (let i = 0; i < half; i++) {
-    const a = p * Math.pow(theta, (-2 * i) / hd);
+    const a = p * inv[i]!;
     const [c, s] = [Math.cos(a), Math.sin(a)];
     y[i] = x[i]! * c - x[i + half]! * s;
     y[i + half] = x[i + half]! * c + x[i]! * s;
@@ -106,7 +131,8 @@ export function referenceLogits(
 ): number[][][] {
   const W = (name: string): ArrayLike<number> => overrides[name] ?? w[name]!.data;
   const d = c.hiddenSize;
-  const hd = d / c.numHeads;
+  const hd = c.headDim ?? d / c.numHeads;
+  const inv = referenceInvFreq(c);
   const g = c.numHeads / c.numKvHeads;
   const I = c.intermediateSize;
   return ids.map((row, b) => {
@@ -131,11 +157,11 @@ export function referenceLogits(
         const outs: number[] = [];
         for (let h = 0; h < c.numHeads; h++) {
           const kvh = Math.floor(h / g);
-          const qh = rope(head(q[t]!, h), pos[t]!, c.ropeTheta);
+          const qh = rope(head(q[t]!, h), pos[t]!, inv);
           const keys: number[] = [];
           for (let u = 0; u <= t; u++) if (m[u] === 1) keys.push(u);
           const sc = keys.map((u) => {
-            const kh = rope(head(k[u]!, kvh), pos[u]!, c.ropeTheta);
+            const kh = rope(head(k[u]!, kvh), pos[u]!, inv);
             return qh.reduce((a, v, i) => a + v * kh[i]!, 0) / Math.sqrt(hd);
           });
           const mx = Math.max(...sc);

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import {
-  BACKEND_NAMES, type BackendName, QrlhfError, Rng, type Tokenizer, generate, initBackend, loadModel,
+  BACKEND_NAMES, type BackendName, QrlhfError, Rng, type Tokenizer, eosIds, generate, initBackend, loadModel,
 } from '@qrlhf/core';
 import { handle } from '../run.js';
 
@@ -139,7 +139,7 @@ export const generateCommand: CommandModule = {
         temperature,
         ...(topK !== undefined ? { topK } : {}),
         ...(topP !== undefined ? { topP } : {}),
-        eosTokenId: tokenizer.eosId,
+        eosTokenId: eosIds(model.config, tokenizer.eosId),
         rng: new Rng(seed),
         ...(live || stops.length
           ? {

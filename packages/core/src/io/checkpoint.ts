@@ -125,7 +125,9 @@ function llama2cTokenizerBeside(bin: string, vocab: number): string | null {
 }
 
 async function loadTokenizer(path: string, config: LlamaConfig, where: string): Promise<Tokenizer> {
-  const tok = await Tokenizer.fromFile(path, { bosTokenId: config.bosTokenId, eosTokenId: config.eosTokenId, padTokenId: config.padTokenId });
+  const ids: Partial<LlamaConfig> = { bosTokenId: config.bosTokenId, eosTokenId: config.eosTokenId, padTokenId: config.padTokenId };
+  if (config.eosTokenIds) ids.eosTokenIds = config.eosTokenIds;
+  const tok = await Tokenizer.fromFile(path, ids);
   if (tok.vocabSize > config.vocabSize) {
     throw new QrlhfError(`${path}: the tokenizer has ${tok.vocabSize} tokens but the model ${where} only ${config.vocabSize}`);
   }
@@ -209,7 +211,7 @@ export async function saveHfFolder(
   const c = model.config;
   await writeDirAtomic(dir, (tmp) => {
     writeFileAtomic(join(tmp, 'config.json'), `${JSON.stringify(configToHf(c), null, 2)}\n`);
-    const gen: Record<string, unknown> = { bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId };
+    const gen: Record<string, unknown> = { bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenIds ?? c.eosTokenId };
     if (c.padTokenId !== undefined) gen['pad_token_id'] = c.padTokenId;
     writeFileAtomic(join(tmp, 'generation_config.json'), `${JSON.stringify(gen, null, 2)}\n`);
     writeSafetensors(join(tmp, 'model.safetensors'), model.weights, { format: 'pt' }, opts.dtype ? { dtype: opts.dtype } : {});

@@ -5,16 +5,45 @@
  *   inv_freq[i] = theta^(-2i / hd),   i < hd/2
  *   rope(x)     = x · cos + rotate_half(x) · sin,   rotate_half([x1, x2]) = [-x2, x1].
  *
+ * Rotary scaling (config.json's rope_scaling; as transformers' modeling_rope_utils computes it):
+ *
+ *   linear:  inv_freq[i] / factor
+ *   llama3:  with L = original_max_position_embeddings and wavelength λ_i = 2π / inv_freq[i],
+ *              λ_i < L / high_freq_factor            → inv_freq[i]            (high frequencies kept)
+ *              λ_i > L / low_freq_factor             → inv_freq[i] / factor   (low ones slowed)
+ *              otherwise, s = (L / λ_i - low_freq_factor) / (high_freq_factor - low_freq_factor),
+ *                                                    → (1 - s) · inv_freq[i] / factor + s · inv_freq[i]
+ *   (both leave the attention scale at 1/sqrt(hd); `dynamic`, `yarn`, `longrope` are refused in config.ts)
+ *
  * ropeInverseFrequencies() is the one place the frequencies are made (the reference forward and
  * the fast paths both read it); RopeTables keeps cos / sin rows laid out for the fast paths.
  */
 import { type LlamaConfig, headDim } from './config.js';
 
-/** inv_freq[i] for i < hd/2, in float64. */
+/** inv_freq[i] for i < hd/2, in float64, scaled as the config says. */
 export function ropeInverseFrequencies(c: LlamaConfig): Float64Array {
   const hd = headDim(c);
   const out = new Float64Array(hd / 2);
   for (let i = 0; i < hd / 2; i++) out[i] = Math.pow(c.ropeTheta, (-2 * i) / hd);
+  const s = c.ropeScaling;
+  if (s?.ropeType === 'linear') {
+    for (let i = 0; i < out.length; i++) out[i] = out[i]! / s.factor;
+  } else if (s?.ropeType === 'llama3') {
+    const L = s.originalMaxPositionEmbeddings;
+    const lowWavelen = L / s.lowFreqFactor;
+    const highWavelen = L / s.highFreqFactor;
+    for (let i = 0; i < out.length; i++) {
+      const f = out[i]!;
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen < highWavelen) continue;
+      if (wavelen > lowWavelen) {
+        out[i] = f / s.factor;
+        continue;
+      }
+      const smooth = (L / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+      out[i] = (1 - smooth) * (f / s.factor) + smooth * f;
+    }
+  }
   return out;
 }
 

@@ -5,6 +5,7 @@ import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '../errors.js';
 import type { Rng } from '../random.js';
 import type { LlamaModel } from './llama.js';
+import { eosIds } from './config.js';
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -14,7 +15,7 @@ export interface GenerateOptions {
   topK?: number;
   /** Keep the smallest set of most likely tokens whose probability reaches p (after top-k). */
   topP?: number;
-  /** Stops a row when drawn (and is included in its tokens); default the model's eos; [] never. */
+  /** Stops a row when drawn (and is included in its tokens); default every eos id of the model's config; [] never. */
   eosTokenId?: number | number[];
   /** Called with a row's new tokens after each draw; true stops that row. */
   stop?: (generatedIds: number[]) => boolean;
@@ -43,7 +44,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
   const V = model.config.vocabSize;
   validateGenerate(prompts, opts, V);
   const B = prompts.length;
-  const eos = new Set(opts.eosTokenId === undefined ? [model.config.eosTokenId] : [opts.eosTokenId].flat());
+  const eos = new Set(opts.eosTokenId === undefined ? eosIds(model.config) : [opts.eosTokenId].flat());
   const tokens: number[][] = prompts.map(() => []);
   const finishedWithEos = prompts.map(() => false);
   if (opts.maxNewTokens === 0) return { tokens, finishedWithEos };
