@@ -56,8 +56,8 @@ export const RLOO_SCHEMA = defineConfig({
   maxPromptLength: { type: 'int', default: 347, min: 1, doc: 'prompts of more tokens than this (BOS included) are filtered out and counted (the paper: under 348)' },
   maxNewTokens: { type: 'int', default: 64, min: 1, doc: 'longest response in tokens (EOS included)' },
   temperature: { type: 'number', default: 1, min: 0, doc: 'sampling temperature, > 0 (the log-probs of the loss and the KL are taken at the same temperature)' },
-  topP: { type: 'number', default: 1, min: 0, max: 1, doc: 'nucleus sampling mass (1 = off)' },
-  topK: { type: 'int', default: 0, min: 0, doc: 'sample from the k most likely tokens only (0 = off)' },
+  topP: { type: 'number', default: 1, min: 0, max: 1, doc: 'nucleus sampling mass; must stay 1: the loss and the KL are of the full distribution, so truncated sampling is refused (a biased gradient)' },
+  topK: { type: 'int', default: 0, min: 0, doc: 'top-k sampling; must stay 0 for the same reason as topP (refused otherwise)' },
 
   ppoEpochs: { type: 'int', default: 0, min: 0, doc: 'optimiser updates per batch with the PPO-clipped ratio (0 = one plain REINFORCE update)' },
   clipRange: { type: 'number', default: 0.2, min: 0, doc: 'PPO clip range epsilon: the ratio is clipped to [1 - eps, 1 + eps]' },

@@ -216,6 +216,7 @@ export class RlooLearner {
     const s = this.settings;
     if (!Number.isInteger(s.k) || s.k < 2) throw new QrlhfError(`RLOO: k must be an integer >= 2, got ${s.k}`);
     if (!(s.temperature > 0)) throw new QrlhfError(`RLOO: temperature must be > 0 for training (the policy's log-probs are taken at it), got ${s.temperature}`);
+    truncationGuard(s.topP, s.topK, 'RLOO');
   }
 
   /**
@@ -362,6 +363,24 @@ export class RlooLearner {
       }
     }
     return { batch, metrics: batchMetrics(batch, this.reward.taus, { loss, grad_norm: gradNorm }) };
+  }
+}
+
+/**
+ * Refuses truncated sampling (issue 13, item 8). With top-p < 1 or top-k > 0 the responses come
+ * from the truncated, renormalised distribution while the loss and the KL use log-probs of the
+ * full one: the REINFORCE estimate is then biased, and the KL is not the KL of the policy that
+ * sampled. Taking both on the truncated distribution is not a fix either: the reference's own
+ * truncated support can miss a sampled token (log pi_ref = -inf, an infinite KL). So the learner
+ * samples from the full distribution at `temperature`, and says so.
+ */
+export function truncationGuard(topP: number, topK: number, where: string): void {
+  const parts = [topP < 1 ? `topP ${topP} (must be 1)` : '', topK > 0 ? `topK ${topK} (must be 0)` : ''].filter(Boolean);
+  if (parts.length > 0) {
+    throw new QrlhfError(
+      `${where}: ${parts.join(' and ')}: RLOO samples from the full distribution at "temperature", because its loss and KL use the full distribution's log-probs ` +
+        '(truncated sampling would bias the gradient); lower "temperature" instead to sharpen sampling',
+    );
   }
 }
 

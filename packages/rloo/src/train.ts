@@ -38,7 +38,7 @@ import {
 } from '@qrlhf/core';
 import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
 import type { RlooConfig } from './config.js';
-import { RlooLearner, quantileKey, type RlooSettings, type RolloutBatch } from './learner.js';
+import { RlooLearner, quantileKey, truncationGuard, type RlooSettings, type RolloutBatch } from './learner.js';
 import { PromptStream, preparePrompts, readPromptTexts } from './prompts.js';
 import { qrmRewardSource, type RewardSource } from './reward.js';
 import { ENGINE_SCHEMA, localEngine, openAiEngine, type EngineConfig, type RolloutEngine } from './engine.js';
@@ -124,6 +124,7 @@ function validate(cfg: RlooConfig, hooks: RlooHooks): void {
   if (!cfg.out) throw new QrlhfError('rloo config: "out" (--out) must be a folder');
   if (!(cfg.temperature > 0)) throw new QrlhfError(`rloo config: "temperature" must be > 0 for training, got ${cfg.temperature}`);
   if (!(cfg.topP > 0)) throw new QrlhfError(`rloo config: "topP" must be in (0, 1], got ${cfg.topP}`);
+  truncationGuard(cfg.topP, cfg.topK, 'rloo config');
   if (cfg.loraTargets.length === 0) throw new QrlhfError('rloo config: "loraTargets" must name at least one module (or "all-linear")');
   if (!(cfg.loraAlpha > 0)) throw new QrlhfError(`rloo config: "loraAlpha" must be > 0, got ${cfg.loraAlpha}`);
   if (!(cfg.lr > 0)) throw new QrlhfError(`rloo config: "lr" must be > 0, got ${cfg.lr}`);
