@@ -339,12 +339,9 @@ function chatTemplateOf(tok: Tokenizer): string | null {
 
 /** The Llama metadata llama.cpp's LLAMA architecture reads. */
 export function ggufLlamaMetadata(c: LlamaConfig, name: string, type: 'F32' | 'F16'): [string, GgufValue][] {
-  const x = c as LlamaConfig & { ropeScaling?: { type?: string; ropeType?: string } | null; attentionBias?: boolean; mlpBias?: boolean };
-  const scaling = x.ropeScaling;
-  if (scaling && (scaling.type ?? scaling.ropeType ?? 'default') !== 'default') {
-    throw new QrlhfError(`GGUF: rotary scaling "${scaling.type ?? scaling.ropeType}" is not written to GGUF yet (llama.cpp needs its rope_freqs tensor)`);
+  if (c.ropeScaling) {
+    throw new QrlhfError(`GGUF: config.json "rope_scaling" (rope_type "${c.ropeScaling.ropeType}") is not written to GGUF yet (llama.cpp needs rope_freqs / rope.scaling keys for it)`);
   }
-  if (x.attentionBias || x.mlpBias) throw new QrlhfError('GGUF: attention or MLP biases are not written to GGUF');
   return [
     ['general.architecture', { type: 'string', value: 'llama' }],
     ['general.name', { type: 'string', value: name }],
