@@ -46,6 +46,8 @@ import {
   type Tokenizer,
   checkResumableConfig,
   checkpointGuard,
+  checkTrainingMemory,
+  gib,
   printLine,
 } from '@qrlhf/core';
 import { checkSftConfig, type SftConfig } from './config.js';
@@ -161,6 +163,27 @@ export function evaluateSft(model: LlamaModel, examples: readonly SftExample[], 
   return { loss: tokens ? nll / tokens : NaN, accuracy: tokens ? correct / tokens : NaN, tokens };
 }
 
+/**
+ * Refuses, before the first step, a micro-batch whose training step would not fit in the backend's
+ * memory (the longest examples of the training split, microBatchSize of them), naming the largest
+ * micro-batch that fits; says the estimate otherwise.
+ */
+function checkStepMemory(model: LlamaModel, train: readonly SftExample[], cfg: SftConfig, quiet?: boolean): void {
+  const longest = Math.max(2, ...train.map((e) => e.ids.length));
+  const batch = Math.min(cfg.microBatchSize, train.length);
+  const m = checkTrainingMemory(model.config, batch, longest);
+  const what = `a training micro-batch of ${batch} × ${longest} tokens needs about ${gib(m.need)} (estimate)`;
+  if (!m.fits) {
+    throw new QrlhfError(
+      `sft: ${what}, more than the ${gib(m.available)} left of ${m.limit.what}; ` +
+        (m.maxBatch >= 1
+          ? `lower microBatchSize to ${m.maxBatch} (and raise gradAccumSteps to keep the effective batch) or maxLength`
+          : `lower maxLength (${longest} tokens do not fit even alone)`),
+    );
+  }
+  printLine(null, `sft: ${what} of the ${gib(m.available)} left of ${m.limit.what}`, quiet);
+}
+
 function loraConfigOf(cfg: SftConfig): LoraConfig {
   const all = cfg.loraTargets.includes('all-linear');
   return { r: cfg.loraR, alpha: cfg.loraAlpha, dropout: cfg.loraDropout, targetModules: all ? 'all-linear' : [...cfg.loraTargets] };
@@ -191,8 +214,16 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   let tracker: Tracker | null = null;
   let opt: AdamW | null = null;
   try {
+    // Positions past the model's context were never trained (and their attention alone can
+    // outgrow the heap, issue 12): longer examples are filtered out like any over maxLength.
+    const context = model.config.maxPositionEmbeddings;
+    if (cfg.maxLength > context) {
+      printLine(null, `sft: maxLength ${cfg.maxLength} is over the model's context of ${context} tokens; using ${context}`, hooks.quiet);
+      cfg.maxLength = context;
+    }
     const format = dialogueFormatFor(cfg.chatTemplate, tok);
     const data = await prepareData(cfg, tok, format);
+    checkStepMemory(model, data.train, cfg, hooks.quiet);
     const nTrain = data.train.length;
     const effective = cfg.microBatchSize * cfg.gradAccumSteps;
     const endPos = cfg.maxSteps > 0 ? cfg.maxSteps * effective : Math.max(1, Math.floor(cfg.epochs * nTrain));

@@ -17,6 +17,7 @@ import { markHookable, runReleaseHooks } from './heap.js';
 import { loadThreadedWasm, releaseIdleWorkers, type WasmModuleLike } from './wasm-module.js';
 import { initPoolSwitch } from './pool.js';
 import { nativeInfo, type NativeInfo } from './native.js';
+import { QrlhfError } from '../../errors.js';
 
 export interface WasmInfo {
   /** XNNPACK threads in use (1 until the backend is initialised). */
@@ -71,6 +72,43 @@ function registryFactory(name: string): Factory | null {
 }
 
 /**
+ * Makes the module's JS-side `_malloc` (the one tfjs's BackendWasm calls for every tensor) throw
+ * when the heap cannot hold the request. Why: a wasm32 heap ends at 4 GiB, and tfjs takes malloc's
+ * null as offset 0 and writes the tensor there, over the allocator's own records and the first
+ * tensors; the next `free` then loops for ever (issue 12: an SFT step at B 8 × T 1024 that never
+ * ended, with half the time in the allocator). The emscripten glue's own calls use the export
+ * directly and are unaffected.
+ */
+export function guardMalloc(m: WasmModuleLike): void {
+  // The glue's `_malloc` replaces itself by the raw export on its first call
+  // (`_malloc = Module._malloc = asm.malloc`): the setter takes that as the function to guard.
+  let raw = m._malloc;
+  const guarded = (n: number): number => {
+    const p = raw(n);
+    if (p === 0 && n > 0) {
+      const heap = (m.wasmMemory ? m.wasmMemory.buffer : m.HEAPU8.buffer).byteLength;
+      throw new QrlhfError(
+        `out of memory: the wasm backend could not allocate ${mib(n)} for a tensor (its heap is at ${mib(heap)} of the 4096 MiB ` +
+          'a wasm32 heap can address); lower the batch size or the sequence length',
+      );
+    }
+    return p;
+  };
+  Object.defineProperty(m, '_malloc', {
+    configurable: true,
+    enumerable: true,
+    get: () => guarded,
+    set: (f: (n: number) => number) => {
+      raw = f;
+    },
+  });
+}
+
+function mib(bytes: number): string {
+  return `${Math.ceil(bytes / 2 ** 20)} MiB`;
+}
+
+/**
  * Returns null on success, or why the wasm backend cannot be used.
  */
 export async function setupWasm(): Promise<string | null> {
@@ -110,6 +148,7 @@ export async function setupWasm(): Promise<string | null> {
       try {
         const m = await loadThreadedWasm(threads);
         pkg.setThreadsCount(threads);
+        guardMalloc(m);
         const backend = new QrlhfWasmBackend(m);
         releaseIdleWorkers(m);
         markHookable(backend);
@@ -123,6 +162,8 @@ export async function setupWasm(): Promise<string | null> {
     }
     // tfjs's own loader (single-threaded SIMD build in Node).
     const stock = await stockFactory();
+    const sw = (stock as unknown as { wasm?: WasmModuleLike }).wasm;
+    if (sw) guardMalloc(sw);
     info.threads = 1;
     info.build = 'stock';
     return stock;
