@@ -2,6 +2,7 @@ import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { reportAndExit } from './run.js';
+import { PARSER_CONFIGURATION } from './options.js';
 import { generateCommand } from './commands/generate.js';
 import { convertCommand } from './commands/convert.js';
 import { tokenizeCommand } from './commands/tokenize.js';
@@ -19,6 +20,7 @@ const commands: (CommandModule | null)[] = [
 let cli = yargs(hideBin(process.argv))
   .scriptName('qrlhf')
   .usage('$0 <command> [options]\n\nRisk-aware RLHF with quantile reward models.')
+  .parserConfiguration(PARSER_CONFIGURATION)
   .strict()
   .demandCommand(1, 'name a command (see --help)')
   .recommendCommands()

@@ -2,8 +2,10 @@ import test from 'ava';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QrlhfError, sharedDataFile } from '@qrlhf/core';
-import { backendFlag, existingPath, intFlag, numFlag, requiredString } from '../src/commands/generate.js';
+import yargs from 'yargs';
+import { QrlhfError, defineConfig, loadConfig, sharedDataFile, type ConfigSchema } from '@qrlhf/core';
+import { flagsOf, schemaOptions } from '../src/options.js';
+import { GENERATE_SCHEMA, mustExist } from '../src/stages/generate.js';
 import { messageLines, qrlhf } from './cli-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'qrlhf-cli-err-'));
@@ -24,41 +26,52 @@ async function oneLine(t: import('ava').ExecutionContext, args: string[], fault:
 test('each command: a missing flag, a missing file, a bad value give one line and exit 1', async (t) => {
   const model = stories ?? join(dir, 'absent.bin');
   await Promise.all([
-    oneLine(t, ['generate'], /--model is required/),
+    oneLine(t, ['generate'], /^qrlhf: generate: setting "model" \(--model\) must be set/),
     oneLine(t, ['generate', '--model', join(dir, 'nope.bin')], /--model: .*nope\.bin does not exist/),
-    oneLine(t, ['generate', '--model', model, '--top-p', '1.5'], /--top-p: expected a number in \(0, 1\], got "1\.5"/),
-    oneLine(t, ['convert', '--model', join(dir, 'x.bin'), '--out', join(dir, 'o'), '--dtype', 'F64'], /--dtype: expected one of F32, F16, BF16/),
+    oneLine(t, ['generate', '--model', model, '--top-p', '1.5'], /--top-p: expected a number in \(0, 1\] or null, got "1\.5"/),
+    oneLine(t, ['convert', '--model', join(dir, 'x.bin'), '--out', join(dir, 'o'), '--dtype', 'F64'], /--dtype: expected one of "F32", "F16", "BF16"/),
+    oneLine(t, ['qrm', 'fit', '--features', 'f', '--out', 'o', '--alpah', '1'], /Unknown argument: alpah/),
     oneLine(t, ['tokenize', '--tokenizer', join(dir, 'none.json'), '--text', 'hi'], /none\.json: tokenizer file not found/),
   ]);
 });
 
-// The flag checks themselves, in process (no spawn per case).
-test('flag parsing: ranges, integers, repeats, backends', (t) => {
+/** What a command's run function would get for these arguments: yargs with the schema's options, then the config layer. */
+function configOf<S extends ConfigSchema>(schema: S, args: string[]) {
+  const argv = schemaOptions(yargs(), schema).strict().exitProcess(false).fail((msg) => {
+    throw new QrlhfError(msg);
+  }).parseSync(args) as Record<string, unknown>;
+  return loadConfig(schema, null, flagsOf(argv, schema));
+}
+
+// The generated flags, in process (no spawn per case): values reach the run function parsed and checked.
+test('generated flags: ranges, integers, repeats, lists, blocks', (t) => {
   const bad = (f: () => unknown, re: RegExp) => {
     const e = t.throws(f, { instanceOf: QrlhfError });
     t.regex(e!.message, re);
   };
-  t.is(intFlag('max-new-tokens', '12', { min: 0 }), 12);
-  t.is(intFlag('max-new-tokens', undefined, { min: 0, dflt: 256 }), 256);
-  bad(() => intFlag('max-new-tokens', 'ten', { min: 0 }), /^--max-new-tokens: expected an integer >= 0, got "ten"$/);
-  bad(() => intFlag('max-new-tokens', '-1', { min: 0 }), /got "-1"/);
-  bad(() => intFlag('top-k', '2.5', { min: 1 }), /^--top-k: expected an integer >= 1, got "2\.5"$/);
-  bad(() => intFlag('top-k', '', { min: 1 }), /got ""/);
-  bad(() => intFlag('seed', '4294967296', { min: 0, max: 2 ** 32 - 1 }), /^--seed: expected an integer in 0\.\.4294967295/);
-  bad(() => intFlag('top-k', ['3', '4'], { min: 1 }), /^--top-k: given 2 times, expected once$/);
-  t.is(numFlag('temperature', '0', { min: 0, max: Infinity }), 0);
-  t.is(numFlag('temperature', '0.7', { min: 0, max: Infinity }), 0.7);
-  bad(() => numFlag('temperature', '-0.5', { min: 0, max: Infinity }), /^--temperature: expected a number in \[0, inf\), got "-0\.5"$/);
-  bad(() => numFlag('temperature', 'hot', { min: 0, max: Infinity }), /got "hot"/);
-  bad(() => numFlag('temperature', 'Infinity', { min: 0, max: Infinity }), /got "Infinity"/);
-  t.is(numFlag('top-p', '1', { min: 0, max: 1, minOpen: true }), 1);
-  bad(() => numFlag('top-p', '0', { min: 0, max: 1, minOpen: true }), /^--top-p: expected a number in \(0, 1\], got "0"$/);
-  t.is(backendFlag(undefined), 'auto');
-  t.is(backendFlag('wasm'), 'wasm');
-  bad(() => backendFlag('tpu'), /^--backend: expected one of auto, tensorflow-gpu, tensorflow, wasm, cpu, got "tpu"$/);
-  bad(() => requiredString('model', undefined, 'a model'), /^--model is required \(a model\)$/);
-  bad(() => existingPath('model', join(dir, 'nope.bin')), /^--model: .*nope\.bin does not exist$/);
-  t.notThrows(() => existingPath('model', dir));
+  const g = (...args: string[]) => configOf(GENERATE_SCHEMA, args);
+  t.like(g('--model', 'm', '--max-new-tokens', '12', '--temperature', '0.7', '--top-p', '1', '--seed', '7'), { maxNewTokens: 12, temperature: 0.7, topP: 1, seed: 7, topK: null });
+  t.is(g().maxNewTokens, 256);
+  t.is(g('--model', 'm').model, join(process.cwd(), 'm'), 'a relative path resolved against the working directory, once');
+  bad(() => g('--max-new-tokens', 'ten'), /^command line: --max-new-tokens: expected an integer >= 0, got "ten"/);
+  bad(() => g('--max-new-tokens', '-1'), /got "-1"/);
+  bad(() => g('--top-k', '2.5'), /^command line: --top-k: expected an integer >= 1 or null, got "2\.5"/);
+  bad(() => g('--seed', '4294967296'), /^command line: --seed: expected an integer in \[0, 4294967295\]/);
+  bad(() => g('--top-k', '3', '--top-k', '4'), /--top-k: expected an integer >= 1 or null, got \["3","4"\]/);
+  bad(() => g('--temperature', '-0.5'), /^command line: --temperature: expected a number >= 0, got "-0\.5" \(a string\)$/);
+  bad(() => g('--temperature', 'Infinity'), /got "Infinity"/);
+  bad(() => g('--top-p', '0'), /^command line: --top-p: expected a number in \(0, 1\] or null, got "0"/);
+  bad(() => g('--backend', 'tpu'), /^command line: --backend: expected one of "auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu", got "tpu"/);
+  bad(() => g('--max-new-tokens'), /Not enough arguments following: max-new-tokens/);
+  t.deepEqual(g('--stop', 'a,b', '--stop', '\\n\\nHuman:').stop, ['a,b', '\\n\\nHuman:'], 'a repeatable flag: one text per occurrence, commas kept');
+  bad(() => mustExist({ model: join(dir, 'nope.bin') }, ['model']), /^--model: .*nope\.bin does not exist$/);
+  t.notThrows(() => mustExist({ model: dir }, ['model']));
+  // a block: dotted flags, kebab-case inside
+  const engine = defineConfig({ kind: { type: 'string', default: 'local', choices: ['local', 'openai'], doc: 'engine' }, baseUrl: { type: 'string', default: null, nullable: true, doc: 'URL' } });
+  const schema = defineConfig({ lr: { type: 'number', default: 1, doc: 'lr' }, engine: { type: 'group', schema: engine, doc: 'the engine' }, list: { type: 'number[]', default: [1], doc: 'l' } });
+  t.deepEqual(configOf(schema, ['--engine.kind', 'openai', '--engine.base-url', 'http://h:8000/v1', '--list', '1,2.5']), { lr: 1, engine: { kind: 'openai', baseUrl: 'http://h:8000/v1' }, list: [1, 2.5] });
+  bad(() => configOf(schema, ['--engine.kind', 'vllm']), /--engine\.kind: expected one of "local", "openai"/);
+  bad(() => configOf(schema, ['--engine.knd', 'x']), /Unknown argument: engine\.knd/);
 });
 
 test('a corrupt model file and a bad tokenizer.json are one clear line too', async (t) => {

@@ -11,3 +11,4 @@ export * from './train/index.js';
 export * from './track/index.js';
 export * from './config.js';
 export * from './engine/http.js';
+export * from './fields.js';

@@ -316,3 +316,22 @@ export class Tokenizer {
     return out;
   }
 }
+
+/**
+ * A character-level tokenizer (a tokenizer.json BPE without merges: one token per character, ids
+ * 0-2 for <unk>, <s>, </s>): tiny models in tests and examples, with no downloaded data.
+ */
+export function characterTokenizer(chars = " abcdefghijklmnopqrstuvwxyz:.\n,?!HA'"): Tokenizer {
+  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+  for (const c of chars) if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
+  const special = (id: number, content: string) => ({ id, content, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
+  return Tokenizer.fromJSON(
+    {
+      version: '1.0',
+      added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
+      normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null,
+      model: { type: 'BPE', vocab, merges: [], unk_token: '<unk>', fuse_unk: false, byte_fallback: false },
+    },
+    { tokenizerConfig: { add_bos_token: true, bos_token: '<s>', eos_token: '</s>' } },
+  );
+}

@@ -1,16 +1,19 @@
 import test from 'ava';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import {
   QrlhfError,
   applyOverrides,
   defaultConfig,
   defineConfig,
   describeConfig,
+  checkField,
   didYouMean,
   jsonErrorOffset,
+  loadConfig,
   loadConfigFile,
+  omitFields,
   parseConfig,
   requireKeys,
   type ConfigOf,
@@ -218,4 +221,75 @@ test('jsonErrorOffset finds the first syntax error, and agrees with JSON.parse',
     if (!parses) invalid++;
   }
   t.true(invalid > 100);
+});
+
+// ---- blocks (group fields), dotted flags, paths, exclusive bounds ---------------------------
+
+const engine = defineConfig({
+  kind: { type: 'string', default: 'local', choices: ['local', 'openai'], doc: 'where rollouts come from' },
+  baseUrl: { type: 'string', default: null, nullable: true, doc: 'server URL' },
+});
+const stage = defineConfig({
+  lr: { type: 'number', default: 1e-4, min: 0, minExclusive: true, doc: 'learning rate' },
+  data: { type: 'string', default: null, nullable: true, path: true, doc: 'data file' },
+  engine: { type: 'group', schema: engine, doc: 'the rollout engine' },
+});
+const experiment = defineConfig({
+  seeds: { type: 'number[]', default: [1], doc: 'seeds' },
+  rloo: { type: 'group', schema: omitFields(stage, ['data']), doc: 'the RL stage' },
+  sft: { type: 'group', schema: stage, doc: 'the SFT stage' },
+});
+
+test('blocks: a nested object is a partial of its schema, typed, checked with the dotted key named', (t) => {
+  const cfg = parseConfig(experiment, { rloo: { lr: 0.5, engine: { kind: 'openai' } } }, 'e.json');
+  const typed: { seeds: number[]; rloo: { lr: number; engine: { kind: 'local' | 'openai'; baseUrl: string | null } }; sft: { data: string | null } } = cfg;
+  t.truthy(typed);
+  t.deepEqual(cfg, {
+    seeds: [1],
+    rloo: { lr: 0.5, engine: { kind: 'openai', baseUrl: null } },
+    sft: { lr: 1e-4, data: null, engine: { kind: 'local', baseUrl: null } },
+  });
+  t.is(err(t, () => parseConfig(experiment, { rloo: { engine: { kind: 'vllm' } } }, 'e.json')), 'e.json: key "rloo.engine.kind": expected one of "local", "openai", got "vllm" (a string)');
+  t.regex(err(t, () => parseConfig(experiment, { rloo: { data: 'x' } }, 'e.json')), /^e\.json: unknown key "rloo\.data"; known: lr, engine$/);
+  t.regex(err(t, () => parseConfig(experiment, { sft: { lrr: 1 } }, 'e.json')), /unknown key "sft\.lrr" \(did you mean "sft\.lr"\?\)/);
+  t.regex(err(t, () => parseConfig(experiment, { sft: 3 }, 'e.json')), /^e\.json: key "sft": expected an object of settings \(keys: lr, data, engine\), got 3/);
+  t.is(err(t, () => parseConfig(stage, { lr: 0 }, 'c.json')), 'c.json: key "lr": expected a number > 0, got 0 (a number)');
+});
+
+test('blocks: dotted flags (as written or as a parser nests them) override one key, the rest kept', (t) => {
+  const base = parseConfig(experiment, { rloo: { lr: 0.5 } });
+  const a = applyOverrides(experiment, base, { 'rloo.engine.base-url': 'http://x', 'sft.lr': '2e-3', seeds: '1,2' });
+  t.deepEqual(a.rloo, { lr: 0.5, engine: { kind: 'local', baseUrl: 'http://x' } });
+  t.is(a.sft.lr, 2e-3);
+  t.deepEqual(a.seeds, [1, 2]);
+  t.is(base.rloo.engine.baseUrl, null, 'the input is left untouched');
+  const b = applyOverrides(experiment, base, { rloo: { engine: { kind: 'openai' } } });
+  t.is(b.rloo.engine.kind, 'openai');
+  t.is(b.rloo.lr, 0.5);
+  t.is(err(t, () => applyOverrides(experiment, base, { 'rloo.lr': '0' })), 'command line: --rloo.lr: expected a number > 0, got "0" (a string)');
+  t.regex(err(t, () => applyOverrides(experiment, base, { 'rloo.engine.kindd': 'x' })), /^command line: unknown flag --rloo\.engine\.kindd \(did you mean --rloo\.engine\.kind\?\)/);
+  t.regex(err(t, () => applyOverrides(experiment, base, { rloo: '3' })), /--rloo: a block of settings; set its keys as --rloo\.KEY VALUE/);
+  t.regex(describeConfig(experiment), /--rloo\.engine\.base-url <string> +server URL \(default: none\)/);
+  t.regex(describeConfig(experiment), /--sft\.lr <number> +learning rate \(default: 0\.0001; > 0\)/);
+});
+
+test('paths: relative ones resolved once, a file\'s against its folder, a flag\'s against the working directory', (t) => {
+  const sub = join(dir, 'sub');
+  const f = file('paths.json', JSON.stringify({ sft: { data: 'd.jsonl' }, seeds: [3] }));
+  t.is(loadConfigFile(experiment, f).sft.data, join(dir, 'd.jsonl'));
+  t.is(loadConfig(experiment, f, { 'sft.data': 'e.jsonl' }).sft.data, resolve('e.jsonl'));
+  t.is(loadConfig(experiment, f, { 'sft.data': '/abs/e.jsonl' }).sft.data, '/abs/e.jsonl');
+  t.is(applyOverrides(stage, defaultConfig(stage), { data: 'x' }, { base: sub }).data, join(sub, 'x'));
+  t.is(parseConfig(stage, { data: 'rel' }).data, 'rel', 'no base: left as given');
+  // a predicate says which values are paths
+  const u = defineConfig({ utility: { type: 'string', default: 'expectation', path: (v: string) => v.endsWith('.mjs'), doc: 'u' } });
+  t.is(applyOverrides(u, defaultConfig(u), { utility: 'cvar' }).utility, 'cvar');
+  t.is(applyOverrides(u, defaultConfig(u), { utility: 'my.mjs' }).utility, resolve('my.mjs'));
+  t.regex(err(t, () => loadConfig(stage, null, { nope: 1 })), /unknown flag --nope/);
+});
+
+test('checkField: a library function checks a value with the bound its schema declares', (t) => {
+  t.is(checkField(stage.lr, 0.1, 'lr'), 0.1);
+  t.is(err(t, () => checkField(stage.lr, 0, 'utility exponential: lambda')), 'utility exponential: lambda: expected a number > 0, got 0 (a number)');
+  t.throws(() => defineConfig({ 'a.b': { type: 'int', default: 1, doc: 'x' } }), { message: /has a dot/ });
 });

@@ -458,6 +458,7 @@ export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOp
 
 /** How the attribute distributions are combined into the reward distribution. */
 export type MixtureMode = 'eq3' | 'mixture';
+export const MIXTURE_MODES: readonly MixtureMode[] = ['eq3', 'mixture'];
 
 /**
  * Mixes attribute quantiles [n, M, K] with gate weights [n, M] into [n, K] reward quantiles.

@@ -8,3 +8,4 @@ export * from './model.js';
 export * from './stage2.js';
 export * from './released.js';
 export * from './engine-features.js';
+export * from './stages.js';

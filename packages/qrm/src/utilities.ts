@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import { extname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { QrlhfError } from '@qrlhf/core';
+import { QrlhfError, checkField, defineConfig } from '@qrlhf/core';
 
 export type Utility = (quantiles: Float32Array, taus: Float32Array) => number;
 
@@ -17,9 +17,9 @@ export const BUILTIN_UTILITIES: readonly BuiltinUtilityName[] = ['expectation', 
 export interface UtilitySpec {
   /** A built-in name, or the path of a .js/.mjs/.cjs/.ts/.mts module exporting the utility. */
   name: BuiltinUtilityName | string;
-  /** Risk aversion of `exponential` and `certainty-equivalent` (> 0). Default 1. */
+  /** Risk aversion of `exponential` and `certainty-equivalent` (UTILITY_FIELDS.lambda: its bound and default). */
   lambda?: number;
-  /** Tail level of `cvar`, in (0, 1]: the mean of the quantiles with tau_k <= alpha. Default 0.25. */
+  /** Tail level of `cvar`: the mean of the quantiles with tau_k <= alpha (UTILITY_FIELDS.alpha). */
   alpha?: number;
 }
 
@@ -82,19 +82,26 @@ export function cvarUtility(q: Float32Array, taus: Float32Array, alpha: number):
   return s / c;
 }
 
-function positiveLambda(spec: UtilitySpec): number {
-  const lambda = spec.lambda ?? 1;
-  if (!Number.isFinite(lambda) || lambda <= 0) {
-    throw new QrlhfError(`utility ${spec.name}: lambda must be a finite number > 0, got ${spec.lambda}`);
-  }
-  return lambda;
-}
-
 const MODULE_EXTENSIONS = ['.js', '.mjs', '.cjs', '.ts', '.mts'];
 
-function looksLikePath(name: string): boolean {
+/** A utility given as a module: a path, or a file name with a module extension (the built-in names are neither). */
+export function isUtilityModule(name: string): boolean {
   return name.includes('/') || name.includes('\\') || MODULE_EXTENSIONS.includes(extname(name));
 }
+
+/**
+ * The utility settings of every stage that turns quantiles into a reward (rloo, qrm score, qrm
+ * eval): spread into their schemas. The bounds here are the only ones: makeUtility checks its
+ * spec against these same fields.
+ */
+export const UTILITY_FIELDS = defineConfig({
+  utility: {
+    type: 'string', default: 'expectation', path: isUtilityModule,
+    doc: `utility of the reward quantiles: ${BUILTIN_UTILITIES.join(' | ')} | PATH of a module exporting (quantiles, taus) => number`,
+  },
+  lambda: { type: 'number', default: 1, min: 0, minExclusive: true, doc: 'risk aversion of exponential / certainty-equivalent' },
+  alpha: { type: 'number', default: 0.25, min: 0, minExclusive: true, max: 1, doc: 'tail level of cvar: the mean of the quantiles with tau <= alpha' },
+});
 
 /**
  * Loads a user's utility from a module: its default export, or else its export named `utility`,
@@ -143,22 +150,19 @@ export async function makeUtility(spec: UtilitySpec): Promise<Utility> {
     case 'expectation':
       return (q) => expectationUtility(q);
     case 'exponential': {
-      const lambda = positiveLambda(spec);
+      const lambda = checkField(UTILITY_FIELDS.lambda, spec.lambda ?? UTILITY_FIELDS.lambda.default, `utility ${spec.name}: lambda`);
       return (q) => exponentialUtility(q, lambda);
     }
     case 'certainty-equivalent': {
-      const lambda = positiveLambda(spec);
+      const lambda = checkField(UTILITY_FIELDS.lambda, spec.lambda ?? UTILITY_FIELDS.lambda.default, `utility ${spec.name}: lambda`);
       return (q) => certaintyEquivalent(q, lambda);
     }
     case 'cvar': {
-      const alpha = spec.alpha ?? 0.25;
-      if (!Number.isFinite(alpha) || alpha <= 0 || alpha > 1) {
-        throw new QrlhfError(`utility cvar: alpha must be in (0, 1], got ${spec.alpha}`);
-      }
+      const alpha = checkField(UTILITY_FIELDS.alpha, spec.alpha ?? UTILITY_FIELDS.alpha.default, 'utility cvar: alpha');
       return (q, t) => cvarUtility(q, t, alpha);
     }
     default:
-      if (!looksLikePath(spec.name)) {
+      if (!isUtilityModule(spec.name)) {
         throw new QrlhfError(
           `utility "${spec.name}": expected one of ${BUILTIN_UTILITIES.join(', ')} or the path of a ` +
             `${MODULE_EXTENSIONS.join('/')} module exporting (quantiles, taus) => number`,

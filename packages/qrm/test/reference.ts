@@ -1,5 +1,5 @@
 /** Independent float64 references and fixtures shared by the qrm tests (not a test file itself). */
-import { Tokenizer, type LlamaConfig } from '@qrlhf/core';
+import { Tokenizer, characterTokenizer, type LlamaConfig } from '@qrlhf/core';
 
 export type F64Params = Record<string, { shape: number[]; data: Float64Array }>;
 
@@ -34,19 +34,7 @@ export function gateF64(p: F64Params, x: ArrayLike<number>, nLayers: number, T: 
 
 /** A character-level tokenizer.json (BPE without merges): no shared data needed. */
 export function charTokenizer(): Tokenizer {
-  const chars = " abcdefghijklmnopqrstuvwxyz:.\n,?!HA'".split('');
-  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
-  for (const c of chars) if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
-  const special = (id: number, content: string) => ({ id, content, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
-  return Tokenizer.fromJSON(
-    {
-      version: '1.0',
-      added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
-      normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null,
-      model: { type: 'BPE', vocab, merges: [], unk_token: '<unk>', fuse_unk: false, byte_fallback: false },
-    },
-    { tokenizerConfig: { add_bos_token: true, bos_token: '<s>', eos_token: '</s>' } },
-  );
+  return characterTokenizer();
 }
 
 export const tinyLlama: LlamaConfig = {

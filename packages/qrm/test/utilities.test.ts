@@ -58,8 +58,8 @@ test('cvar averages the quantiles with tau <= alpha, float32 levels included', a
 });
 
 test('bad parameters and unknown names are clear errors', async (t) => {
-  await t.throwsAsync(makeUtility({ name: 'exponential', lambda: 0 }), { instanceOf: QrlhfError, message: /lambda must be/ });
-  await t.throwsAsync(makeUtility({ name: 'cvar', alpha: 1.5 }), { instanceOf: QrlhfError, message: /alpha must be in/ });
+  await t.throwsAsync(makeUtility({ name: 'exponential', lambda: 0 }), { instanceOf: QrlhfError, message: /^utility exponential: lambda: expected a number > 0, got 0/ });
+  await t.throwsAsync(makeUtility({ name: 'cvar', alpha: 1.5 }), { instanceOf: QrlhfError, message: /^utility cvar: alpha: expected a number in \(0, 1\], got 1\.5/ });
   await t.throwsAsync(makeUtility({ name: 'expectaton' }), { instanceOf: QrlhfError, message: /expected one of expectation/ });
 });
 

@@ -1,51 +1,50 @@
 /**
  * The RLOO configuration: every setting with its type, default and a one-line doc, declared once
- * with @qrlhf/core's defineConfig. A config file is a JSON object with any subset of the keys
- * (unknown or mistyped keys are refused, naming the file and the key); command-line flags override
- * it. The run folder's config.json holds the resolved values.
+ * with @qrlhf/core's defineConfig (the shared fields spread in from core and qrm). A config file is
+ * a JSON object with any subset of the keys (unknown or mistyped keys are refused, naming the file
+ * and the key); command-line flags override it. The run folder's config.json holds the resolved values.
  *
- * Relative paths (policy, tokenizer, qrm, prompts, out, and a utility given as a module path) in a
- * config FILE are resolved against that file's folder; those given as flags, against the working
- * directory.
+ * Relative paths (policy, tokenizer, qrm, prompts, out, and a utility given as a module path) are
+ * resolved where the config is read: against the config file's folder for the file's, against the
+ * working directory for flags (core's loadConfig).
  */
-import { readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
 import {
-  BACKEND_NAMES,
   LORA_MODULES,
-  applyOverrides,
+  MODEL_FIELDS,
+  RUN_FIELDS,
+  TRAIN_RUN_FIELDS,
   defaultConfig,
   defineConfig,
-  loadConfigFile,
+  loadConfig,
+  outField,
+  seedField,
   type ConfigOf,
 } from '@qrlhf/core';
-
-const BUILTIN = ['expectation', 'exponential', 'certainty-equivalent', 'cvar'] as const;
+import { UTILITY_FIELDS } from '@qrlhf/qrm';
+import { ENGINE_SCHEMA } from './engine.js';
 
 export const RLOO_SCHEMA = defineConfig({
-  policy: { type: 'string', default: null, nullable: true, doc: 'policy to train: a Hugging Face folder (e.g. the merged SFT model) or a llama2.c .bin; with its adapter off it is also the KL reference' },
-  tokenizer: { type: 'string', default: null, nullable: true, doc: "tokenizer file or folder (null = the policy's own)" },
-  qrm: { type: 'string', default: null, nullable: true, doc: 'quantile reward model folder (qrm.json, heads, gate) giving each response K reward quantiles' },
-  prompts: { type: 'string', default: null, nullable: true, doc: 'prompts: .jsonl(.gz) of {prompt} rows, or HH-RLHF {chosen, ...} rows whose prompt part is used' },
+  policy: { type: 'string', default: null, nullable: true, path: true, doc: 'policy to train: a Hugging Face folder (e.g. the merged SFT model) or a llama2.c .bin; with its adapter off it is also the KL reference' },
+  ...MODEL_FIELDS,
+  qrm: { type: 'string', default: null, nullable: true, path: true, doc: 'quantile reward model folder (qrm.json, heads, gate) giving each response K reward quantiles' },
+  prompts: { type: 'string', default: null, nullable: true, path: true, doc: 'prompts: .jsonl(.gz) of {prompt} rows, or HH-RLHF {chosen, ...} rows whose prompt part is used' },
   maxPrompts: { type: 'int', default: 0, min: 0, doc: 'read at most this many rows of the prompts file, in file order (0 = all)' },
-  out: { type: 'string', default: 'runs/rloo', doc: 'run folder: config.json, metrics.jsonl, samples.jsonl, checkpoints/, adapter/' },
-  seed: { type: 'int', default: 0, min: 0, doc: 'seed of every random draw: LoRA init, prompt order, sampling, dropout' },
-  backend: { type: 'string', default: 'auto', choices: BACKEND_NAMES, doc: 'tfjs backend: auto picks tensorflow-gpu > tensorflow > wasm > cpu' },
-  resume: { type: 'boolean', default: false, doc: "continue from the run folder's last checkpoint (a fresh start when there is none)" },
+  out: outField('runs/rloo', 'run folder: config.json, metrics.jsonl, samples.jsonl, checkpoints/, adapter/'),
+  seed: seedField('seed of every random draw: LoRA init, prompt order, sampling, dropout'),
+  ...RUN_FIELDS,
+  ...TRAIN_RUN_FIELDS,
 
-  utility: { type: 'string', default: 'expectation', doc: `utility of the reward quantiles: ${BUILTIN.join(' | ')} | PATH of a module exporting (quantiles, taus) => number` },
-  lambda: { type: 'number', default: 1, min: 0, doc: 'risk aversion of exponential / certainty-equivalent (> 0)' },
-  alpha: { type: 'number', default: 0.25, min: 0, max: 1, doc: 'tail level of cvar: the mean of the quantiles with tau <= alpha' },
+  ...UTILITY_FIELDS,
 
   k: { type: 'int', default: 2, min: 2, doc: 'responses sampled per prompt (the leave-one-out group)' },
   batchSize: { type: 'int', default: 64, min: 1, doc: 'prompts per RL step (each gets k responses)' },
   steps: { type: 'int', default: 100, min: 1, doc: 'RL steps to run' },
-  lr: { type: 'number', default: 1e-4, min: 0, doc: 'AdamW learning rate (constant)' },
+  lr: { type: 'number', default: 1e-4, min: 0, minExclusive: true, doc: 'AdamW learning rate (constant)' },
   weightDecay: { type: 'number', default: 0, min: 0, doc: "AdamW's decoupled weight decay" },
   gradClip: { type: 'number', default: 1, min: 0, doc: 'clip the global gradient norm to this (0 = no clipping)' },
 
   loraR: { type: 'int', default: 32, min: 1, doc: 'LoRA rank r of the RL adapter' },
-  loraAlpha: { type: 'number', default: 64, min: 0, doc: 'LoRA alpha: the update is scaled by alpha / r' },
+  loraAlpha: { type: 'number', default: 64, min: 0, minExclusive: true, doc: 'LoRA alpha: the update is scaled by alpha / r' },
   loraDropout: { type: 'number', default: 0, min: 0, max: 0.99, doc: "dropout on the LoRA branch's input, in the gradient pass only" },
   loraTargets: { type: 'string[]', default: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], choices: [...LORA_MODULES, 'all-linear'], doc: 'adapted layers: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all-linear (comma-separated as a flag)' },
 
@@ -55,8 +54,8 @@ export const RLOO_SCHEMA = defineConfig({
 
   maxPromptLength: { type: 'int', default: 347, min: 1, doc: 'prompts of more tokens than this (BOS included) are filtered out and counted (the paper: under 348)' },
   maxNewTokens: { type: 'int', default: 64, min: 1, doc: 'longest response in tokens (EOS included)' },
-  temperature: { type: 'number', default: 1, min: 0, doc: 'sampling temperature, > 0 (the log-probs of the loss and the KL are taken at the same temperature)' },
-  topP: { type: 'number', default: 1, min: 0, max: 1, doc: 'nucleus sampling mass; must stay 1: the loss and the KL are of the full distribution, so truncated sampling is refused (a biased gradient)' },
+  temperature: { type: 'number', default: 1, min: 0, minExclusive: true, doc: 'sampling temperature (the log-probs of the loss and the KL are taken at the same temperature)' },
+  topP: { type: 'number', default: 1, min: 0, minExclusive: true, max: 1, doc: 'nucleus sampling mass; must stay 1: the loss and the KL are of the full distribution, so truncated sampling is refused (a biased gradient)' },
   topK: { type: 'int', default: 0, min: 0, doc: 'top-k sampling; must stay 0 for the same reason as topP (refused otherwise)' },
 
   ppoEpochs: { type: 'int', default: 0, min: 0, doc: 'optimiser updates per batch with the PPO-clipped ratio (0 = one plain REINFORCE update)' },
@@ -64,13 +63,13 @@ export const RLOO_SCHEMA = defineConfig({
 
   microBatchSize: { type: 'int', default: 8, min: 1, doc: 'sequences per forward/backward pass (gradients are summed over the whole batch)' },
   generationBatchSize: { type: 'int', default: 32, min: 1, doc: 'sequences decoded together by one generate call' },
+  engine: { type: 'group', schema: ENGINE_SCHEMA, doc: 'where rollouts are sampled (flags --engine.kind, --engine.base-url, ...)' },
   rewardBatchSize: { type: 'int', default: 8, min: 1, doc: "sequences per forward pass of the QRM's backbone" },
 
   logEvery: { type: 'int', default: 1, min: 1, doc: 'write a metrics line every N steps (and at the last)' },
   sampleEvery: { type: 'int', default: 10, min: 0, doc: 'write a few responses with their quantiles to samples.jsonl every N steps (0 = never)' },
   samplesPerLog: { type: 'int', default: 4, min: 1, doc: 'responses written each time' },
   checkpointEvery: { type: 'int', default: 10, min: 0, doc: 'checkpoint every N steps, besides the last (0 = only the last)' },
-  wandbProject: { type: 'string', default: null, nullable: true, doc: 'Weights & Biases project (null = off; also needs WANDB_API_KEY)' },
 });
 
 /** The RLOO configuration (see RLOO_SCHEMA for every key's default and doc). */
@@ -81,39 +80,7 @@ export function rlooDefaults(): RlooConfig {
   return defaultConfig(RLOO_SCHEMA);
 }
 
-const BUILTIN_SET = new Set<string>(BUILTIN);
-/** A utility given as a module (a path or a file name with a module extension), as makeUtility tells them apart. */
-function isModulePath(u: string): boolean {
-  return !BUILTIN_SET.has(u) && (u.includes('/') || u.includes('\\') || /\.(m?js|cjs|m?ts)$/.test(u));
-}
-const PATH_KEYS = ['policy', 'tokenizer', 'qrm', 'prompts', 'out'] as const;
-
-/** Resolves the relative paths among `keys` of cfg against `base` (the utility only when it is a module path). */
-function resolvePaths(cfg: RlooConfig, keys: readonly string[], base: string): RlooConfig {
-  const out = { ...cfg };
-  for (const k of PATH_KEYS) {
-    const v = out[k];
-    if (keys.includes(k) && typeof v === 'string' && v !== '' && !isAbsolute(v)) out[k] = resolve(base, v);
-  }
-  if (keys.includes('utility') && isModulePath(out.utility) && !isAbsolute(out.utility)) out.utility = resolve(base, out.utility);
-  return out;
-}
-
-/**
- * The config a run uses: defaults < config file (if any; its relative paths against its folder) <
- * flags (relative paths against the working directory). Flags may be kebab-case (--batch-size)
- * and strings ("1e-4", "q_proj,v_proj"); undefined values are skipped; flags that are not settings
- * are ignored.
- */
+/** The config a run uses: defaults < config file (if any) < flags (core's loadConfig). */
 export function loadRlooConfig(file: string | null, flags: Record<string, unknown> = {}): RlooConfig {
-  let cfg = rlooDefaults();
-  if (file) {
-    cfg = loadConfigFile(RLOO_SCHEMA, file);
-    const keys = Object.keys(JSON.parse(readFileSync(file, 'utf8').replace(/^\uFEFF/, '')) as Record<string, unknown>);
-    cfg = resolvePaths(cfg, keys, dirname(resolve(file)));
-  }
-  const given = Object.entries(flags)
-    .filter(([, v]) => v !== undefined)
-    .map(([k]) => k.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase()));
-  return resolvePaths(applyOverrides(RLOO_SCHEMA, cfg, flags), given, process.cwd());
+  return loadConfig(RLOO_SCHEMA, file, flags);
 }

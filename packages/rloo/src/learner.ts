@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import {
   AdamW,
   QrlhfError,
+  checkField,
   clipGradNorm,
   globalNorm,
   sequenceLogProbs,
@@ -19,44 +20,17 @@ import {
 } from '@qrlhf/core';
 import type { Utility } from '@qrlhf/qrm';
 import { leaveOneOutAdvantages, ppoClipLoss, reinforceLoss, rlooRewards, sequenceKl, type KlEstimator } from './objective.js';
+import { RLOO_SCHEMA, type RlooConfig } from './config.js';
 import type { RlPrompt } from './prompts.js';
 import { checkQuantiles, type RewardSource } from './reward.js';
 import { localEngine, type RolloutEngine } from './engine.js';
 
-export interface RlooSettings {
-  k: number;
-  betaKl: number;
-  klEstimator: KlEstimator;
-  missingEosPenalty: number;
-  maxNewTokens: number;
-  temperature: number;
-  topP: number;
-  /** 0 = off. */
-  topK: number;
-  /** 0 = one REINFORCE update per batch; n > 0 = n PPO-clipped updates. */
-  ppoEpochs: number;
-  clipRange: number;
-  microBatchSize: number;
-  generationBatchSize: number;
-  /** 0 = no clipping. */
-  gradClip: number;
-}
-
-export const DEFAULT_SETTINGS: RlooSettings = {
-  k: 2,
-  betaKl: 0.05,
-  klEstimator: 'k1',
-  missingEosPenalty: 0,
-  maxNewTokens: 64,
-  temperature: 1,
-  topP: 1,
-  topK: 0,
-  ppoEpochs: 0,
-  clipRange: 0.2,
-  microBatchSize: 8,
-  generationBatchSize: 32,
-  gradClip: 1,
-};
+/** The RLOO settings one step uses: a view of the run's config (RLOO_SCHEMA holds their defaults, bounds and docs). */
+export type RlooSettings = Pick<
+  RlooConfig,
+  'k' | 'betaKl' | 'klEstimator' | 'missingEosPenalty' | 'maxNewTokens' | 'temperature' | 'topP' | 'topK' | 'ppoEpochs' |
+  'clipRange' | 'microBatchSize' | 'generationBatchSize' | 'gradClip'
+>;
 
 /** One batch of rollouts with everything the update needs; row g*k + j is response j of prompt g. */
 export interface RolloutBatch {
@@ -213,10 +187,9 @@ export class RlooLearner {
     this.engine = o.engine ?? localEngine(o.model, o.settings.generationBatchSize);
     this.pad = o.model.config.padTokenId ?? o.model.config.eosTokenId;
     if (!o.model.lora) throw new QrlhfError('RlooLearner: the policy needs a LoRA adapter (the RL adapter; off, it is the reference)');
-    const s = this.settings;
-    if (!Number.isInteger(s.k) || s.k < 2) throw new QrlhfError(`RLOO: k must be an integer >= 2, got ${s.k}`);
-    if (!(s.temperature > 0)) throw new QrlhfError(`RLOO: temperature must be > 0 for training (the policy's log-probs are taken at it), got ${s.temperature}`);
-    truncationGuard(s.topP, s.topK, 'RLOO');
+    // the schema's bounds (a learner may be driven without a config file, as the tests do)
+    for (const k of ['k', 'temperature'] as const) checkField(RLOO_SCHEMA[k], this.settings[k], `RLOO: ${k}`);
+    truncationGuard(this.settings.topP, this.settings.topK, 'RLOO');
   }
 
   /**

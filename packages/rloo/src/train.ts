@@ -14,7 +14,7 @@
  * killed at any moment and resumed ends with the same adapter as an uninterrupted one.
  */
 import { appendFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import {
   AdamW,
   LoraAdapter,
@@ -33,15 +33,15 @@ import {
   type Metrics,
   checkResumableConfig,
   checkpointGuard,
-  defaultConfig,
   printLine,
+  parseConfig,
 } from '@qrlhf/core';
 import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
-import type { RlooConfig } from './config.js';
-import { RlooLearner, quantileKey, truncationGuard, type RlooSettings, type RolloutBatch } from './learner.js';
+import { RLOO_SCHEMA, type RlooConfig } from './config.js';
+import { RlooLearner, quantileKey, truncationGuard, type RolloutBatch } from './learner.js';
 import { PromptStream, preparePrompts, readPromptTexts } from './prompts.js';
 import { qrmRewardSource, type RewardSource } from './reward.js';
-import { ENGINE_SCHEMA, localEngine, openAiEngine, type EngineConfig, type RolloutEngine } from './engine.js';
+import { localEngine, openAiEngine, type RolloutEngine } from './engine.js';
 
 /** One response of a step, as given to the extraMetrics hook. */
 export interface RlooBatchItem {
@@ -97,40 +97,16 @@ export function loraConfigOf(cfg: RlooConfig): LoraConfig {
   };
 }
 
-export function settingsOf(cfg: RlooConfig): RlooSettings {
-  return {
-    k: cfg.k,
-    betaKl: cfg.betaKl,
-    klEstimator: cfg.klEstimator,
-    missingEosPenalty: cfg.missingEosPenalty,
-    maxNewTokens: cfg.maxNewTokens,
-    temperature: cfg.temperature,
-    topP: cfg.topP,
-    topK: cfg.topK,
-    ppoEpochs: cfg.ppoEpochs,
-    clipRange: cfg.clipRange,
-    microBatchSize: cfg.microBatchSize,
-    generationBatchSize: cfg.generationBatchSize,
-    gradClip: cfg.gradClip,
-  };
-}
-
+/** What the schema cannot say alone: the inputs a run needs, and a non-empty target list. */
 function validate(cfg: RlooConfig, hooks: RlooHooks): void {
   const missing: string[] = [];
   if (!cfg.policy) missing.push('"policy" (--policy)');
   if (!cfg.prompts) missing.push('"prompts" (--prompts)');
   if (!cfg.qrm && !hooks.reward) missing.push('"qrm" (--qrm)');
   if (missing.length) throw new QrlhfError(`rloo config: ${missing.join(', ')} must be set, in the config file or as a flag`);
-  if (!cfg.out) throw new QrlhfError('rloo config: "out" (--out) must be a folder');
-  if (!(cfg.temperature > 0)) throw new QrlhfError(`rloo config: "temperature" must be > 0 for training, got ${cfg.temperature}`);
-  if (!(cfg.topP > 0)) throw new QrlhfError(`rloo config: "topP" must be in (0, 1], got ${cfg.topP}`);
   truncationGuard(cfg.topP, cfg.topK, 'rloo config');
   if (cfg.loraTargets.length === 0) throw new QrlhfError('rloo config: "loraTargets" must name at least one module (or "all-linear")');
-  if (!(cfg.loraAlpha > 0)) throw new QrlhfError(`rloo config: "loraAlpha" must be > 0, got ${cfg.loraAlpha}`);
-  if (!(cfg.lr > 0)) throw new QrlhfError(`rloo config: "lr" must be > 0, got ${cfg.lr}`);
 }
-
-
 
 /** samples.jsonl rows of one step: the first `n` responses with their quantiles. */
 function sampleRows(b: RolloutBatch, step: number, n: number, taus: Float32Array): string {
@@ -156,17 +132,13 @@ function sampleRows(b: RolloutBatch, step: number, n: number, taus: Float32Array
   return rows.map((r) => r + '\n').join('');
 }
 
-/** Runs RLOO as configured; see the file comment. Relative paths in `cfg` are taken against the working directory. */
+/**
+ * Runs RLOO as configured; see the file comment. The config is checked against RLOO_SCHEMA (a
+ * hand-built one gets the same checks as a file); its paths are used as given (loadConfig resolved
+ * those of a file and of flags).
+ */
 export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promise<RlooResult> {
-  const cfg: RlooConfig = {
-    ...config,
-    loraTargets: [...config.loraTargets],
-    out: resolve(config.out),
-    policy: config.policy ? resolve(config.policy) : null,
-    prompts: config.prompts ? resolve(config.prompts) : null,
-    qrm: config.qrm ? resolve(config.qrm) : null,
-    tokenizer: config.tokenizer ? resolve(config.tokenizer) : null,
-  };
+  const cfg = parseConfig(RLOO_SCHEMA, config, 'rloo config');
   validate(cfg, hooks);
   const utility = hooks.utility ?? (await makeUtility({ name: cfg.utility, lambda: cfg.lambda, alpha: cfg.alpha }));
   await initBackend(cfg.backend as BackendName, { quiet: hooks.quiet ?? false });
@@ -267,7 +239,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
         `${cfg.steps} steps of ${cfg.batchSize} prompts x ${cfg.k} responses; utility ${cfg.utility}` +
         (resumedFrom ? `; resuming at step ${resumedFrom}` : ''), hooks.quiet);
 
-    const ecfg = engineConfigOf(config);
+    const ecfg = cfg.engine;
     engine =
       ecfg.kind === 'openai'
         ? openAiEngine({
@@ -281,7 +253,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
           })
         : localEngine(model, cfg.generationBatchSize);
     await engine.updatePolicy(step);
-    const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: settingsOf(cfg), rng, optimizer: opt, engine });
+    const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: cfg, rng, optimizer: opt, engine });
     const saveCheckpoint = (s: number) =>
       saveTrainingState(ckptDir, {
         step: s,
@@ -344,12 +316,6 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     qrm?.dispose();
     await tracker?.close();
   }
-}
-
-/** The engine block of a config (defaults for the keys it leaves out; local when it has none). */
-export function engineConfigOf(config: object): EngineConfig {
-  const given = (config as { engine?: Partial<EngineConfig> | null }).engine ?? {};
-  return { ...defaultConfig(ENGINE_SCHEMA), ...given };
 }
 
 /** Reads a run folder's metrics.jsonl rows. */

@@ -10,7 +10,7 @@ import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
 import { AdamW, Rng, initBackend, withLoraDisabled, type LlamaModel } from '@qrlhf/core';
 import { makeUtility, taus as makeTaus, type Utility } from '@qrlhf/qrm';
-import { DEFAULT_SETTINGS, RlooLearner, functionRewardSource, type RlPrompt } from '../src/index.js';
+import { rlooDefaults, RlooLearner, functionRewardSource, type RlPrompt } from '../src/index.js';
 import { scaledRandomModel, tinyConfig, tokenizerFor } from './fixture.js';
 
 const CHARS = ['a', 'b', 'c'];
@@ -95,7 +95,7 @@ for (const k of [2, 4]) {
     const U = Array.from({ length: V }, (_, a) => utility(Float32Array.from(armQuantiles(armText(a))), TAUS));
     const learner = new RlooLearner({
       model, tokenizer: tok, reward, utility, rng: new Rng(`bandit-grad-${k}`), optimizer: opt,
-      settings: { ...DEFAULT_SETTINGS, k, betaKl: beta, maxNewTokens: 1, microBatchSize: 256, generationBatchSize: 256 },
+      settings: { ...rlooDefaults(), k, betaKl: beta, maxNewTokens: 1, microBatchSize: 256, generationBatchSize: 256 },
     });
     const keys = Object.keys(adapter.variables).sort();
     const exact = flatten(exactGradient(model, U, beta), keys);
@@ -150,7 +150,7 @@ for (const [name, lambda, want] of [['expectation', 1, 'a'], ['exponential', 1, 
     const utility = await makeUtility({ name, lambda });
     const learner = new RlooLearner({
       model, tokenizer: tok, reward, utility, rng: new Rng(`bandit-train-${name}`), optimizer: opt,
-      settings: { ...DEFAULT_SETTINGS, k: 2, betaKl: 0, maxNewTokens: 1, microBatchSize: 64, generationBatchSize: 64 },
+      settings: { ...rlooDefaults(), k: 2, betaKl: 0, maxNewTokens: 1, microBatchSize: 64, generationBatchSize: 64 },
     });
     const before = nextTokenProbs(model);
     const idA = tok.encode('a')[0]!;

@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { AdamW, Rng, withLoraDisabled, type LlamaModel } from '@qrlhf/core';
 import { makeUtility } from '@qrlhf/qrm';
 import {
-  DEFAULT_SETTINGS,
+  rlooDefaults,
   RlooLearner,
   klToken,
   leaveOneOutAdvantages,
@@ -147,7 +147,7 @@ for (const [k, est] of [[2, 'k1'], [4, 'k3']] as const) {
       tokenizer: tok,
       reward: stubReward(),
       utility: await makeUtility({ name: 'exponential', lambda: 2 }),
-      settings: { ...DEFAULT_SETTINGS, k, klEstimator: est, betaKl: 0.4, maxNewTokens: 5, temperature, microBatchSize: 3, generationBatchSize: 5, missingEosPenalty: 0.25 },
+      settings: { ...rlooDefaults(), k, klEstimator: est, betaKl: 0.4, maxNewTokens: 5, temperature, microBatchSize: 3, generationBatchSize: 5, missingEosPenalty: 0.25 },
       rng: new Rng(5),
       optimizer: opt,
     });

@@ -1,5 +1,5 @@
 export {
-  SFT_SCHEMA, SFT_PATH_KEYS, LORA_TARGET_NAMES, BACKENDS, sftDefaults, resolveConfigPaths, loadSftConfigFile,
+  SFT_SCHEMA, sftDefaults, loadSftConfigFile,
   applySftOverrides, loadSftConfig, checkSftConfig, type SftConfig, type SftConfigKey,
 } from './config.js';
 export { runSft, evaluateSft, readMetrics, type SftHooks, type SftResult, type SftDataSummary } from './train.js';

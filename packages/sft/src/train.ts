@@ -14,7 +14,7 @@
  * an uninterrupted one.
  */
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
   AdamW,
@@ -190,16 +190,12 @@ function loraConfigOf(cfg: SftConfig): LoraConfig {
 }
 
 
-/** Runs SFT with LoRA as configured; see the file comment. Paths in `cfg` are taken relative to the working directory. */
+/**
+ * Runs SFT with LoRA as configured; see the file comment. The config is checked against SFT_SCHEMA
+ * (checkSftConfig); its paths are used as given (loadConfig resolved those of a file and of flags).
+ */
 export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
-  const checked = checkSftConfig(config);
-  const cfg = {
-    ...checked,
-    model: resolve(checked.model),
-    data: resolve(checked.data),
-    out: resolve(checked.out),
-    tokenizer: checked.tokenizer ? resolve(checked.tokenizer) : null,
-  };
+  const cfg = checkSftConfig(config);
   await initBackend(cfg.backend, { quiet: hooks.quiet ?? false });
 
   const out = cfg.out;

@@ -53,7 +53,7 @@ test('an unknown key is refused, naming the file and the key, with a suggestion'
 
 test('mistyped and out-of-range values are refused, naming the file and the key', (t) => {
   const cases: [Record<string, unknown>, RegExp][] = [
-    [{ lr: '3e-4' }, /key "lr": expected a number >= 0, got "3e-4"/],
+    [{ lr: '3e-4' }, /key "lr": expected a number > 0, got "3e-4"/],
     [{ loraR: 2.5 }, /key "loraR": expected an integer/],
     [{ loraR: 0 }, /key "loraR": expected an integer >= 1/],
     [{ heldOutFraction: 1 }, /key "heldOutFraction": expected a number in \[0, 0.9\]/],

@@ -211,7 +211,7 @@ export class TemplateFormat implements DialogueFormat {
 }
 
 /** The `chatTemplate` field of every stage's schema (defineConfig), declared once. */
-export const CHAT_TEMPLATE_FIELD = { type: 'string', default: 'auto', doc: CHAT_TEMPLATE_DOC } as const;
+export const CHAT_TEMPLATE_FIELD = { type: 'string', default: 'auto', path: isChatTemplatePath, doc: CHAT_TEMPLATE_DOC } as const;
 
 /** Whether a `chatTemplate` value is a path (to be resolved against a config file's folder). */
 export function isChatTemplatePath(v: unknown): v is string {

@@ -4,12 +4,16 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { LlamaModel, Rng, readSafetensors, repoRoot, saveHfFolder } from '@qrlhf/core';
+import { LlamaModel, Rng, characterTokenizer, readSafetensors, repoRoot, saveHfFolder, type LlamaConfig } from '@qrlhf/core';
 import { QuantileRewardModel } from '@qrlhf/qrm';
-import { runQrmInProcess } from '../../cli/src/commands/qrm.js';
-import { charTokenizer, tinyLlama } from './reference.js';
+import { qrmCommand } from '../src/commands/qrm.js';
+import { runInProcess } from './cli-helpers.js';
 
 const run = promisify(execFile);
+const tinyLlama: LlamaConfig = {
+  vocabSize: 40, hiddenSize: 16, intermediateSize: 24, numLayers: 2, numHeads: 4, numKvHeads: 2,
+  rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: true, maxPositionEmbeddings: 128, bosTokenId: 1, eosTokenId: 2,
+};
 const root = repoRoot();
 
 async function qrlhf(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -22,12 +26,12 @@ async function qrlhf(...args: string[]): Promise<{ code: number; stdout: string;
   }
 }
 
-const inProcess = (...args: string[]) => runQrmInProcess(args);
+const inProcess = (...args: string[]) => runInProcess(qrmCommand, args);
 
 test('qrlhf qrm: features -> fit -> gate -> score -> eval on a tiny backbone, and one-line errors', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-cli-'));
   const model = LlamaModel.random(tinyLlama, 3);
-  await saveHfFolder(join(dir, 'bb'), model, charTokenizer());
+  await saveHfFolder(join(dir, 'bb'), model, characterTokenizer());
   model.dispose();
   const rng = new Rng(1);
   const words = ['good', 'bad', 'long answer here', 'no', 'yes indeed', 'a cat'];
