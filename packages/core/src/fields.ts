@@ -9,6 +9,7 @@
  */
 import { BACKEND_NAMES } from './compute/backend.js';
 import { defineConfig } from './config.js';
+import { CHAT_TEMPLATE_FIELD } from './chat/format.js';
 
 /** What every stage that computes with tfjs takes. */
 export const RUN_FIELDS = defineConfig({
@@ -18,6 +19,7 @@ export const RUN_FIELDS = defineConfig({
 /** What every stage that loads a language model (besides the model path itself) takes. */
 export const MODEL_FIELDS = defineConfig({
   tokenizer: { type: 'string', default: null, nullable: true, path: true, doc: "tokenizer.json, a folder, or a llama2.c tokenizer .bin (null = the model's own, inside or beside it)" },
+  chatTemplate: CHAT_TEMPLATE_FIELD,
 });
 
 /** What every training run takes besides its run folder and seed. */

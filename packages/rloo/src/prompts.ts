@@ -1,14 +1,18 @@
 /**
- * RL prompts: read ({prompt} rows or HH-RLHF dialogues), tokenised as BOS + prompt, filtered by
+ * RL prompts: read ({prompt} rows or HH-RLHF dialogues), tokenised as BOS + prompt (with a chat
+ * template: the prompt's turns rendered with the generation prompt, BOS only where the template
+ * did not write it), filtered by
  * length, and served in a seeded order that is a pure function of (seed, step): a shuffled pass
  * over the prompts per epoch, so a resumed run sees the same prompts at the same steps.
  */
-import { QrlhfError, Rng, readJsonl, splitDialogue, type Tokenizer } from '@qrlhf/core';
+import {
+  HH_FORMAT, QrlhfError, Rng, formatNeedsBos, hhPromptToMessages, readJsonl, splitDialogue, type DialogueFormat, type Tokenizer,
+} from '@qrlhf/core';
 
 export interface RlPrompt {
-  /** The prompt text given to the reward source. */
+  /** The prompt text given to the reward source, as read (the reward model writes it in its own format). */
   text: string;
-  /** BOS + the prompt's tokens: what the policy continues. */
+  /** BOS + the prompt's tokens in the policy's dialogue format: what the policy continues. */
   ids: number[];
 }
 
@@ -40,12 +44,19 @@ export async function readPromptTexts(path: string, maxRows = 0): Promise<string
  * Tokenises the prompts as BOS + prompt and drops (counting them) those of more than
  * `maxPromptLength` tokens, or that leave no room for `maxNewTokens` within the model's context.
  */
-export function preparePrompts(texts: string[], tok: Tokenizer, o: { maxPromptLength: number; maxNewTokens: number; contextLength: number }): PromptSet {
+export function preparePrompts(
+  texts: string[],
+  tok: Tokenizer,
+  o: { maxPromptLength: number; maxNewTokens: number; contextLength: number },
+  format: DialogueFormat = HH_FORMAT,
+): PromptSet {
   const prompts: RlPrompt[] = [];
   let filtered = 0;
   const limit = Math.min(o.maxPromptLength, o.contextLength - o.maxNewTokens);
   for (const text of texts) {
-    const ids = [tok.bosId, ...tok.encode(text, { addBos: false })];
+    const written = format.template ? format.prompt(hhPromptToMessages(text)) : text;
+    const bos = formatNeedsBos(format, written, tok.defaultAddBos, true) ? [tok.bosId] : [];
+    const ids = [...bos, ...tok.encode(written, { addBos: false })];
     if (ids.length > limit) filtered++;
     else prompts.push({ text, ids });
   }

@@ -23,6 +23,7 @@ import {
   Tracker,
   initBackend,
   loadModel,
+  dialogueFormatFor,
   loadTrainingState,
   saveLoraAdapter,
   saveTrainingState,
@@ -82,7 +83,7 @@ export interface RlooResult {
 
 /** Config keys that fix the trajectory: a resumed run must agree with its checkpoint on them. */
 const TRAJECTORY_KEYS = [
-  'policy', 'tokenizer', 'qrm', 'prompts', 'maxPrompts', 'seed', 'utility', 'lambda', 'alpha', 'k', 'batchSize', 'lr',
+  'policy', 'tokenizer', 'chatTemplate', 'qrm', 'prompts', 'maxPrompts', 'seed', 'utility', 'lambda', 'alpha', 'k', 'batchSize', 'lr',
   'weightDecay', 'gradClip', 'loraR', 'loraAlpha', 'loraDropout', 'loraTargets', 'betaKl', 'klEstimator',
   'missingEosPenalty', 'maxPromptLength', 'maxNewTokens', 'temperature', 'topP', 'topK', 'ppoEpochs', 'clipRange',
   'microBatchSize', 'generationBatchSize',
@@ -158,11 +159,12 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   let opt: AdamW | null = null;
   let engine: RolloutEngine | null = null;
   try {
+    const format = dialogueFormatFor(cfg.chatTemplate, tok);
     const pset = preparePrompts(texts, tok, {
       maxPromptLength: cfg.maxPromptLength,
       maxNewTokens: cfg.maxNewTokens,
       contextLength: model.config.maxPositionEmbeddings,
-    });
+    }, format);
     if (cfg.maxNewTokens + 1 > model.config.maxPositionEmbeddings) {
       throw new QrlhfError(`rloo config: "maxNewTokens" ${cfg.maxNewTokens} leaves no room for a prompt in the policy's ${model.config.maxPositionEmbeddings}-token context`);
     }
@@ -253,7 +255,11 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
           })
         : localEngine(model, cfg.generationBatchSize);
     await engine.updatePolicy(step);
-    const learner = new RlooLearner({ model, tokenizer: tok, reward, utility, settings: cfg, rng, optimizer: opt, engine });
+    // A reply in a chat template ends with the template's end-of-turn token (Llama 3: <|eot_id|>,
+    // whose id need not be the tokenizer's EOS): rollouts stop there and it counts as the EOS.
+    const eot = format.endOfTurn === null ? undefined : tok.tokenToId(format.endOfTurn);
+    const decoder = eot === undefined ? tok : { eosId: eot, decode: (ids: number[], o?: { skipSpecial?: boolean }) => tok.decode(ids, o) };
+    const learner = new RlooLearner({ model, tokenizer: decoder, reward, utility, settings: cfg, rng, optimizer: opt, engine });
     const saveCheckpoint = (s: number) =>
       saveTrainingState(ckptDir, {
         step: s,

@@ -8,7 +8,7 @@
  * that file; paths given as command-line flags, against the working directory (core's loadConfig).
  */
 import {
-  CHAT_TEMPLATE_FIELD, LORA_MODULES, MODEL_FIELDS, QrlhfError, RUN_FIELDS, TRAIN_RUN_FIELDS, applyOverrides, defaultConfig, defineConfig,
+  LORA_MODULES, MODEL_FIELDS, QrlhfError, RUN_FIELDS, TRAIN_RUN_FIELDS, applyOverrides, defaultConfig, defineConfig,
   loadConfig, loadConfigFile, outField, parseConfig, requireKeys, seedField, type ConfigOf,
 } from '@qrlhf/core';
 
@@ -18,7 +18,6 @@ export const SFT_SCHEMA = defineConfig({
   model: { type: 'string', default: null, nullable: true, path: true, doc: 'base model: a Hugging Face folder or a llama2.c .bin checkpoint (required)' },
   ...MODEL_FIELDS,
   data: { type: 'string', default: null, nullable: true, path: true, doc: 'training data: HH-RLHF {chosen, rejected} or {prompt, response} rows, .jsonl or .jsonl.gz (required)' },
-  chatTemplate: CHAT_TEMPLATE_FIELD,
   out: outField('runs/sft', 'run folder: config.json, metrics.jsonl, checkpoints/, adapter/, merged/'),
   seed: seedField('seed of every random draw: LoRA init, held-out split, shuffling, dropout'),
   ...RUN_FIELDS,
