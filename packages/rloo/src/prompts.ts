@@ -6,7 +6,7 @@
  * over the prompts per epoch, so a resumed run sees the same prompts at the same steps.
  */
 import {
-  HH_FORMAT, QrlhfError, Rng, formatNeedsBos, hhPromptToMessages, readJsonl, splitDialogue, type DialogueFormat, type Tokenizer,
+  HH_FORMAT, QrlhfError, Rng, promptIds, readJsonl, splitDialogue, type DialogueFormat, type Tokenizer,
 } from '@qrlhf/core';
 
 export interface RlPrompt {
@@ -54,9 +54,7 @@ export function preparePrompts(
   let filtered = 0;
   const limit = Math.min(o.maxPromptLength, o.contextLength - o.maxNewTokens);
   for (const text of texts) {
-    const written = format.template ? format.prompt(hhPromptToMessages(text)) : text;
-    const bos = formatNeedsBos(format, written, tok.defaultAddBos, true) ? [tok.bosId] : [];
-    const ids = [...bos, ...tok.encode(written, { addBos: false })];
+    const ids = promptIds(tok, format, text, true);
     if (ids.length > limit) filtered++;
     else prompts.push({ text, ids });
   }

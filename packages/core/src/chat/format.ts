@@ -20,6 +20,7 @@
  * text up to the first special token after the final turn's content (located with a sentinel
  * content). Templates for which render(messages) does not start with that prompt are refused.
  */
+import { readFileSync } from 'node:fs';
 import { QrlhfError } from '../errors.js';
 import { ASSISTANT_TAG, HUMAN_TAG } from '../data/dialogue.js';
 import { ChatTemplate, type ChatMessage } from './template.js';
@@ -49,6 +50,8 @@ export interface DialogueFormat {
   readonly endOfTurn: string | null;
   /** The text the model continues: the turns (ending with a user turn) and the reply's header. */
   prompt(messages: readonly ChatMessage[]): string;
+  /** The turns as written, with the reply's header at the end when `generationPrompt` (`qrlhf template`). */
+  text(messages: readonly ChatMessage[], generationPrompt: boolean): string;
   /** A conversation ending with an assistant turn, cut before its reply (see DialogueSplit). */
   split(messages: readonly ChatMessage[]): DialogueSplit;
 }
@@ -91,6 +94,35 @@ export function pairToMessages(prompt: string, response: string): ChatMessage[] 
   return [...hhPromptToMessages(prompt), { role: 'assistant', content: response.trim() }];
 }
 
+/**
+ * The conversation in a JSON file: an array of {role, content} (strings; other keys, such as
+ * tool_calls, are passed to the template as they are). Errors name the file and the message.
+ */
+export function readMessagesFile(path: string): ChatMessage[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new QrlhfError(`${path}: cannot read the messages file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text.replace(/^\uFEFF/, ''));
+  } catch (e) {
+    throw new QrlhfError(`${path}: not valid JSON (${(e as Error).message})`);
+  }
+  if (!Array.isArray(v)) throw new QrlhfError(`${path}: expected a JSON array of {role, content} messages`);
+  v.forEach((m, i) => {
+    if (typeof m !== 'object' || m === null || Array.isArray(m)) throw new QrlhfError(`${path}: message ${i}: expected an object {role, content}`);
+    for (const k of ['role', 'content']) {
+      if (typeof (m as Record<string, unknown>)[k] !== 'string') {
+        throw new QrlhfError(`${path}: message ${i}: "${k}" must be a string, got ${JSON.stringify((m as Record<string, unknown>)[k]) ?? 'nothing'}`);
+      }
+    }
+  });
+  return v as ChatMessage[];
+}
+
 function checkMessages(messages: readonly ChatMessage[], what: string): void {
   if (messages.length === 0) throw new QrlhfError(`${what}: the conversation has no turns`);
   messages.forEach((m, i) => {
@@ -119,6 +151,10 @@ export const HH_FORMAT: DialogueFormat = {
     checkMessages(messages, 'hh format');
     return hhText(messages) + ASSISTANT_TAG;
   },
+  text(messages, generationPrompt) {
+    checkMessages(messages, 'hh format');
+    return hhText(messages) + (generationPrompt ? ASSISTANT_TAG : '');
+  },
   split(messages) {
     checkMessages(messages, 'hh format');
     const last = messages[messages.length - 1]!;
@@ -133,9 +169,9 @@ const SENTINEL = 'QRLHFSENTINEL7f3a9';
 /** A chat template as a DialogueFormat. `now` pins strftime_now for the format's whole life. */
 export class TemplateFormat implements DialogueFormat {
   readonly name: string;
-  readonly endOfTurn: string | null;
   private readonly now: Date;
   private readonly special: readonly string[];
+  private eot: string | null | undefined;
 
   /** `specialTokens`: the tokenizer's own special token strings, besides those its config names. */
   constructor(
@@ -145,8 +181,15 @@ export class TemplateFormat implements DialogueFormat {
     this.name = template.where;
     this.now = opts.now ?? new Date();
     this.special = [...new Set([...template.specialStrings, ...(opts.specialTokens ?? [])])].filter((x) => x !== '');
-    const probe = this.turnTail([{ role: 'user', content: 'Hi' }], 'assistant');
-    this.endOfTurn = probe.eot === '' ? null : probe.eot.slice(probe.eot.length - probe.special.length);
+  }
+
+  /** Found once, from a probe conversation (a user turn and a reply). */
+  get endOfTurn(): string | null {
+    if (this.eot === undefined) {
+      const probe = this.turnTail([{ role: 'user', content: 'Hi' }], 'assistant');
+      this.eot = probe.eot === '' ? null : probe.eot.slice(probe.eot.length - probe.special.length);
+    }
+    return this.eot;
   }
 
   private render(messages: readonly ChatMessage[], gen: boolean): string {
@@ -178,6 +221,11 @@ export class TemplateFormat implements DialogueFormat {
   prompt(messages: readonly ChatMessage[]): string {
     checkMessages(messages, this.template.where);
     return this.render(messages, true);
+  }
+
+  text(messages: readonly ChatMessage[], generationPrompt: boolean): string {
+    checkMessages(messages, this.template.where);
+    return this.render(messages, generationPrompt);
   }
 
   split(messages: readonly ChatMessage[]): DialogueSplit {
@@ -260,6 +308,22 @@ export function dialogueFormatFor(
 ): DialogueFormat {
   const specialTokens = tok.specialTokenStrings?.() ?? [];
   return resolveDialogueFormat(option, { tokenizerConfig: { ...tok.tokenizerConfig }, dir: tok.dir, where: tok.source, specialTokens }, opts);
+}
+
+/**
+ * The token ids a model continues for a prompt text (HH text, or plain text = one user turn): for
+ * HH the text as it is, BOS first when `hhBos` (each stage's convention before templates); for a
+ * template, the prompt's turns rendered with the generation prompt, BOS as formatNeedsBos says.
+ */
+export function promptIds(
+  tok: { readonly bosId: number; readonly defaultAddBos: boolean; encode(text: string, o?: { addBos?: boolean }): number[] },
+  format: DialogueFormat,
+  text: string,
+  hhBos: boolean,
+): number[] {
+  const written = format.template ? format.prompt(hhPromptToMessages(text)) : text;
+  const bos = formatNeedsBos(format, written, tok.defaultAddBos, hhBos);
+  return [...(bos ? [tok.bosId] : []), ...tok.encode(written, { addBos: false })];
 }
 
 /**
