@@ -6,6 +6,7 @@ import { PARSER_CONFIGURATION } from './options.js';
 import { generateCommand } from './commands/generate.js';
 import { convertCommand } from './commands/convert.js';
 import { tokenizeCommand } from './commands/tokenize.js';
+import { templateCommand } from './commands/template.js';
 import { sftCommand } from './commands/sft.js';
 import { qrmCommand } from './commands/qrm.js';
 import { rlooCommand } from './commands/rloo.js';
@@ -14,7 +15,7 @@ import { plotCommand } from './commands/plot.js';
 import { serveCommand } from './commands/serve.js';
 
 const commands: (CommandModule | null)[] = [
-  generateCommand, convertCommand, tokenizeCommand, sftCommand, qrmCommand, rlooCommand, benchCommand, plotCommand, serveCommand,
+  generateCommand, convertCommand, tokenizeCommand, templateCommand, sftCommand, qrmCommand, rlooCommand, benchCommand, plotCommand, serveCommand,
 ];
 
 let cli = yargs(hideBin(process.argv))
