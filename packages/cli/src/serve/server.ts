@@ -27,8 +27,9 @@ import http from 'node:http';
 import { basename, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
-  BACKEND_NAMES,
+  MODEL_FIELDS,
   QrlhfError,
+  RUN_FIELDS,
   Rng,
   defineConfig,
   generate,
@@ -45,16 +46,16 @@ import { BUILTIN_UTILITIES, QuantileRewardModel, makeUtility, type Utility } fro
 import { rowRng } from '@qrlhf/rloo';
 
 export const SERVE_SCHEMA = defineConfig({
-  model: { type: 'string', default: null, nullable: true, doc: 'model folder to serve for /v1/completions and /v1/embeddings (Hugging Face layout or llama2.c .bin)' },
+  model: { type: 'string', default: null, nullable: true, path: true, doc: 'model folder to serve for /v1/completions and /v1/embeddings (Hugging Face layout or llama2.c .bin)' },
   servedModelName: { type: 'string', default: null, nullable: true, doc: "the model's id in requests (null = the folder's name)" },
-  tokenizer: { type: 'string', default: null, nullable: true, doc: "tokenizer file or folder (null = the model's own)" },
-  qrm: { type: 'string', default: null, nullable: true, doc: 'quantile reward model folder: enables POST /v1/reward and POST /get_reward' },
+  ...MODEL_FIELDS,
+  qrm: { type: 'string', default: null, nullable: true, path: true, doc: 'quantile reward model folder: enables POST /v1/reward and POST /get_reward' },
   utility: { type: 'string', default: 'expectation', choices: BUILTIN_UTILITIES, doc: "/get_reward's utility of the quantiles (and /v1/reward's default)" },
   lambda: { type: 'number', default: 1, min: 0, doc: 'risk aversion of exponential / certainty-equivalent' },
   alpha: { type: 'number', default: 0.25, min: 0, max: 1, doc: 'tail level of cvar' },
   host: { type: 'string', default: '127.0.0.1', doc: 'address to listen on (0.0.0.0 = every interface)' },
   port: { type: 'int', default: 8000, min: 0, max: 65535, doc: 'port (0 = any free one; the chosen one is printed)' },
-  backend: { type: 'string', default: 'auto', choices: BACKEND_NAMES, doc: 'tfjs backend: auto picks the fastest available' },
+  ...RUN_FIELDS,
   maxBatchRows: { type: 'int', default: 64, min: 1, doc: 'completion rows decoded together in one generate call' },
   rewardBatchSize: { type: 'int', default: 8, min: 1, doc: "sequences per forward pass of the QRM's backbone" },
   maxBodyBytes: { type: 'int', default: 64 * 1024 * 1024, min: 1024, doc: 'largest request body accepted (413 above it)' },
