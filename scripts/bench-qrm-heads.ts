@@ -100,7 +100,7 @@ async function main(): Promise<void> {
     const ts = Array.from(makeTaus(K));
     const t0 = performance.now();
     // first-order phase only (lpMaxCells 0), so the comparison with the LP below is meaningful
-    const res = solveQuantileLevels(x, n, d, y, {
+    const res = await solveQuantileLevels(x, n, d, y, {
       alpha: 0.003,
       taus: ts,
       lpMaxCells: 0,
@@ -119,7 +119,7 @@ async function main(): Promise<void> {
     let referenceSeconds: number | null = null;
     if (!lpFeasible && referenceTime > 0) {
       const r0 = performance.now();
-      const ref = solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0, timeLimit: referenceTime, tolerance: 1e-6, stallTolerance: 1e-8, stallWindow: 60 });
+      const ref = await solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0, timeLimit: referenceTime, tolerance: 1e-6, stallTolerance: 1e-8, stallWindow: 60 });
       referenceObjective = Array.from(ref.objective);
       referenceSeconds = (performance.now() - r0) / 1000;
       process.stderr.write(`  reference run: ${ref.iterations} iterations, ${referenceSeconds.toFixed(1)} s\n`);

@@ -30,7 +30,7 @@ test.before(async () => {
   };
   const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, rng);
   const q = new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: [0, 0], backbone: policy });
-  q.save(join(dir, 'qrm'));
+  await q.save(join(dir, 'qrm'));
   q.dispose();
   qrm = await QuantileRewardModel.load(join(dir, 'qrm'));
   server = await startServe(['--qrm', join(dir, 'qrm'), '--utility', 'exponential', '--lambda', '5']);

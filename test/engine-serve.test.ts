@@ -17,11 +17,11 @@ let policy = '';
 let model: LlamaModel;
 
 /** A PEFT adapter with random (non-zero) A and B, so it changes what the model samples. */
-function writeAdapter(m: LlamaModel, out: string, seed: number): void {
+async function writeAdapter(m: LlamaModel, out: string, seed: number): Promise<void> {
   const rng = new Rng(`adapter:${seed}`);
   const a = m.addLora({ r: 4, alpha: 8, dropout: 0, targetModules: ['q_proj', 'v_proj', 'o_proj'] }, rng);
   for (const v of Object.values(a.variables)) v.assign(tf.tensor(Float32Array.from({ length: v.size }, () => rng.normal() * 0.8), v.shape));
-  saveLoraAdapter(out, a, policy);
+  await saveLoraAdapter(out, a, policy);
   m.lora = null;
   a.dispose();
 }
@@ -30,8 +30,8 @@ test.before(async () => {
   await initBackend('cpu', { quiet: true });
   policy = await writeTinyPolicy(join(dir, 'policy'));
   model = (await loadModel(policy)).model;
-  writeAdapter(model, join(dir, 'adapter-1'), 1);
-  writeAdapter(model, join(dir, 'adapter-2'), 2);
+  await writeAdapter(model, join(dir, 'adapter-1'), 1);
+  await writeAdapter(model, join(dir, 'adapter-2'), 2);
   server = await startServe(['--model', policy]);
 });
 test.after.always(async () => {
@@ -43,7 +43,7 @@ async function local(ids: number[], n: number, seed: number, adapterDir: string 
   const { loadLoraAdapter } = await import('@qrlhf/core');
   if (adapterDir) loadLoraAdapter(adapterDir, model);
   const rngs = Array.from({ length: n }, (_, j) => rowRng(seed, j));
-  const g = generate(model, Array.from({ length: n }, () => ids), { maxNewTokens: 8, temperature: 1, eosTokenId: 2, rng: rngs[0]!, rowRngs: rngs });
+  const g = await generate(model, Array.from({ length: n }, () => ids), { maxNewTokens: 8, temperature: 1, eosTokenId: 2, rng: rngs[0]!, rowRngs: rngs });
   model.lora?.dispose();
   model.lora = null;
   return g.tokens;

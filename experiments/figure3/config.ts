@@ -1,4 +1,4 @@
-import { defineConfig, type ConfigOf } from '@qrlhf/core';
+import { BACKEND_NAMES, defineConfig, type ConfigOf } from '@qrlhf/core';
 
 /**
  * Every setting of the Figure 3 experiment, with its default (sized to finish in about 15 minutes
@@ -7,7 +7,7 @@ import { defineConfig, type ConfigOf } from '@qrlhf/core';
  */
 export const FIGURE3_SCHEMA = defineConfig({
   out: { type: 'string', default: 'runs/figure3', doc: 'run folder (every stage keeps its outputs here; a rerun skips finished stages)' },
-  backend: { type: 'string', default: 'auto', choices: ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'], doc: 'tfjs backend' },
+  backend: { type: 'string', default: 'auto', choices: BACKEND_NAMES, doc: 'tfjs backend: auto picks tensorflow-gpu > webgpu (hardware adapter) > tensorflow > wasm > cpu' },
   worldSeed: { type: 'int', default: 1, min: 0, doc: 'seed of the synthetic world and its datasets' },
   seeds: { type: 'number[]', default: [1, 2], doc: 'RLOO seeds: each utility is trained once per seed' },
 

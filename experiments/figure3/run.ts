@@ -221,7 +221,7 @@ async function main(): Promise<void> {
     const r = readRatingFeatures(f1);
     // The world's ratings already lie in [0, 1] (SPEC §4): no rescaling, so the QRM's quantiles
     // are on the truth's scale.
-    const heads = fitQuantileHeads(r.embeddings, r.n, r.d, r.labels, {
+    const heads = await fitQuantileHeads(r.embeddings, r.n, r.d, r.labels, {
       attributes: r.attributes,
       K: cfg.quantiles,
       alpha: cfg.l1,
@@ -231,7 +231,7 @@ async function main(): Promise<void> {
       // size (packages/qrm/test/heads.test.ts); the exact LP finish would cost minutes here.
       lpMaxCells: 0,
     });
-    const trained = trainQrm({
+    const trained = await trainQrm({
       heads,
       pairs: readPairFeatures(f2),
       hiddenSize: cfg.gateHidden,
@@ -241,7 +241,7 @@ async function main(): Promise<void> {
       backbone: baseDir,
       pooling: cfg.pooling,
     });
-    trained.model.save(qrmModelDir);
+    await trained.model.save(qrmModelDir);
     backbone.model.dispose();
     trained.model.dispose();
     return {
@@ -331,7 +331,7 @@ async function evaluatePolicy(o: {
     const batch = 32;
     for (let i = 0; i < prompts.length; i += batch) {
       const chunk = prompts.slice(i, i + batch);
-      const res = generate(
+      const res = await generate(
         model,
         chunk.map((p) => [tokenizer.bosId, ...tokenizer.encode(p)]),
         { maxNewTokens: o.cfg.maxNewTokens, temperature: o.cfg.temperature, rng, eosTokenId: tokenizer.eosId },

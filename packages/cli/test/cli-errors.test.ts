@@ -61,7 +61,7 @@ test('generated flags: ranges, integers, repeats, lists, blocks', (t) => {
   bad(() => g('--temperature', '-0.5'), /^command line: --temperature: expected a number >= 0, got "-0\.5" \(a string\)$/);
   bad(() => g('--temperature', 'Infinity'), /got "Infinity"/);
   bad(() => g('--top-p', '0'), /^command line: --top-p: expected a number in \(0, 1\] or null, got "0"/);
-  bad(() => g('--backend', 'tpu'), /^command line: --backend: expected one of "auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu", got "tpu"/);
+  bad(() => g('--backend', 'tpu'), /^command line: --backend: expected one of "auto", "tensorflow-gpu", "webgpu", "tensorflow", "wasm", "cpu", got "tpu"/);
   bad(() => g('--max-new-tokens'), /Not enough arguments following: max-new-tokens/);
   t.deepEqual(g('--stop', 'a,b', '--stop', '\\n\\nHuman:').stop, ['a,b', '\\n\\nHuman:'], 'a repeatable flag: one text per occurrence, commas kept');
   bad(() => mustExist({ model: join(dir, 'nope.bin') }, ['model']), /^--model: .*nope\.bin does not exist$/);

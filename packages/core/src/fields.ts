@@ -13,7 +13,7 @@ import { CHAT_TEMPLATE_FIELD } from './chat/format.js';
 
 /** What every stage that computes with tfjs takes. */
 export const RUN_FIELDS = defineConfig({
-  backend: { type: 'string', default: 'auto', choices: BACKEND_NAMES, doc: 'tfjs backend: auto picks tensorflow-gpu > tensorflow > wasm > cpu' },
+  backend: { type: 'string', default: 'auto', choices: BACKEND_NAMES, doc: 'tfjs backend: auto picks tensorflow-gpu > webgpu (hardware adapter) > tensorflow > wasm > cpu' },
 });
 
 /** What every stage that loads a language model (besides the model path itself) takes. */

@@ -198,14 +198,14 @@ const KNOWN = 'Once upon a time, there was a little girl named Lily. She loved t
 maybeStories('stories260K: greedy from BOS writes the known text; the converted HF folder writes the same', async (t) => {
   const bin = await loadModel(stories!);
   t.is(bin.tokenizer.vocabSize, 512);
-  const run = (m: LlamaModel) => generate(m, [[1]], { maxNewTokens: 40, temperature: 0, rng: new Rng(0) }).tokens[0]!;
-  const ids = run(bin.model);
+  const run = async (m: LlamaModel) => (await generate(m, [[1]], { maxNewTokens: 40, temperature: 0, rng: new Rng(0) })).tokens[0]!;
+  const ids = await run(bin.model);
   const text = bin.tokenizer.decode(ids, { skipSpecial: true });
   t.true(text.startsWith(KNOWN), text);
   const dir = fresh('stories-hf');
   await saveHfFolder(dir, bin.model, bin.tokenizer);
   const hf = await loadModel(dir);
-  t.deepEqual(run(hf.model), ids);
+  t.deepEqual(await run(hf.model), ids);
   t.is(hf.tokenizer.decode(ids, { skipSpecial: true }), text);
   t.deepEqual(hf.tokenizer.encode(KNOWN), bin.tokenizer.encode(KNOWN));
   bin.model.dispose();

@@ -68,7 +68,7 @@ function scaledDown(json: Record<string, unknown>): Record<string, unknown> {
 }
 
 for (const f of Object.keys(EXPECTED)) {
-  maybe(`${f} (scaled down): forward, LoRA training and decoding`, (t) => {
+  maybe(`${f} (scaled down): forward, LoRA training and decoding`, async (t) => {
     const c = configFromHf(scaledDown(read(f)), `${f}/config.json (scaled)`);
     const model = LlamaModel.random(c, 1);
     const rng = new Rng(2);
@@ -99,20 +99,20 @@ for (const f of Object.keys(EXPECTED)) {
     t.true(after < losses[0]! - 1e-3, `loss ${losses.join(', ')} then ${after}`);
 
     // Decoding: greedy, through the adapter, stops at maxNewTokens or an eos.
-    const g = generate(model, [[c.bosTokenId, 5, 6], [c.bosTokenId, 7]], { maxNewTokens: 5, temperature: 0, rng, eosTokenId: [] });
+    const g = await generate(model, [[c.bosTokenId, 5, 6], [c.bosTokenId, 7]], { maxNewTokens: 5, temperature: 0, rng, eosTokenId: [] });
     t.true(g.tokens.every((r) => r.length === 5 && r.every((x) => Number.isInteger(x) && x >= 0 && x < V)));
     tf.dispose([idsT, maskT, targets]);
     model.dispose();
   });
 }
 
-test('generation stops at any of the eos ids a config lists (eos_token_id as a list), and the tokenizer\'s is added to them', (t) => {
+test('generation stops at any of the eos ids a config lists (eos_token_id as a list), and the tokenizer\'s is added to them', async (t) => {
   const base = smallConfig({ vocabSize: 40 });
   const w = randomWeights(base, 9);
   // The greedy continuation with no eos at all.
   const free = modelFrom(base, w);
   const prompt = [[1, 5, 6]];
-  const seq = generate(free, prompt, { maxNewTokens: 8, temperature: 0, rng: new Rng(1), eosTokenId: [] }).tokens[0]!;
+  const seq = (await generate(free, prompt, { maxNewTokens: 8, temperature: 0, rng: new Rng(1), eosTokenId: [] })).tokens[0]!;
   free.dispose();
   // Every position whose token is new so far can end the generation through a list in the config.
   const firsts = seq.map((x, i) => (seq.indexOf(x) === i ? i : -1)).filter((i) => i >= 0);
@@ -122,7 +122,7 @@ test('generation stops at any of the eos ids a config lists (eos_token_id as a l
     const list = [others[0]!, seq[k]!, others[1]!];
     const c: LlamaConfig = { ...base, eosTokenId: list[0]!, eosTokenIds: list };
     const model = modelFrom(c, w);
-    const g = generate(model, prompt, { maxNewTokens: 8, temperature: 0, rng: new Rng(1) });
+    const g = await generate(model, prompt, { maxNewTokens: 8, temperature: 0, rng: new Rng(1) });
     t.deepEqual(g.tokens[0], seq.slice(0, k + 1), `eos list ${list}`);
     t.true(g.finishedWithEos[0]);
     model.dispose();

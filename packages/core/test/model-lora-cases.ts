@@ -44,7 +44,7 @@ function randomizeB(a: LoraAdapter, seed: number): void {
 }
 
 export function defineLoraTests(test: TestFn, label: string): void {
-  test(`${label}: a fresh adapter (B = 0) leaves the logits unchanged; A is uniform(±1/sqrt(in)) from the Rng`, (t) => {
+  test.serial(`${label}: a fresh adapter (B = 0) leaves the logits unchanged; A is uniform(±1/sqrt(in)) from the Rng`, (t) => {
     const w = randomWeights(c, 3);
     const model = modelFrom(c, w);
     const base = logits(model);
@@ -68,7 +68,7 @@ export function defineLoraTests(test: TestFn, label: string): void {
     again.dispose();
   });
 
-  test(`${label}: unmerged LoRA, merged LoRA and the float64 W + (alpha/r) B A agree; disabling gives the base`, (t) => {
+  test.serial(`${label}: unmerged LoRA, merged LoRA and the float64 W + (alpha/r) B A agree; disabling gives the base`, (t) => {
     const w = randomWeights(c, 4);
     const model = modelFrom(c, w);
     const base = logits(model);
@@ -94,7 +94,7 @@ export function defineLoraTests(test: TestFn, label: string): void {
     model.dispose();
   });
 
-  test(`${label}: dropout acts only in training, reproducibly from the Rng`, (t) => {
+  test.serial(`${label}: dropout acts only in training, reproducibly from the Rng`, (t) => {
     const w = randomWeights(c, 5);
     const run = (training: boolean, seed: number, dropout: number) => {
       const model = modelFrom(c, w);
@@ -114,7 +114,7 @@ export function defineLoraTests(test: TestFn, label: string): void {
     t.deepEqual(run(true, 7, 0.5), tr);
   });
 
-  test(`${label}: an adapter saved in PEFT's layout loads back into the same logits`, (t) => {
+  test.serial(`${label}: an adapter saved in PEFT's layout loads back into the same logits`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'qrlhf-lora-'));
     try {
       const w = randomWeights(c, 6);
@@ -122,7 +122,7 @@ export function defineLoraTests(test: TestFn, label: string): void {
       const a = model.addLora({ r: 2, alpha: 5, dropout: 0.05, targetModules: ['o_proj', 'q_proj', 'gate_proj'] }, new Rng(3));
       randomizeB(a, 2);
       const want = logits(model);
-      saveLoraAdapter(dir, a, 'tiny/base');
+      await saveLoraAdapter(dir, a, 'tiny/base');
       const cfg = JSON.parse(readFileSync(join(dir, 'adapter_config.json'), 'utf8'));
       t.like(cfg, { peft_type: 'LORA', task_type: 'CAUSAL_LM', r: 2, lora_alpha: 5, lora_dropout: 0.05, bias: 'none', base_model_name_or_path: 'tiny/base' });
       t.deepEqual(cfg.target_modules, ['q_proj', 'o_proj', 'gate_proj']);
@@ -151,7 +151,7 @@ export function defineLoraTests(test: TestFn, label: string): void {
     }
   });
 
-  test(`${label}: bad LoRA configs are refused`, (t) => {
+  test.serial(`${label}: bad LoRA configs are refused`, (t) => {
     const model = modelFrom(c, randomWeights(c, 1));
     const rng = new Rng(0);
     t.throws(() => model.addLora({ r: 0, alpha: 1, dropout: 0, targetModules: 'all-linear' }, rng), { instanceOf: QrlhfError, message: /r must be/ });

@@ -36,10 +36,10 @@ function argmaxContinuation(model: LlamaModel, prompt: number[], n: number): num
 }
 
 export function defineSamplingTests(test: TestFn, label: string): void {
-  test(`${label}: greedy generation of a padded batch equals argmax of the full forward, token by token`, (t) => {
+  test.serial(`${label}: greedy generation of a padded batch equals argmax of the full forward, token by token`, async (t) => {
     const model = modelFrom(c, randomWeights(c, 31));
     const n = 8;
-    const out = generate(model, prompts, { maxNewTokens: n, temperature: 0, eosTokenId: [], rng: new Rng(0) });
+    const out = await generate(model, prompts, { maxNewTokens: n, temperature: 0, eosTokenId: [], rng: new Rng(0) });
     prompts.forEach((p, b) => t.deepEqual(out.tokens[b], argmaxContinuation(model, p, n), `row ${b}`));
     t.deepEqual(out.finishedWithEos, [false, false, false]);
     // The tokens are not all one value (a degenerate model would pass trivially).
@@ -47,56 +47,56 @@ export function defineSamplingTests(test: TestFn, label: string): void {
     model.dispose();
   });
 
-  test(`${label}: EOS and the stop predicate end each row on its own; finished rows do not disturb the others`, (t) => {
+  test.serial(`${label}: EOS and the stop predicate end each row on its own; finished rows do not disturb the others`, async (t) => {
     const model = modelFrom(c, randomWeights(c, 32));
-    const free = generate(model, prompts, { maxNewTokens: 10, temperature: 0, eosTokenId: [], rng: new Rng(0) });
+    const free = await generate(model, prompts, { maxNewTokens: 10, temperature: 0, eosTokenId: [], rng: new Rng(0) });
     // An EOS id that row 0 writes at some step j > 0 and not before.
     const j = free.tokens[0]!.findIndex((x, i) => i > 0 && free.tokens[0]!.indexOf(x) === i);
     t.true(j > 0);
     const eos = free.tokens[0]![j]!;
-    const out = generate(model, prompts, { maxNewTokens: 10, temperature: 0, eosTokenId: eos, rng: new Rng(0) });
+    const out = await generate(model, prompts, { maxNewTokens: 10, temperature: 0, eosTokenId: eos, rng: new Rng(0) });
     free.tokens.forEach((row, b) => {
       const at = row.indexOf(eos);
       t.deepEqual(out.tokens[b], at >= 0 ? row.slice(0, at + 1) : row, `row ${b}`);
       t.is(out.finishedWithEos[b], at >= 0);
     });
-    const stopped = generate(model, prompts, { maxNewTokens: 10, temperature: 0, eosTokenId: [], stop: (g) => g.length >= 1 + (g[0]! % 4), rng: new Rng(0) });
+    const stopped = await generate(model, prompts, { maxNewTokens: 10, temperature: 0, eosTokenId: [], stop: (g) => g.length >= 1 + (g[0]! % 4), rng: new Rng(0) });
     free.tokens.forEach((row, b) => t.deepEqual(stopped.tokens[b], row.slice(0, 1 + (row[0]! % 4))));
     t.deepEqual(stopped.finishedWithEos, [false, false, false]);
     // The model's own eos is the default.
-    const dflt = generate(model, [[1]], { maxNewTokens: 30, temperature: 1, rng: new Rng(4) });
+    const dflt = await generate(model, [[1]], { maxNewTokens: 30, temperature: 1, rng: new Rng(4) });
     const e = dflt.tokens[0]!.indexOf(c.eosTokenId);
     t.is(dflt.finishedWithEos[0], e >= 0);
     if (e >= 0) t.is(e, dflt.tokens[0]!.length - 1);
     model.dispose();
   });
 
-  test(`${label}: sampling is reproducible from the seed; top-k 1 is greedy; no tensor is left behind`, (t) => {
+  test.serial(`${label}: sampling is reproducible from the seed; top-k 1 is greedy; no tensor is left behind`, async (t) => {
     const model = modelFrom(c, randomWeights(c, 33));
     const opts = { maxNewTokens: 12, temperature: 1.3, topP: 0.95, eosTokenId: [] };
-    const a = generate(model, prompts, { ...opts, rng: new Rng(5) });
-    const b = generate(model, prompts, { ...opts, rng: new Rng(5) });
-    const d = generate(model, prompts, { ...opts, rng: new Rng(6) });
+    const a = await generate(model, prompts, { ...opts, rng: new Rng(5) });
+    const b = await generate(model, prompts, { ...opts, rng: new Rng(5) });
+    const d = await generate(model, prompts, { ...opts, rng: new Rng(6) });
     t.deepEqual(a, b);
     t.notDeepEqual(a.tokens, d.tokens);
-    const greedy = generate(model, prompts, { maxNewTokens: 12, temperature: 0, eosTokenId: [], rng: new Rng(0) });
+    const greedy = await generate(model, prompts, { maxNewTokens: 12, temperature: 0, eosTokenId: [], rng: new Rng(0) });
     t.notDeepEqual(a.tokens, greedy.tokens);
-    t.deepEqual(generate(model, prompts, { maxNewTokens: 12, temperature: 2, topK: 1, eosTokenId: [], rng: new Rng(7) }), greedy);
+    t.deepEqual(await generate(model, prompts, { maxNewTokens: 12, temperature: 2, topK: 1, eosTokenId: [], rng: new Rng(7) }), greedy);
 
-    const count = (n: number) => {
+    const count = async (n: number) => {
       const before = tf.memory().numTensors;
-      generate(model, prompts, { maxNewTokens: n, temperature: 1, topK: 5, eosTokenId: [], rng: new Rng(8) });
+      await generate(model, prompts, { maxNewTokens: n, temperature: 1, topK: 5, eosTokenId: [], rng: new Rng(8) });
       return tf.memory().numTensors - before;
     };
-    count(100); // grows the rope tables to the longest length
-    t.is(count(10), 0);
-    t.is(count(100), 0);
-    t.throws(() => generate(model, [[1, 99]], { ...opts, rng: new Rng(0) }), { instanceOf: QrlhfError, message: /prompt 0, position 1/ });
-    t.throws(() => generate(model, [[]], { ...opts, rng: new Rng(0) }), { instanceOf: QrlhfError, message: /prompt 0 is empty/ });
+    await count(100); // grows the rope tables to the longest length
+    t.is(await count(10), 0);
+    t.is(await count(100), 0);
+    await t.throwsAsync(() => generate(model, [[1, 99]], { ...opts, rng: new Rng(0) }), { instanceOf: QrlhfError, message: /prompt 0, position 1/ });
+    await t.throwsAsync(() => generate(model, [[]], { ...opts, rng: new Rng(0) }), { instanceOf: QrlhfError, message: /prompt 0 is empty/ });
     model.dispose();
   });
 
-  test(`${label}: sequenceLogProbs equals the float64 reference, with LoRA, padding and a targets mask`, (t) => {
+  test.serial(`${label}: sequenceLogProbs equals the float64 reference, with LoRA, padding and a targets mask`, (t) => {
     const w = randomWeights(c, 34);
     const model = modelFrom(c, w);
     const a = model.addLora({ r: 2, alpha: 4, dropout: 0, targetModules: ['q_proj', 'v_proj', 'up_proj'] }, new Rng(1));
@@ -129,7 +129,7 @@ export function defineSamplingTests(test: TestFn, label: string): void {
     model.dispose();
   });
 
-  test(`${label}: the gradient of sequenceLogProbs w.r.t. LoRA A and B matches finite differences of the float64 reference`, (t) => {
+  test.serial(`${label}: the gradient of sequenceLogProbs w.r.t. LoRA A and B matches finite differences of the float64 reference`, (t) => {
     const cc = smallConfig({ vocabSize: 13, numLayers: 1 });
     const w = randomWeights(cc, 35);
     const model = modelFrom(cc, w);

@@ -13,20 +13,20 @@ const EXPECTED = 'Once upon a time, there was a little girl named Lily. She love
 
 const absent = maybe === anyTest ? '' : ' (skipped: ../shared/data/models/stories260K is absent)';
 
-maybe(`stories260K: greedy decoding from BOS reproduces llama2.c, alone and in a left-padded batch${absent}`, (t) => {
+maybe(`stories260K: greedy decoding from BOS reproduces llama2.c, alone and in a left-padded batch${absent}`, async (t) => {
   const { config, tensors } = readLlama2c(bin!);
   const model = LlamaModel.fromTensors(config, tensors);
   const tok = Llama2cTokenizer.read(tokPath!);
   const head = tok.encode('Once upon a time,');
   const BOS = config.bosTokenId;
   const n = 36;
-  const out = generate(model, [[BOS], [BOS, ...head]], { maxNewTokens: n, temperature: 0, eosTokenId: [], rng: new Rng(0) });
+  const out = await generate(model, [[BOS], [BOS, ...head]], { maxNewTokens: n, temperature: 0, eosTokenId: [], rng: new Rng(0) });
   const alone = tok.decode(out.tokens[0]!).trimStart();
   t.true(alone.startsWith(EXPECTED), alone);
   // The second row's prompt is longer, so the first row was left-padded; the second continues the text.
   const cont = tok.decode([...head, ...out.tokens[1]!]).trimStart();
   t.true(cont.startsWith(EXPECTED), cont);
-  const single = generate(model, [[BOS]], { maxNewTokens: n, temperature: 0, eosTokenId: [], rng: new Rng(0) });
+  const single = await generate(model, [[BOS]], { maxNewTokens: n, temperature: 0, eosTokenId: [], rng: new Rng(0) });
   t.deepEqual(single.tokens[0], out.tokens[0]);
   model.dispose();
 });

@@ -11,7 +11,7 @@ const rng = new Rng('sigkill');
 for (let k = 0; k < start; k++) rng.next();
 for (let k = start; ; k++) {
   const { variables, optimizer } = checkpointTensors(k);
-  saveTrainingState(dir, { step: k, variables, optimizer: { step: k, tensors: optimizer }, rng: rng.state(), extra: { k, note: `checkpoint ${k}` } });
+  await saveTrainingState(dir, { step: k, variables, optimizer: { step: k, tensors: optimizer }, rng: rng.state(), extra: { k, note: `checkpoint ${k}` } });
   for (const t of [...Object.values(variables), ...Object.values(optimizer)]) t.dispose();
   process.stdout.write(`saved ${k}\n`);
   rng.next();

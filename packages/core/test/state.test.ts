@@ -16,13 +16,13 @@ function bits(t: tf.Tensor): Uint8Array {
   return new Uint8Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
 }
 
-test('no checkpoint yet: null for a missing directory and for an empty one', (t) => {
+test.serial('no checkpoint yet: null for a missing directory and for an empty one', (t) => {
   const d = tmp();
   t.is(loadTrainingState(join(d, 'absent')), null);
   t.is(loadTrainingState(d), null);
 });
 
-test('a saved state loads back bit for bit, rng and extra included, and the rng continues the same stream', (t) => {
+test.serial('a saved state loads back bit for bit, rng and extra included, and the rng continues the same stream', async (t) => {
   const d = join(tmp(), 'ckpt');
   const rng = new Rng(5);
   const w = tf.variable(tf.randomNormal([17, 9], 0, 1, 'float32', rng.seed32()));
@@ -33,7 +33,7 @@ test('a saved state loads back bit for bit, rng and extra included, and the rng 
   for (let i = 0; i < 37; i++) rng.next();
   const extra = { epoch: 1, position: 1234, order: [3, 1, 2], nested: { s: 'é', ok: true, nothing: null } };
   const s: TrainingState = { step: 2, variables: { w, b, ids: tf.tensor([7, -8], [2], 'int32') }, optimizer: opt.getState(), rng: rng.state(), extra };
-  saveTrainingState(d, s);
+  await saveTrainingState(d, s);
   const before = tf.memory().numTensors;
   const got = loadTrainingState(d)!;
   t.not(got, null);
@@ -54,14 +54,14 @@ test('a saved state loads back bit for bit, rng and extra included, and the rng 
   disposeTrainingState(got);
   t.is(tf.memory().numTensors, before);
   // overwrite: the newer checkpoint replaces the older and leaves one tensor file
-  saveTrainingState(d, { ...s, step: 3 });
+  await saveTrainingState(d, { ...s, step: 3 });
   t.is(loadTrainingState(d)!.step, 3);
   t.is(readdirSync(d).filter((f) => f.endsWith('.safetensors')).length, 1);
 });
 
-test('damaged checkpoints are QrlhfErrors naming the file', (t) => {
+test.serial('damaged checkpoints are QrlhfErrors naming the file', async (t) => {
   const d = tmp();
-  saveTrainingState(d, { step: 1, variables: { a: tf.ones([3]) }, optimizer: { step: 1, tensors: {} }, rng: new Rng(1).state(), extra: {} });
+  await saveTrainingState(d, { step: 1, variables: { a: tf.ones([3]) }, optimizer: { step: 1, tensors: {} }, rng: new Rng(1).state(), extra: {} });
   const statePath = join(d, 'state.json');
   const good = readFileSync(statePath, 'utf8');
   const meta = JSON.parse(good) as Record<string, unknown>;
@@ -78,7 +78,7 @@ test('damaged checkpoints are QrlhfErrors naming the file', (t) => {
   t.throws(() => loadTrainingState(d), { instanceOf: QrlhfError, message: /field "rng"/ });
   writeFileSync(statePath, JSON.stringify({ ...meta, tensorFile: 'gone.safetensors' }));
   t.throws(() => loadTrainingState(d), { instanceOf: QrlhfError, message: /gone\.safetensors, which is missing/ });
-  t.throws(
+  await t.throwsAsync(
     () => saveTrainingState(d, { step: 2, variables: {}, optimizer: { step: 0, tensors: {} }, rng: new Rng(1).state(), extra: { big: 10n } }),
     { instanceOf: QrlhfError, message: /not JSON-serialisable/ },
   );
@@ -122,7 +122,7 @@ function runAndKill(dir: string, start: number, delayMs: number): Promise<number
   });
 }
 
-test('a checkpointing process SIGKILLed at random moments always leaves a complete checkpoint', async (t) => {
+test.serial('a checkpointing process SIGKILLed at random moments always leaves a complete checkpoint', async (t) => {
   t.timeout(120_000);
   const dir = join(tmp(), 'ckpt');
   const pick = new Rng(Date.now());

@@ -144,11 +144,11 @@ export function findGatePosition(ids: readonly number[], pattern: readonly numbe
  * Response and prompt features [n, d] for n (prompt, response) items. Items are sorted by length
  * into batches (less padding), right-padded, and put back in their order.
  */
-export function pairFeatures(
+export async function pairFeatures(
   backbone: Backbone,
   items: readonly PromptResponseItem[],
   opts: FeatureOptions & { where?: (i: number) => string; onBatch?: (done: number) => void } = {},
-): { response: Float32Array; prompt: Float32Array; truncated: number } {
+): Promise<{ response: Float32Array; prompt: Float32Array; truncated: number }> {
   const { model, tokenizer } = backbone;
   const maxTokens = opts.maxTokens ?? model.config.maxPositionEmbeddings;
   const enc = items.map((it, i) => {
@@ -160,11 +160,11 @@ export function pairFeatures(
 }
 
 /** Response and prompt features [n, d] of sequences already encoded (see pairFeatures). */
-export function encodedFeatures(
+export async function encodedFeatures(
   backbone: Pick<Backbone, 'model'> & { tokenizer: Pick<Tokenizer, 'padId'> },
   enc: readonly EncodedPair[],
   opts: FeatureOptions & { onBatch?: (done: number) => void } = {},
-): { response: Float32Array; prompt: Float32Array; truncated: number } {
+): Promise<{ response: Float32Array; prompt: Float32Array; truncated: number }> {
   const { model, tokenizer } = backbone;
   const d = model.config.hiddenSize;
   const batchSize = opts.batchSize ?? 8;
@@ -203,7 +203,7 @@ export function encodedFeatures(
       const pooled = tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]);
       return tf.concat([pooled, picked.slice([B, 0], [B, d])], 0);
     });
-    const data = feats.dataSync() as Float32Array;
+    const data = (await feats.data()) as Float32Array;
     feats.dispose();
     rows.forEach((r, b) => {
       response.set(data.subarray(b * d, (b + 1) * d), r * d);

@@ -165,10 +165,10 @@ export class GateNetwork {
   }
 
   /** The parameters as plain float32 data, Linear weights [out, in]. */
-  toTensors(): Record<string, F32Tensor> {
+  async toTensors(): Promise<Record<string, F32Tensor>> {
     const out: Record<string, F32Tensor> = {};
     for (const [name, v] of Object.entries(this.variables)) {
-      const data = v.dataSync() as Float32Array;
+      const data = (await v.data()) as Float32Array;
       if (name.endsWith('.weight') && v.shape.length === 2) {
         const [fin, fout] = v.shape as [number, number];
         const t = new Float32Array(fin * fout);
@@ -181,8 +181,9 @@ export class GateNetwork {
     return out;
   }
 
-  get beta(): number {
-    return this.variables['beta']!.dataSync()[0]!;
+  /** The gate's scale beta (read with await: a GPU backend has no synchronous read). */
+  async beta(): Promise<number> {
+    return (await this.variables['beta']!.data())[0]!;
   }
 
   /** Gate weights g [B, M] for prompt features x [B, d] (differentiable w.r.t. the variables). */
@@ -207,14 +208,14 @@ export class GateNetwork {
   }
 
   /** Gate weights [n, M] for n prompt features [n, d], computed in batches. */
-  predict(x: Float32Array, n: number, batchSize = 1024): Float32Array {
+  async predict(x: Float32Array, n: number, batchSize = 1024): Promise<Float32Array> {
     const { inputDim: d, numAttributes: M } = this.config;
     if (x.length !== n * d) throw new QrlhfError(`gate: expected ${n} x ${d} prompt features, got ${x.length} values`);
     const out = new Float32Array(n * M);
     for (let s = 0; s < n; s += batchSize) {
       const e = Math.min(n, s + batchSize);
       const g = tf.tidy(() => this.weights(tf.tensor2d(x.subarray(s * d, e * d), [e - s, d])));
-      out.set(g.dataSync() as Float32Array, s * M);
+      out.set((await g.data()) as Float32Array, s * M);
       g.dispose();
     }
     return out;
@@ -345,7 +346,7 @@ function gatherRows(src: Float32Array, width: number, idx: ArrayLike<number>): F
 }
 
 /** Bradley-Terry loss and accuracy (E_c > E_r strictly) of the gate on pairs, without gradients. */
-export function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSize = 1024): { loss: number; accuracy: number } {
+export async function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSize = 1024): Promise<{ loss: number; accuracy: number }> {
   checkPairs(pairs, gate, 'evaluateGate');
   const { n, d, M, K } = pairs;
   const mc = levelMeans(pairs.quantilesChosen, n, M, K);
@@ -364,7 +365,7 @@ export function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSize = 10
         tf.tensor2d(mr.subarray(s * M, e * M), [b, M]),
       ),
     );
-    const zs = z.dataSync();
+    const zs = await z.data();
     z.dispose();
     for (let i = 0; i < b; i++) {
       const zi = zs[i]!;
@@ -380,7 +381,7 @@ export function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSize = 10
  * weight decay on every parameter, as torch.optim.AdamW over the whole module), cosine schedule,
  * shuffled mini-batches, `epochs` passes. Returns the final loss/accuracy over the training pairs.
  */
-export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOptions): GateTrainResult {
+export async function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOptions): Promise<GateTrainResult> {
   checkPairs(pairs, gate, 'trainGate');
   if (gate.config.kind === 'batchnorm') {
     throw new QrlhfError('gate training: a "batchnorm" gate (the released QRM layout) is scored here, not trained; train an "mlp" gate');
@@ -426,17 +427,17 @@ export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOp
           opt.step(byKey, stepLr);
           return value;
         });
-        const loss = lossValue.dataSync()[0]!;
+        const loss = (await lossValue.data())[0]!;
         lossValue.dispose();
-        const zs = (z as tf.Tensor | null)?.dataSync() ?? new Float32Array(0);
+        const zs = z ? await (z as tf.Tensor).data() : new Float32Array(0);
         (z as tf.Tensor | null)?.dispose();
         let right = 0;
         for (let i = 0; i < zs.length; i++) if (zs[i]! > 0) right++;
         step++;
         const last = s + batchSize >= n;
-        const m: GateProgress = { epoch, step, totalSteps, loss, accuracy: right / b, lr: stepLr, beta: gate.beta };
+        const m: GateProgress = { epoch, step, totalSteps, loss, accuracy: right / b, lr: stepLr, beta: await gate.beta() };
         if (last && opts.validation) {
-          const v = evaluateGate(gate, opts.validation, batchSize);
+          const v = await evaluateGate(gate, opts.validation, batchSize);
           m.valLoss = v.loss;
           m.valAccuracy = v.accuracy;
         }
@@ -446,10 +447,10 @@ export function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOp
   } finally {
     opt.dispose();
   }
-  const tr = evaluateGate(gate, pairs, batchSize);
+  const tr = await evaluateGate(gate, pairs, batchSize);
   const res: GateTrainResult = { steps: step, trainLoss: tr.loss, trainAccuracy: tr.accuracy };
   if (opts.validation) {
-    const v = evaluateGate(gate, opts.validation, batchSize);
+    const v = await evaluateGate(gate, opts.validation, batchSize);
     res.valLoss = v.loss;
     res.valAccuracy = v.accuracy;
   }

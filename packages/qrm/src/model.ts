@@ -317,12 +317,12 @@ export class QuantileRewardModel {
    * (temporary name, then rename) and qrm.json last, so a reader finds either the old model or the
    * new one's complete files. Other files in the folder (a metrics log, the fit's outputs) are kept.
    */
-  save(dir: string): void {
+  async save(dir: string): Promise<void> {
     const target = resolve(dir);
     if (existsSync(target) && !statSync(target).isDirectory()) throw new QrlhfError(`${target}: exists and is not a folder`);
     mkdirSync(target, { recursive: true });
     saveHeads(join(target, 'heads.safetensors'), this.heads);
-    writeSafetensors(join(target, 'gate.safetensors'), this.gate.toTensors(), { format: 'qrlhf-gate/1' });
+    writeSafetensors(join(target, 'gate.safetensors'), await this.gate.toTensors(), { format: 'qrlhf-gate/1' });
     writeFileAtomic(join(target, 'qrm.json'), JSON.stringify(this.toJSON(), null, 2) + '\n');
   }
 
@@ -330,17 +330,17 @@ export class QuantileRewardModel {
    * Scores n (prompt feature, response feature) pairs, each [n, d] row-major: attribute quantiles
    * from the heads on the response feature, debiasing, the gate on the prompt feature, mixing.
    */
-  scoreFeatures(promptFeat: Float32Array, respFeat: Float32Array, n: number): QrmScore[] {
+  async scoreFeatures(promptFeat: Float32Array, respFeat: Float32Array, n: number): Promise<QrmScore[]> {
     const { d, attributes } = this.heads;
     const M = attributes.length;
     const K = this.heads.taus.length;
     if (promptFeat.length !== n * d || respFeat.length !== n * d) {
       throw new QrlhfError(`QRM: expected prompt and response features of ${n} x ${d}, got ${promptFeat.length} and ${respFeat.length} values`);
     }
-    const raw = predictAttributeQuantiles(this.heads, respFeat, n, { rearrange: this.rearrange });
+    const raw = await predictAttributeQuantiles(this.heads, respFeat, n, { rearrange: this.rearrange });
     const vIdx = this.verbosity === null ? -1 : attributes.indexOf(this.verbosity);
     const attrQ = applyDebias(raw, n, M, K, this.debiasPenalties, vIdx);
-    const g = this.gate.predict(promptFeat, n);
+    const g = await this.gate.predict(promptFeat, n);
     const mixed = mixQuantiles(attrQ, g, n, M, this.heads.taus, this.mixture);
     const out: QrmScore[] = [];
     for (let i = 0; i < n; i++) {
@@ -376,7 +376,7 @@ export class QuantileRewardModel {
   async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
     if (pairs.length === 0) return [];
     const b = await this.loadBackbone();
-    const f = pairFeatures(b, pairs, {
+    const f = await pairFeatures(b, pairs, {
       batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling, gatePattern: this.gatePattern ?? undefined,
       format: this.dialogueFormat(b),
     });
@@ -400,7 +400,7 @@ export class QuantileRewardModel {
       }
       return { ids, promptEnd, truncated: 0 };
     });
-    const f = encodedFeatures(b, enc, { batchSize: opts.batchSize ?? 8, pooling: this.pooling });
+    const f = await encodedFeatures(b, enc, { batchSize: opts.batchSize ?? 8, pooling: this.pooling });
     return this.scoreFeatures(f.prompt, f.response, items.length);
   }
 

@@ -314,7 +314,7 @@ export async function exportReleasedQrm(qrm: QuantileRewardModel, dir: string, o
     if (v >= 0) R[v * M + j] -= qrm.debiasPenalties[j]!;
   }
   tensors['reward_transform_matrix'] = { dtype: 'F32', shape: [M, M], data: R };
-  const g: Record<string, F32Tensor> = qrm.gate.toTensors();
+  const g: Record<string, F32Tensor> = await qrm.gate.toTensors();
   for (const [name, x] of Object.entries(g)) tensors[name === 'beta' ? 'gating.logit_scale' : `gating.${name}`] = x;
   for (let i = 0; i < qrm.gate.config.numHidden; i++) tensors[`gating.layers.${3 * i + 2}.num_batches_tracked`] = { dtype: 'I64', shape: [], data: new Int32Array(1) };
   const cfg: Json = {

@@ -60,7 +60,7 @@ function subsetRows(x: Float32Array, width: number, idx: number[]): Float32Array
   return out;
 }
 
-export function trainQrm(o: TrainQrmOptions): TrainQrmResult {
+export async function trainQrm(o: TrainQrmOptions): Promise<TrainQrmResult> {
   const { heads, pairs } = o;
   const M = heads.attributes.length;
   const K = heads.taus.length;
@@ -79,14 +79,14 @@ export function trainQrm(o: TrainQrmOptions): TrainQrmResult {
   if (vIdx >= 0) {
     const ref = o.reference ?? pairs;
     if (ref.d !== d) throw new QrlhfError(`reference features have d = ${ref.d}, the heads expect ${d}`);
-    const q = predictAttributeQuantiles(heads, ref.embeddings, 2 * ref.n); // [n, 2, d] read as [2n, d]
+    const q = await predictAttributeQuantiles(heads, ref.embeddings, 2 * ref.n); // [n, 2, d] read as [2n, d]
     debias = debiasPenalties(expectedRewards(q, 2 * ref.n, M, K), 2 * ref.n, M, vIdx);
   }
 
   const [embC, embR] = splitSides(pairs.embeddings, n, d);
   const [promptC, promptR] = splitSides(pairs.prompt_embeddings, n, d);
-  const qC = applyDebias(predictAttributeQuantiles(heads, embC, n), n, M, K, debias.penalties, vIdx);
-  const qR = applyDebias(predictAttributeQuantiles(heads, embR, n), n, M, K, debias.penalties, vIdx);
+  const qC = applyDebias(await predictAttributeQuantiles(heads, embC, n), n, M, K, debias.penalties, vIdx);
+  const qR = applyDebias(await predictAttributeQuantiles(heads, embR, n), n, M, K, debias.penalties, vIdx);
 
   const rng = new Rng(o.seed ?? 0);
   const valFraction = o.valFraction ?? 0.1;
@@ -106,7 +106,7 @@ export function trainQrm(o: TrainQrmOptions): TrainQrmResult {
   const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: o.hiddenSize, numHidden: o.numHidden }, rng.fork('gate-init'));
   let training: GateTrainResult;
   try {
-    training = trainGate(gate, part(trIdx), {
+    training = await trainGate(gate, part(trIdx), {
       epochs: o.epochs,
       batchSize: o.batchSize,
       lr: o.lr,

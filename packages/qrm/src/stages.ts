@@ -151,14 +151,14 @@ export const QRM_FIT_SCHEMA = defineConfig({
 });
 export type QrmFitConfig = ConfigOf<typeof QRM_FIT_SCHEMA>;
 
-export function runQrmFit(config: QrmFitConfig, o: StageOptions = {}) {
+export async function runQrmFit(config: QrmFitConfig, o: StageOptions = {}) {
   const cfg = requireKeys(config, ['features', 'out'], 'qrm fit');
   const featuresPath = existingFile('features', cfg.features);
   if (existsSync(cfg.out) && !statSync(cfg.out).isDirectory()) throw new QrlhfError(`--out ${cfg.out}: exists and is not a folder`);
   const f = readRatingFeatures(featuresPath);
   const t0 = Date.now();
   const b = bar(o, f.attributes.length, 'fit');
-  const heads = fitQuantileHeads(f.embeddings, f.n, f.d, f.labels, {
+  const heads = await fitQuantileHeads(f.embeddings, f.n, f.d, f.labels, {
     attributes: f.attributes,
     K: cfg.quantiles,
     alpha: cfg.alpha,
@@ -223,7 +223,7 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   const backbone = cfg.backbone ?? pairs.backbone ?? null;
   if (cfg.metrics) mkdirSync(dirname(cfg.metrics), { recursive: true });
   const b = bar(o, 0, 'gate');
-  const r = trainQrm({
+  const r = await trainQrm({
     heads, pairs, reference,
     verbosity: cfg.verbosity === null ? undefined : cfg.verbosity === 'none' ? null : cfg.verbosity,
     hiddenSize: cfg.hidden, numHidden: cfg.layers, epochs: cfg.epochs, batchSize: cfg.batchSize, lr: cfg.lr,
@@ -239,7 +239,7 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   });
   b.done();
   try {
-    r.model.save(cfg.out);
+    await r.model.save(cfg.out);
   } finally {
     r.model.dispose();
   }

@@ -25,7 +25,7 @@ function makeData(seed: string, n: number, d: number): { x: Float32Array; y: Flo
   return { x, y };
 }
 
-test('DualPool: the master LP over random dual points gives a bound below the exact LP optimum that never decreases', (t) => {
+test.serial('DualPool: the master LP over random dual points gives a bound below the exact LP optimum that never decreases', async (t) => {
   const n = 200;
   const d = 6;
   const alpha = 0.01;
@@ -62,7 +62,7 @@ test('DualPool: the master LP over random dual points gives a bound below the ex
   t.true(pool.best > 0, 'random points give a positive bound here');
 });
 
-test('basisDual: at the exact LP optimum the crossover point is dual feasible (float64 check) and its value is the optimum', (t) => {
+test.serial('basisDual: at the exact LP optimum the crossover point is dual feasible (float64 check) and its value is the optimum', async (t) => {
   const n = 300;
   const d = 8;
   const alpha = 0.003;
@@ -97,11 +97,11 @@ test('basisDual: at the exact LP optimum the crossover point is dual feasible (f
   }
 });
 
-test('solver certificates: every lower bound is below the exact LP optimum, and the gap closes (< 1e-3) when run to convergence', (t) => {
+test.serial('solver certificates: every lower bound is below the exact LP optimum, and the gap closes (< 1e-3) when run to convergence', async (t) => {
   for (const [n, d] of [[400, 6], [600, 20]] as const) {
     const { x, y } = makeData(`conv-${n}-${d}`, n, d);
     const ts = Array.from(DEFAULT_TAUS);
-    const fit = solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0, tolerance: 1e-5, stallTolerance: 1e-9, stallWindow: 100, certifyEvery: 5, certifyTimeLimit: Infinity });
+    const fit = await solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0, tolerance: 1e-5, stallTolerance: 1e-9, stallWindow: 100, certifyEvery: 5, certifyTimeLimit: Infinity });
     let worst = 0;
     for (let k = 0; k < ts.length; k++) {
       const lp = quantileLP(x, n, d, y, ts[k]!, 0.003);
@@ -116,7 +116,7 @@ test('solver certificates: every lower bound is below the exact LP optimum, and 
   }
 });
 
-test('fitQuantileHeads report: objective = pinball + L1 recomputed in float64 from the returned float32 heads on the scaled labels; bound below the LP; gap consistent', (t) => {
+test.serial('fitQuantileHeads report: objective = pinball + L1 recomputed in float64 from the returned float32 heads on the scaled labels; bound below the LP; gap consistent', async (t) => {
   const n = 300;
   const d = 5;
   const M = 2;
@@ -128,7 +128,7 @@ test('fitQuantileHeads report: objective = pinball + L1 recomputed in float64 fr
     labels[i * M + 1] = i % 7 === 0 ? NaN : y[i]! + 0.1 * rng.normal();
   }
   const K = 5;
-  const heads = fitQuantileHeads(x, n, d, labels, { attributes: ['a', 'b'], K, lpMaxCells: 0 });
+  const heads = await fitQuantileHeads(x, n, d, labels, { attributes: ['a', 'b'], K, lpMaxCells: 0 });
   const rep = heads.report;
   t.is(rep.attributes.length, M);
   t.deepEqual(rep.taus, Array.from(taus(K)));

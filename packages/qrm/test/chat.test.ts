@@ -58,12 +58,12 @@ maybe('Llama 3 template: the sequence is the rendered dialogue and the prompt fe
   t.deepEqual(hh.ids, tok.encode('abc: d', { addBos: true }));
 });
 
-maybe('pairFeatures in the template format: the prompt feature is the hidden state at that <|eot_id|>', (t) => {
+maybe('pairFeatures in the template format: the prompt feature is the hidden state at that <|eot_id|>', async (t) => {
   const tok = llama3CharTokenizer();
   const model = LlamaModel.random(CONFIG, 7);
   const format = dialogueFormatFor('auto', tok);
   const items = [{ prompt: PROMPT, response: ' because.' }, { prompt: 'tell me a joke.', response: 'no.' }];
-  const f = pairFeatures({ model, tokenizer: tok }, items, { format, batchSize: 2 });
+  const f = await pairFeatures({ model, tokenizer: tok }, items, { format, batchSize: 2 });
   const d = CONFIG.hiddenSize;
   items.forEach((it, i) => {
     const ids = encodeDialogue(tok, format, it.prompt, it.response, 512).ids;

@@ -31,7 +31,7 @@ function close(t: { true: (c: boolean, m?: string) => void }, a: Float32Array, b
   t.true(m < 1e-4, `${what}: max difference ${m}`);
 }
 
-test('encodePair finds the prompt end and truncates from the front', (t) => {
+test.serial('encodePair finds the prompt end and truncates from the front', async (t) => {
   const tok = charTokenizer();
   const e = encodePair(tok, 'ab:', ' cd', 100);
   t.deepEqual(e.ids, tok.encode('ab: cd', { addBos: true }));
@@ -43,7 +43,7 @@ test('encodePair finds the prompt end and truncates from the front', (t) => {
   t.throws(() => encodePair(tok, 'a:', ' long answer', 4, 'r.jsonl:3'), { instanceOf: QrlhfError, message: /r\.jsonl:3: the response alone is 12 tokens/ });
 });
 
-test('stage 1 and stage 2 features equal per-row single forward passes; stage 1 resumes after an interruption', async (t) => {
+test.serial('stage 1 and stage 2 features equal per-row single forward passes; stage 1 resumes after an interruption', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-feat-'));
   const b = backbone();
   const d = config.hiddenSize;
@@ -99,7 +99,7 @@ test('stage 1 and stage 2 features equal per-row single forward passes; stage 1 
   b.model.dispose();
 });
 
-test('bad rows are errors naming the file and line', async (t) => {
+test.serial('bad rows are errors naming the file and line', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-feat-'));
   const p = join(dir, 'bad.jsonl');
   writeFileSync(p, '{"prompt": "a:", "response": " b", "helpfulness": 1}\n{"prompt": "a:", "response": " b", "helpfulness": "high"}\n');
@@ -111,12 +111,12 @@ test('bad rows are errors naming the file and line', async (t) => {
   b.model.dispose();
 });
 
-test("pooling 'mean' averages the response tokens' hidden states of a single pass (the last token for an empty response)", (t) => {
+test.serial("pooling 'mean' averages the response tokens' hidden states of a single pass (the last token for an empty response)", async (t) => {
   const b = backbone();
   const d = config.hiddenSize;
   const items = responses.map((r, i) => ({ prompt: prompts[i % 3]!, response: r }));
-  const f = pairFeatures(b, items, { batchSize: 2, pooling: 'mean' });
-  const last = pairFeatures(b, items, { batchSize: 3 });
+  const f = await pairFeatures(b, items, { batchSize: 2, pooling: 'mean' });
+  const last = await pairFeatures(b, items, { batchSize: 3 });
   items.forEach((it, i) => {
     const e = encodePair(b.tokenizer, it.prompt, it.response, 1000);
     const from = Math.min(e.promptEnd + 1, e.ids.length - 1);
@@ -128,5 +128,5 @@ test("pooling 'mean' averages the response tokens' hidden states of a single pas
     close(t, f.prompt.subarray(i * d, (i + 1) * d), hs.at(-1)!, `row ${i} prompt feature`);
     close(t, f.prompt.subarray(i * d, (i + 1) * d), last.prompt.subarray(i * d, (i + 1) * d), `row ${i} prompt feature, both poolings`);
   });
-  t.throws(() => pairFeatures(b, items, { pooling: 'max' as 'mean' }), { instanceOf: QrlhfError, message: /pooling/ });
+  await t.throwsAsync(() => pairFeatures(b, items, { pooling: 'max' as 'mean' }), { instanceOf: QrlhfError, message: /pooling/ });
 });

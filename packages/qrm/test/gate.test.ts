@@ -38,7 +38,7 @@ function randomPairs(rng: Rng, n: number, d: number, M: number, K: number): Gate
   return { n, d, M, K, promptChosen: f(n * d), promptRejected: f(n * d), quantilesChosen: sortedQ(), quantilesRejected: sortedQ() };
 }
 
-test('BT loss gradient w.r.t. every gate parameter matches central finite differences of a float64 forward', (t) => {
+test.serial('BT loss gradient w.r.t. every gate parameter matches central finite differences of a float64 forward', async (t) => {
   const rng = new Rng(3);
   const d = 4, M = 3, K = 5, n = 6;
   const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 5, numHidden: 3 }, rng);
@@ -54,7 +54,7 @@ test('BT loss gradient w.r.t. every gate parameter matches central finite differ
   const { value, grads } = tf.variableGrads(() =>
     btLoss(gate, tf.tensor2d(pairs.promptChosen, [n, d]), tf.tensor2d(pairs.promptRejected, [n, d]), mean(pairs.quantilesChosen), mean(pairs.quantilesRejected)),
   );
-  const file = gate.toTensors();
+  const file = await gate.toTensors();
   const p64 = toF64(file);
   const L0 = lossF64(p64, pairs, 4, 10);
   t.true(Math.abs(value.dataSync()[0]! - L0) < 1e-5, `loss ${value.dataSync()[0]} vs float64 ${L0}`);
@@ -92,7 +92,7 @@ test('BT loss gradient w.r.t. every gate parameter matches central finite differ
   gate.dispose();
 });
 
-test('training on pairs decided by one attribute raises accuracy and puts the weight there; memory stays flat', (t) => {
+test.serial('training on pairs decided by one attribute raises accuracy and puts the weight there; memory stays flat', async (t) => {
   const rng = new Rng(11);
   const n = 512, d = 6, M = 3, K = 5;
   const pairs = randomPairs(rng, n, d, M, K);
@@ -118,10 +118,10 @@ test('training on pairs decided by one attribute raises accuracy and puts the we
     }
   }
   const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 16 }, new Rng(5));
-  const start = evaluateGate(gate, pairs);
+  const start = await evaluateGate(gate, pairs);
   const seen: number[] = [];
   let tensors = -1;
-  const res = trainGate(gate, pairs, {
+  const res = await trainGate(gate, pairs, {
     epochs: 30, batchSize: 64, lr: 0.02, weightDecay: 1e-3, rng: new Rng(9),
     onProgress: (m) => {
       seen.push(m.loss);
@@ -134,21 +134,21 @@ test('training on pairs decided by one attribute raises accuracy and puts the we
   t.true(res.trainAccuracy > start.accuracy + 0.15, `accuracy ${start.accuracy} -> ${res.trainAccuracy}`);
   t.true(res.trainAccuracy > 0.9, `accuracy ${res.trainAccuracy}`);
   t.true(res.trainLoss < start.loss);
-  const g = gate.predict(pairs.promptChosen, n);
+  const g = await gate.predict(pairs.promptChosen, n);
   let w = [0, 0, 0];
   for (let i = 0; i < n; i++) for (let m = 0; m < M; m++) w[m] += g[i * M + m]! / n;
-  const beta = gate.beta;
+  const beta = await gate.beta();
   w = w.map((x) => x / beta);
   t.true(w[1]! > 0.8, `mean softmax weights ${w.map((x) => x.toFixed(3)).join(', ')}`);
   gate.dispose();
 });
 
-test('save layout round trip: fromTensors(toTensors()) gives the same gate weights', (t) => {
+test.serial('save layout round trip: fromTensors(toTensors()) gives the same gate weights', async (t) => {
   const gate = GateNetwork.create({ inputDim: 3, numAttributes: 2, hiddenSize: 4, numHidden: 2 }, new Rng(1));
   const x = Float32Array.from([0.1, -2, 3, 1, 1, 1]);
-  const copy = GateNetwork.fromTensors(gate.config, gate.toTensors());
-  t.deepEqual(Array.from(copy.predict(x, 2)), Array.from(gate.predict(x, 2)));
-  const bad = gate.toTensors();
+  const copy = GateNetwork.fromTensors(gate.config, await gate.toTensors());
+  t.deepEqual(Array.from(await copy.predict(x, 2)), Array.from(await gate.predict(x, 2)));
+  const bad = await gate.toTensors();
   bad['layers.0.weight'] = { dtype: 'F32', shape: [3, 4], data: new Float32Array(12) };
   t.throws(() => GateNetwork.fromTensors(gate.config, bad, 'g.safetensors'), { message: /g\.safetensors: tensor "layers\.0\.weight" has shape \[3, 4\], expected \[4, 3\]/ });
   gate.dispose();
@@ -157,7 +157,7 @@ test('save layout round trip: fromTensors(toTensors()) gives the same gate weigh
 
 const taus = Float32Array.from({ length: 9 }, (_, k) => (k + 1) / 10);
 
-test('eq. 3 mixing is the weighted sum of quantile functions', (t) => {
+test.serial('eq. 3 mixing is the weighted sum of quantile functions', async (t) => {
   const rng = new Rng(2);
   const n = 3, M = 4, K = taus.length;
   const q = Float32Array.from({ length: n * M * K }, () => rng.normal());
@@ -194,7 +194,7 @@ function mixtureByQuadrature(qs: number[][], w: number[], tauGrid: number[], N =
   return tauGrid.map((tau) => pts[Math.min(pts.length - 1, Math.ceil(tau * pts.length) - 1)]!);
 }
 
-test('the true-mixture option gives the quantiles of the mixture distribution', (t) => {
+test.serial('the true-mixture option gives the quantiles of the mixture distribution', async (t) => {
   const tauGrid = Array.from({ length: 9 }, (_, k) => (k + 1) / 10);
   // one attribute: the mixture is itself, its quantiles come back exactly
   const single = Float32Array.from([0, 1, 2, 2, 2, 5, 6, 7, 9]);

@@ -47,14 +47,14 @@ function makeData(seed: string, n: number, d: number, kind: Noise, offset = 0) {
   return { x, y };
 }
 
-test('taus: k / (K + 1); the default has 19 levels 0.05 .. 0.95', (t) => {
+test.serial('taus: k / (K + 1); the default has 19 levels 0.05 .. 0.95', async (t) => {
   t.deepEqual(Array.from(taus(3)), [0.25, 0.5, 0.75]);
   t.is(DEFAULT_TAUS.length, 19);
   t.true(Math.abs(DEFAULT_TAUS[0]! - 0.05) < 1e-7 && Math.abs(DEFAULT_TAUS[18]! - 0.95) < 1e-7);
   t.throws(() => taus(0), { instanceOf: QrlhfError });
 });
 
-test('first-order solver alone (no LP finish) is within 0.1% of the exact LP optimum for every tau', (t) => {
+test.serial('first-order solver alone (no LP finish) is within 0.1% of the exact LP optimum for every tau', async (t) => {
   const cases: [number, number, Noise, number][] = [
     [300, 2, 'normal', 0],
     [500, 6, 'heavy', 0],
@@ -64,7 +64,7 @@ test('first-order solver alone (no LP finish) is within 0.1% of the exact LP opt
   for (const [n, d, kind, offset] of cases) {
     const { x, y } = makeData(`fo-${n}-${d}-${kind}`, n, d, kind, offset);
     const ts = Array.from(DEFAULT_TAUS);
-    const fit = solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0 });
+    const fit = await solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0 });
     let worst = 0;
     for (let k = 0; k < ts.length; k++) {
       const lp = quantileLP(x, n, d, y, ts[k]!, 0.003);
@@ -81,10 +81,10 @@ test('first-order solver alone (no LP finish) is within 0.1% of the exact LP opt
   }
 });
 
-test('with the LP finish (default for small problems) the heads are the exact optimum', (t) => {
+test.serial('with the LP finish (default for small problems) the heads are the exact optimum', async (t) => {
   const { x, y } = makeData('lpfinish', 300, 5, 'heavy');
   const ts = [0.05, 0.3, 0.5, 0.9];
-  const fit = solveQuantileLevels(x, 300, 5, y, { alpha: 0.003, taus: ts });
+  const fit = await solveQuantileLevels(x, 300, 5, y, { alpha: 0.003, taus: ts });
   for (let k = 0; k < ts.length; k++) {
     const ref = quantileLP(x, 300, 5, y, ts[k]!, 0.003, { form: 'primal' }); // the textbook form, cold start
     const obj = quantileObjective(x, 300, 5, y, ts[k]!, 0.003, fit.weight.subarray(k * 5, k * 5 + 5), fit.bias[k]!);
@@ -94,7 +94,7 @@ test('with the LP finish (default for small problems) the heads are the exact op
 });
 
 
-test('first-order solver on hidden-state-like features (low-rank signal, uncentred, unequal scales, a sparse optimum) is within 0.1% of the exact LP for every tau', (t) => {
+test.serial('first-order solver on hidden-state-like features (low-rank signal, uncentred, unequal scales, a sparse optimum) is within 0.1% of the exact LP for every tau', async (t) => {
   // the benchmark's structure in miniature: x_j = m_j + s_j (z·A_j + noise); the rank-3 spike makes
   // the problem ill-conditioned, the float32 products make the backtracking see rounding noise
   const n = 600;
@@ -116,7 +116,7 @@ test('first-order solver on hidden-state-like features (low-rank signal, uncentr
     y[i] = 0.5 + 0.1 * (z[0]! + 0.5 * z[1]!) + (0.05 + 0.03 * Math.abs(z[2]!)) * (-Math.log(1 - rng.next()) - 1);
   }
   const ts = Array.from(DEFAULT_TAUS);
-  const fit = solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0 });
+  const fit = await solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0 });
   let worst = 0;
   let zeros = 0;
   for (let k = 0; k < ts.length; k++) {
@@ -132,7 +132,7 @@ test('first-order solver on hidden-state-like features (low-rank signal, uncentr
   t.true(zeros > 0, 'the exact optimum is sparse somewhere (the L1 penalty is active)');
   t.log(`worst relative excess over the LP optimum ${worst.toExponential(2)}, ${fit.iterations} iterations, ${zeros} zero LP weights of ${d * ts.length}`);
 });
-test('calibration on bimodal, skewed and heteroscedastic data: held-out coverage within 0.03 of every tau', (t) => {
+test.serial('calibration on bimodal, skewed and heteroscedastic data: held-out coverage within 0.03 of every tau', async (t) => {
   const kinds: Noise[] = ['bimodal', 'skewed', 'heavy'];
   const nTrain = 4000;
   const nTest = 6000;
@@ -154,10 +154,10 @@ test('calibration on bimodal, skewed and heteroscedastic data: held-out coverage
   };
   const train = make(nTrain);
   const test_ = make(nTest);
-  const heads = fitQuantileHeads(train.x, nTrain, d, train.labels, { attributes: kinds, rng: new Rng(1) });
+  const heads = await fitQuantileHeads(train.x, nTrain, d, train.labels, { attributes: kinds, rng: new Rng(1) });
   t.deepEqual(heads.attributes, kinds);
   t.is(heads.weight.length, M * 19 * d);
-  const q = toLabelScale(heads, predictAttributeQuantiles(heads, test_.x, nTest));
+  const q = toLabelScale(heads, await predictAttributeQuantiles(heads, test_.x, nTest));
   for (let m = 0; m < M; m++) {
     for (let k = 0; k < 19; k++) {
       let under = 0;
@@ -168,7 +168,7 @@ test('calibration on bimodal, skewed and heteroscedastic data: held-out coverage
   }
 });
 
-test('labels: min-max scaling per attribute is stored; predictions are on [0, 1]; toLabelScale inverts it', (t) => {
+test.serial('labels: min-max scaling per attribute is stored; predictions are on [0, 1]; toLabelScale inverts it', async (t) => {
   const n = 300;
   const { x, y } = makeData('scale', n, 3, 'normal');
   const labels = new Float32Array(n * 2);
@@ -176,7 +176,7 @@ test('labels: min-max scaling per attribute is stored; predictions are on [0, 1]
     labels[i * 2] = 7 + 4 * y[i]!;
     labels[i * 2 + 1] = y[i]!;
   }
-  const heads = fitQuantileHeads(x, n, 3, labels, { attributes: ['a', 'b'], K: 5, alpha: 0 });
+  const heads = await fitQuantileHeads(x, n, 3, labels, { attributes: ['a', 'b'], K: 5, alpha: 0 });
   let lo = Infinity;
   let hi = -Infinity;
   for (let i = 0; i < n; i++) {
@@ -186,7 +186,7 @@ test('labels: min-max scaling per attribute is stored; predictions are on [0, 1]
   t.is(heads.labelMin![0], Math.fround(lo));
   t.is(heads.labelMax![0], Math.fround(hi));
   // with alpha = 0 the problem is affine-equivariant: both attributes scale to the same y', same heads
-  const q = predictAttributeQuantiles(heads, x, n);
+  const q = await predictAttributeQuantiles(heads, x, n);
   for (let i = 0; i < n * 5; i++) {
     const p = Math.floor(i / 5) * 10 + (i % 5);
     t.true(Math.abs(q[p]! - q[p + 5]!) < 1e-4);
@@ -197,13 +197,13 @@ test('labels: min-max scaling per attribute is stored; predictions are on [0, 1]
     t.true(Number.isFinite(mid) && mid > lo - 1 && mid < hi + 1);
   }
   // 'none' requires labels already in [0, 1]
-  t.throws(() => fitQuantileHeads(x, n, 3, labels, { attributes: ['a', 'b'], K: 3, labelScale: 'none' }), {
+  await t.throwsAsync(() => fitQuantileHeads(x, n, 3, labels, { attributes: ['a', 'b'], K: 3, labelScale: 'none' }), {
     instanceOf: QrlhfError,
     message: /"a".*\[0, 1\]/,
   });
 });
 
-test('NaN labels: rows are left out of that attribute only (same heads as fitting the labelled rows alone)', (t) => {
+test.serial('NaN labels: rows are left out of that attribute only (same heads as fitting the labelled rows alone)', async (t) => {
   const n = 400;
   const d = 3;
   const { x, y } = makeData('nan', n, d, 'skewed');
@@ -216,15 +216,15 @@ test('NaN labels: rows are left out of that attribute only (same heads as fittin
     if (!missing) keep.push(i);
   }
   const K = 5;
-  const both = fitQuantileHeads(x, n, d, labels, { attributes: ['full', 'partial'], K });
+  const both = await fitQuantileHeads(x, n, d, labels, { attributes: ['full', 'partial'], K });
   const xs = new Float32Array(keep.length * d);
   const ls = new Float32Array(keep.length);
   keep.forEach((i, r) => {
     xs.set(x.subarray(i * d, i * d + d), r * d);
     ls[r] = y[i]!;
   });
-  const sub = fitQuantileHeads(xs, keep.length, d, ls, { attributes: ['partial'], K });
-  const full = fitQuantileHeads(x, n, d, Float32Array.from(y), { attributes: ['full'], K });
+  const sub = await fitQuantileHeads(xs, keep.length, d, ls, { attributes: ['partial'], K });
+  const full = await fitQuantileHeads(x, n, d, Float32Array.from(y), { attributes: ['full'], K });
   for (let i = 0; i < K * d; i++) {
     t.true(Math.abs(both.weight[K * d + i]! - sub.weight[i]!) <= 1e-6);
     t.true(Math.abs(both.weight[i]! - full.weight[i]!) <= 1e-6);
@@ -234,22 +234,22 @@ test('NaN labels: rows are left out of that attribute only (same heads as fittin
   for (let i = 0; i < K * d; i++) diff += Math.abs(both.weight[i]! - both.weight[K * d + i]!);
   t.true(diff > 1e-4);
   const allNan = new Float32Array(n).fill(NaN);
-  t.throws(() => fitQuantileHeads(x, n, d, allNan, { attributes: ['empty'], K }), { instanceOf: QrlhfError, message: /"empty".*no labelled row/ });
+  await t.throwsAsync(() => fitQuantileHeads(x, n, d, allNan, { attributes: ['empty'], K }), { instanceOf: QrlhfError, message: /"empty".*no labelled row/ });
   const bad = Float32Array.from(y);
   bad[7] = Infinity;
-  t.throws(() => fitQuantileHeads(x, n, d, bad, { attributes: ['inf'], K }), { instanceOf: QrlhfError, message: /row 7/ });
+  await t.throwsAsync(() => fitQuantileHeads(x, n, d, bad, { attributes: ['inf'], K }), { instanceOf: QrlhfError, message: /row 7/ });
 });
 
-test('maxRows: a seeded uniform random subset of the labelled rows', (t) => {
+test.serial('maxRows: a seeded uniform random subset of the labelled rows', async (t) => {
   // d = 0: each head is the tau-quantile of the subset's labels. Labels rise with the row index,
   // so a subset taken from the start of the file would give quantiles near 0.2·tau.
   const n = 1000;
   const labels = Float32Array.from({ length: n }, (_, i) => i / (n - 1));
   const fit = (seed: number, maxRows: number) =>
     fitQuantileHeads(new Float32Array(0), n, 0, labels, { attributes: ['u'], K: 9, maxRows, rng: new Rng(seed) });
-  const a = fit(1, 200);
-  const b = fit(1, 200);
-  const c = fit(2, 200);
+  const a = await fit(1, 200);
+  const b = await fit(1, 200);
+  const c = await fit(2, 200);
   t.deepEqual(Array.from(a.bias), Array.from(b.bias), 'same seed, same subset');
   t.notDeepEqual(Array.from(a.bias), Array.from(c.bias), 'another seed, another subset');
   for (let k = 0; k < 9; k++) {
@@ -259,11 +259,11 @@ test('maxRows: a seeded uniform random subset of the labelled rows', (t) => {
     t.true(Math.abs(a.bias[k]! * (n - 1) - Math.round(a.bias[k]! * (n - 1))) < 1e-3);
   }
   // without the cap, the heads are the exact order statistics ceil(n tau) of all rows
-  const all = fit(1, 60000);
+  const all = await fit(1, 60000);
   for (let k = 0; k < 9; k++) t.true(Math.abs(all.bias[k]! - (Math.ceil(n * all.taus[k]!) - 1) / (n - 1)) < 1e-6);
 });
 
-test('non-crossing: predictions are sorted in tau, and sorting never raises the summed pinball loss', (t) => {
+test.serial('non-crossing: predictions are sorted in tau, and sorting never raises the summed pinball loss', async (t) => {
   // heads built to cross: level slopes of alternating sign
   const d = 2;
   const K = 5;
@@ -277,7 +277,7 @@ test('non-crossing: predictions are sorted in tau, and sorting never raises the 
   const rng = new Rng('cross');
   const n = 500;
   const x = Float32Array.from({ length: n * d }, () => rng.normal());
-  const q = predictAttributeQuantiles(heads, x, n);
+  const q = await predictAttributeQuantiles(heads, x, n);
   let crossedRaw = 0;
   for (let i = 0; i < n; i++) {
     const raw = Array.from({ length: K }, (_, k) => {
@@ -300,15 +300,15 @@ test('non-crossing: predictions are sorted in tau, and sorting never raises the 
   t.true(crossedRaw > n / 2, 'the raw heads really cross');
   // fitted heads, predicted far outside the training range, also come out sorted
   const { x: xt, y } = makeData('far', 300, 3, 'heavy');
-  const fitted = fitQuantileHeads(xt, 300, 3, Float32Array.from(y), { attributes: ['h'] });
+  const fitted = await fitQuantileHeads(xt, 300, 3, Float32Array.from(y), { attributes: ['h'] });
   const far = Float32Array.from({ length: 200 * 3 }, () => 50 * rng.normal());
-  const pf = predictAttributeQuantiles(fitted, far, 200);
+  const pf = await predictAttributeQuantiles(fitted, far, 200);
   for (let i = 0; i < 200; i++) for (let k = 1; k < 19; k++) t.true(pf[i * 19 + k]! >= pf[i * 19 + k - 1]!);
 });
 
-test('bad input shapes and options are QrlhfErrors', (t) => {
+test.serial('bad input shapes and options are QrlhfErrors', async (t) => {
   const x = new Float32Array(6);
-  t.throws(() => fitQuantileHeads(x, 3, 3, new Float32Array(3), { attributes: ['a'] }), { instanceOf: QrlhfError, message: /features/ });
-  t.throws(() => fitQuantileHeads(x, 3, 2, new Float32Array(4), { attributes: ['a'] }), { instanceOf: QrlhfError, message: /labels/ });
-  t.throws(() => fitQuantileHeads(x, 3, 2, new Float32Array(3), { attributes: ['a'], alpha: -1 }), { instanceOf: QrlhfError, message: /alpha/ });
+  await t.throwsAsync(() => fitQuantileHeads(x, 3, 3, new Float32Array(3), { attributes: ['a'] }), { instanceOf: QrlhfError, message: /features/ });
+  await t.throwsAsync(() => fitQuantileHeads(x, 3, 2, new Float32Array(4), { attributes: ['a'] }), { instanceOf: QrlhfError, message: /labels/ });
+  await t.throwsAsync(() => fitQuantileHeads(x, 3, 2, new Float32Array(3), { attributes: ['a'], alpha: -1 }), { instanceOf: QrlhfError, message: /alpha/ });
 });

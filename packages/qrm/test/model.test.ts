@@ -25,7 +25,7 @@ function makeModel(seed: number): QuantileRewardModel {
 }
 
 /** The whole scoring rule in float64, written out from SPEC §4. */
-function scoreF64(model: QuantileRewardModel, pf: Float32Array, rf: Float32Array, i: number): { q: number[]; g: number[]; attr: number[][] } {
+async function scoreF64(model: QuantileRewardModel, pf: Float32Array, rf: Float32Array, i: number): Promise<{ q: number[]; g: number[]; attr: number[][] }> {
   const h = model.heads;
   const raw: number[][] = [];
   for (let m = 0; m < M; m++) {
@@ -39,21 +39,21 @@ function scoreF64(model: QuantileRewardModel, pf: Float32Array, rf: Float32Array
   }
   const v = 1;
   const attr = raw.map((row, m) => row.map((x, k) => x - model.debiasPenalties[m]! * raw[v]![k]!).sort((a, b) => a - b));
-  const g = gateF64(toF64(model.gate.toTensors()), pf.subarray(i * d, (i + 1) * d), 2 + 1 + 1, 10);
+  const g = gateF64(toF64(await model.gate.toTensors()), pf.subarray(i * d, (i + 1) * d), 2 + 1 + 1, 10);
   const q = Array.from({ length: K }, (_, k) => attr.reduce((s, row, m) => s + g[m]! * row[k]!, 0)).sort((a, b) => a - b);
   return { q, g, attr };
 }
 
-test('scoreFeatures equals the float64 pipeline: heads, rearrangement, debiasing, gate, eq. 3', (t) => {
+test.serial('scoreFeatures equals the float64 pipeline: heads, rearrangement, debiasing, gate, eq. 3', async (t) => {
   const model = makeModel(1);
   const rng = new Rng(2);
   const n = 7;
   const pf = Float32Array.from({ length: n * d }, () => rng.normal());
   const rf = Float32Array.from({ length: n * d }, () => rng.normal());
-  const scores = model.scoreFeatures(pf, rf, n);
+  const scores = await model.scoreFeatures(pf, rf, n);
   t.is(scores.length, n);
-  scores.forEach((s, i) => {
-    const ref = scoreF64(model, pf, rf, i);
+  for (const [i, s] of scores.entries()) {
+    const ref = await scoreF64(model, pf, rf, i);
     for (let k = 0; k < K; k++) t.true(Math.abs(s.quantiles[k]! - ref.q[k]!) < 1e-5, `row ${i} level ${k}`);
     for (let k = 1; k < K; k++) t.true(s.quantiles[k]! >= s.quantiles[k - 1]!);
     t.true(Math.abs(s.expectation - ref.q.reduce((a, b) => a + b, 0) / K) < 1e-5);
@@ -63,16 +63,16 @@ test('scoreFeatures equals the float64 pipeline: heads, rearrangement, debiasing
     }
     // verbosity is fully removed from itself
     for (let k = 0; k < K; k++) t.is(s.attributeQuantiles[K + k], 0);
-  });
+  }
   model.dispose();
 });
 
-test('save writes the contract layout, load gives back the same scores; bad folders are clear errors', async (t) => {
+test.serial('save writes the contract layout, load gives back the same scores; bad folders are clear errors', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-qrm-'));
   const model = makeModel(3);
   model.mixture = 'mixture';
   const out = join(dir, 'qrm');
-  model.save(out);
+  await model.save(out);
   t.deepEqual(readdirSync(out).sort(), ['gate.safetensors', 'heads.safetensors', 'qrm.json']);
   t.deepEqual(readdirSync(dir), ['qrm']); // no temporary left behind
   const { tensors } = readSafetensors(join(out, 'heads.safetensors'));
@@ -88,25 +88,25 @@ test('save writes the contract layout, load gives back the same scores; bad fold
   const rng = new Rng(4);
   const pf = Float32Array.from({ length: 3 * d }, () => rng.normal());
   const rf = Float32Array.from({ length: 3 * d }, () => rng.normal());
-  t.deepEqual(again.scoreFeatures(pf, rf, 3), model.scoreFeatures(pf, rf, 3));
+  t.deepEqual(await again.scoreFeatures(pf, rf, 3), await model.scoreFeatures(pf, rf, 3));
   // saving over an existing folder replaces the model's files and keeps the others (e.g. a metrics log)
   writeFileSync(join(out, 'gate-metrics.jsonl'), '{}\n');
-  again.save(out);
+  await again.save(out);
   t.deepEqual(readdirSync(dir), ['qrm']);
   t.deepEqual(readdirSync(out).sort(), ['gate-metrics.jsonl', 'gate.safetensors', 'heads.safetensors', 'qrm.json']);
-  t.deepEqual((await QuantileRewardModel.load(out)).scoreFeatures(pf, rf, 3), model.scoreFeatures(pf, rf, 3));
+  t.deepEqual(await (await QuantileRewardModel.load(out)).scoreFeatures(pf, rf, 3), await model.scoreFeatures(pf, rf, 3));
   await t.throwsAsync(QuantileRewardModel.load(dir), { instanceOf: QrlhfError, message: /not a QRM folder \(no qrm\.json\)/ });
   // heads files alone round-trip too
   saveHeads(join(dir, 'h.safetensors'), model.heads);
   const h = loadHeads(join(dir, 'h.safetensors'));
   t.deepEqual(Array.from(h.weight), Array.from(model.heads.weight));
   t.deepEqual(h.attributes, attributes);
-  t.throws(() => model.scoreFeatures(pf, rf, 2), { instanceOf: QrlhfError, message: /expected prompt and response features of 2 x 16/ });
+  await t.throwsAsync(() => model.scoreFeatures(pf, rf, 2), { instanceOf: QrlhfError, message: /expected prompt and response features of 2 x 16/ });
   model.dispose();
   again.dispose();
 });
 
-test('score(pairs) runs the backbone: same as scoreFeatures on single-pass features', async (t) => {
+test.serial('score(pairs) runs the backbone: same as scoreFeatures on single-pass features', async (t) => {
   const model = makeModel(5);
   const b = { model: LlamaModel.random(tinyLlama, 8), tokenizer: charTokenizer() };
   model.setBackbone(b);
@@ -115,16 +115,16 @@ test('score(pairs) runs the backbone: same as scoreFeatures on single-pass featu
     { prompt: '\n\nHuman: tell me a joke.\n\nAssistant:', response: ' no.' },
   ];
   const scores = await model.score(pairs);
-  pairs.forEach((p, i) => {
+  for (const [i, p] of pairs.entries()) {
     const e = encodePair(b.tokenizer, p.prompt, p.response, 1000);
     const h = tf.tidy(() => b.model.hidden(tf.tensor2d([e.ids], [1, e.ids.length], 'int32')));
     const data = h.dataSync() as Float32Array;
     h.dispose();
     const rf = data.slice((e.ids.length - 1) * d, e.ids.length * d);
     const pf = data.slice(e.promptEnd * d, (e.promptEnd + 1) * d);
-    const [ref] = model.scoreFeatures(pf, rf, 1);
+    const [ref] = await model.scoreFeatures(pf, rf, 1);
     for (let k = 0; k < K; k++) t.true(Math.abs(scores[i]!.quantiles[k]! - ref!.quantiles[k]!) < 1e-4);
-  });
+  }
   // without a backbone recorded or set, score() says what is missing
   const bare = makeModel(6);
   await t.throwsAsync(bare.score(pairs), { instanceOf: QrlhfError, message: /no backbone is recorded/ });

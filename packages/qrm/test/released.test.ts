@@ -147,7 +147,7 @@ async function checkAgainstReference(t: import('ava').ExecutionContext, fx: Fixt
   t.true(Math.max(...r0.quantiles) - Math.min(...r0.quantiles) > 1e-3);
 }
 
-test('a released-layout QRM scores as the float64 reference of the released code (M ≠ K)', async (t) => {
+test.serial('a released-layout QRM scores as the float64 reference of the released code (M ≠ K)', async (t) => {
   const fx = writeFolder(11, 3, 5);
   const qrm = importReleasedQrm(fx.dir);
   t.is(qrm.gate.config.temperature, 5);
@@ -158,14 +158,14 @@ test('a released-layout QRM scores as the float64 reference of the released code
   qrm.dispose();
 });
 
-test('a released-layout QRM scores as the reference with M = K and three gate layers', async (t) => {
+test.serial('a released-layout QRM scores as the reference with M = K and three gate layers', async (t) => {
   const fx = writeFolder(12, 4, 4, { L: 3, H: 6, T: 10 });
   const qrm = importReleasedQrm(fx.dir);
   await checkAgainstReference(t, fx, qrm);
   qrm.dispose();
 });
 
-test('export → import round-trips, and so does the qrlhf folder of an imported QRM', async (t) => {
+test.serial('export → import round-trips, and so does the qrlhf folder of an imported QRM', async (t) => {
   const fx = writeFolder(13, 3, 5);
   const qrm = importReleasedQrm(fx.dir);
   const out = join(mkdtempSync(join(tmpdir(), 'qrlhf-released-out-')), 'hf');
@@ -177,7 +177,7 @@ test('export → import round-trips, and so does the qrlhf folder of an imported
   const again = importReleasedQrm(out);
   await checkAgainstReference(t, fx, again);
   const native = join(mkdtempSync(join(tmpdir(), 'qrlhf-released-native-')), 'qrm');
-  qrm.save(native);
+  await qrm.save(native);
   const loaded = await QuantileRewardModel.load(native);
   t.is(loaded.gate.config.kind, 'batchnorm');
   t.false(loaded.rearrange);
@@ -185,7 +185,7 @@ test('export → import round-trips, and so does the qrlhf folder of an imported
   for (const m of [qrm, again, loaded]) m.dispose();
 });
 
-test('a qrlhf QRM the layout cannot hold is refused with the reason', async (t) => {
+test.serial('a qrlhf QRM the layout cannot hold is refused with the reason', async (t) => {
   const fx = writeFolder(14, 3, 5);
   const imported = importReleasedQrm(fx.dir);
   const rng = new Rng(1);
@@ -202,7 +202,7 @@ test('a qrlhf QRM the layout cannot hold is refused with the reason', async (t) 
   own.dispose();
 });
 
-test('broken folders: one error naming the file and the key', (t) => {
+test.serial('broken folders: one error naming the file and the key', async (t) => {
   // a missing BatchNorm statistic
   const a = writeFolder(15, 2, 3, { L: 1 });
   const sub = join(a.dir, 'broken');
@@ -226,7 +226,7 @@ test('broken folders: one error naming the file and the key', (t) => {
   t.regex(e!.message, /config\.json: "gating_token_pattern" is missing/);
 });
 
-test('a dialogue without the gate pattern is an error naming the item', async (t) => {
+test.serial('a dialogue without the gate pattern is an error naming the item', async (t) => {
   const fx = writeFolder(16, 2, 3, { L: 1 });
   const qrm = importReleasedQrm(fx.dir);
   const e = await t.throwsAsync(qrm.score([{ prompt: 'User: hi. Bot:', response: ' yes' }]), { instanceOf: QrlhfError });

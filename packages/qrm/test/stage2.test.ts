@@ -45,14 +45,14 @@ function world(n: number, seed: number): { heads: QuantileHeads; pairs: PairFeat
   return { heads, pairs: { n, d, embeddings: emb, prompt_embeddings: prompt } };
 }
 
-test('trainQrm: penalties from the reference responses, held-out split, a gate that learns the deciding attribute', (t) => {
+test.serial('trainQrm: penalties from the reference responses, held-out split, a gate that learns the deciding attribute', async (t) => {
   const { heads, pairs } = world(600, 1);
   t.is(guessVerbosity(heads.attributes), 'verbosity');
   t.is(guessVerbosity(['a', 'helpsteer-verbosity']), 'helpsteer-verbosity');
   t.is(guessVerbosity(['a', 'b']), null);
-  const r = trainQrm({ heads, pairs, hiddenSize: 16, epochs: 15, batchSize: 64, lr: 0.01, valFraction: 0.2, seed: 3 });
+  const r = await trainQrm({ heads, pairs, hiddenSize: 16, epochs: 15, batchSize: 64, lr: 0.01, valFraction: 0.2, seed: 3 });
   // penalties: ArmoRM's rule on the 2n responses' expected attribute rewards
-  const q = predictAttributeQuantiles(heads, pairs.embeddings, 2 * pairs.n);
+  const q = await predictAttributeQuantiles(heads, pairs.embeddings, 2 * pairs.n);
   const ref = debiasPenalties(expectedRewards(q, 2 * pairs.n, 3, 4), 2 * pairs.n, 3, 1);
   t.deepEqual(r.debias.penalties, ref.penalties);
   t.is(r.debias.penalties[1], 1);
@@ -60,11 +60,11 @@ test('trainQrm: penalties from the reference responses, held-out split, a gate t
   t.is(r.nVal, 120);
   t.is(r.nTrain, 480);
   t.true(r.training.valAccuracy! > 0.85, `held-out accuracy ${r.training.valAccuracy}`);
-  const s = r.model.scoreFeatures(pairs.prompt_embeddings.subarray(0, 5), pairs.embeddings.subarray(0, 5), 1)[0]!;
+  const s = (await r.model.scoreFeatures(pairs.prompt_embeddings.subarray(0, 5), pairs.embeddings.subarray(0, 5), 1))[0]!;
   t.true(s.gate[0]! > s.gate[2]!, `gate ${Array.from(s.gate)}`);
   // the model saves and loads with its penalties and verbosity
   const dir = join(mkdtempSync(join(tmpdir(), 'qrlhf-s2-')), 'qrm');
-  r.model.save(dir);
+  await r.model.save(dir);
   return QuantileRewardModel.load(dir).then((m) => {
     t.deepEqual(m.debiasPenalties, r.debias.penalties);
     t.is(m.verbosity, 'verbosity');
@@ -73,13 +73,13 @@ test('trainQrm: penalties from the reference responses, held-out split, a gate t
   });
 });
 
-test('trainQrm: no debiasing when asked, and mismatched features are clear errors', (t) => {
+test.serial('trainQrm: no debiasing when asked, and mismatched features are clear errors', async (t) => {
   const { heads, pairs } = world(40, 2);
-  const r = trainQrm({ heads, pairs, verbosity: null, hiddenSize: 4, epochs: 1, batchSize: 16, valFraction: 0 });
+  const r = await trainQrm({ heads, pairs, verbosity: null, hiddenSize: 4, epochs: 1, batchSize: 16, valFraction: 0 });
   t.deepEqual(r.debias.penalties, [0, 0, 0]);
   t.is(r.nVal, 0);
   t.is(r.training.valAccuracy, undefined);
   r.model.dispose();
-  t.throws(() => trainQrm({ heads, pairs: { ...pairs, d: 4 } }), { message: /pair features have d = 4, the heads expect 5/ });
-  t.throws(() => trainQrm({ heads, pairs, verbosity: 'length' }), { message: /verbosity attribute "length" is not one of/ });
+  await t.throwsAsync(() => trainQrm({ heads, pairs: { ...pairs, d: 4 } }), { message: /pair features have d = 4, the heads expect 5/ });
+  await t.throwsAsync(() => trainQrm({ heads, pairs, verbosity: 'length' }), { message: /verbosity attribute "length" is not one of/ });
 });

@@ -78,7 +78,7 @@ export function localEngine(model: LlamaModel, batchRows: number): RolloutEngine
       const responses: number[][] = [];
       const eos: boolean[] = [];
       for (let i = 0; i < rows.length; i += batchRows) {
-        const g = generate(model, rows.slice(i, i + batchRows), {
+        const g = await generate(model, rows.slice(i, i + batchRows), {
           maxNewTokens: s.maxNewTokens,
           temperature: s.temperature,
           ...(s.topP < 1 ? { topP: s.topP } : {}),
@@ -121,7 +121,7 @@ export interface OpenAiEngineOptions {
   /** The run folder (adapterDir defaults to <out>/engine-adapter). */
   out: string;
   /** Writes the current adapter into a folder (PEFT layout). */
-  saveAdapter: (dir: string) => void;
+  saveAdapter: (dir: string) => Promise<void> | void;
   /** Told of every failed request that is retried (on another server, or later). */
   onRetry?: (url: string, error: string) => void;
 }
@@ -169,7 +169,7 @@ export function openAiEngine(o: OpenAiEngineOptions): RolloutEngine {
       const dir = join(root, `v${v}`);
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
-      o.saveAdapter(dir);
+      await o.saveAdapter(dir);
       const old = path;
       version = v;
       path = dir;

@@ -237,7 +237,7 @@ export class RlooLearner {
       const s = seqTensors(partial, mb, this.pad);
       const pol = tokenLogProbsAndEntropy(this.model, s.ids, s.attn, s.targets, this.settings.temperature);
       const ref = withLoraDisabled(this.model, () => tf.tidy(() => sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { temperature: this.settings.temperature })));
-      const [lpA, entA, refA] = [pol.logp.dataSync(), pol.entropy.dataSync(), ref.dataSync()] as Float32Array[];
+      const [lpA, entA, refA] = (await Promise.all([pol.logp.data(), pol.entropy.data(), ref.data()])) as Float32Array[];
       tf.dispose([pol.logp, pol.entropy, ref]);
       disposeSeq(s);
       mb.forEach((r, i) => {
@@ -261,7 +261,7 @@ export class RlooLearner {
    * adapter.variables), summed over micro-batches; `ppo` uses the clipped-ratio loss against the
    * batch's sampling log-probs. The caller disposes the gradients.
    */
-  gradients(batch: RolloutBatch, opts: { ppo?: boolean; training?: boolean } = {}): { grads: Record<string, tf.Tensor>; loss: number } {
+  async gradients(batch: RolloutBatch, opts: { ppo?: boolean; training?: boolean } = {}): Promise<{ grads: Record<string, tf.Tensor>; loss: number }> {
     const adapter = this.model.lora!;
     const keyOf = new Map(Object.entries(adapter.variables).map(([key, v]) => [v.name, key]));
     const vars = Object.values(adapter.variables);
@@ -281,7 +281,7 @@ export class RlooLearner {
         const lp = sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { training: opts.training ?? true, temperature: this.settings.temperature });
         return old ? ppoClipLoss(lp, old, s.targets, adv, N, this.settings.clipRange) : reinforceLoss(lp, adv, N);
       }, vars);
-      loss += value.dataSync()[0]!;
+      loss += (await value.data())[0]!;
       tf.dispose([value, adv, ...(old ? [old] : [])]);
       disposeSeq(s);
       if (acc === null) {
@@ -300,17 +300,17 @@ export class RlooLearner {
   }
 
   /** One optimiser update from a batch's gradient; returns the loss and the gradient norm (before clipping). */
-  update(batch: RolloutBatch, lr: number, ppo: boolean): { loss: number; gradNorm: number } {
-    const { grads, loss } = this.gradients(batch, { ppo });
+  async update(batch: RolloutBatch, lr: number, ppo: boolean): Promise<{ loss: number; gradNorm: number }> {
+    const { grads, loss } = await this.gradients(batch, { ppo });
     let norm: number;
     try {
       if (this.settings.gradClip > 0) {
-        const c = clipGradNorm(grads, this.settings.gradClip);
+        const c = await clipGradNorm(grads, this.settings.gradClip);
         norm = c.norm;
         if (Number.isFinite(norm)) this.optimizer.step(c.grads, lr);
         tf.dispose(Object.values(c.grads));
       } else {
-        norm = globalNorm(grads);
+        norm = await globalNorm(grads);
         if (Number.isFinite(norm)) this.optimizer.step(grads, lr);
       }
     } finally {
@@ -329,7 +329,7 @@ export class RlooLearner {
     let loss = 0;
     let gradNorm = 0;
     for (let e = 0; e < epochs; e++) {
-      const u = this.update(batch, lr, this.settings.ppoEpochs > 0);
+      const u = await this.update(batch, lr, this.settings.ppoEpochs > 0);
       if (e === 0) {
         loss = u.loss;
         gradNorm = u.gradNorm;

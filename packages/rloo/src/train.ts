@@ -260,8 +260,8 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     const eot = format.endOfTurn === null ? undefined : tok.tokenToId(format.endOfTurn);
     const decoder = eot === undefined ? tok : { eosId: eot, decode: (ids: number[], o?: { skipSpecial?: boolean }) => tok.decode(ids, o) };
     const learner = new RlooLearner({ model, tokenizer: decoder, reward, utility, settings: cfg, rng, optimizer: opt, engine });
-    const saveCheckpoint = (s: number) =>
-      saveTrainingState(ckptDir, {
+    const saveCheckpoint = async (s: number) =>
+      await saveTrainingState(ckptDir, {
         step: s,
         variables: adapter.variables,
         optimizer: opt!.getState(),
@@ -299,12 +299,12 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
       }
       if (cfg.sampleEvery > 0 && (step % cfg.sampleEvery === 0 || step === 1)) appendFileSync(samplesPath, sampleRows(batch, step, cfg.samplesPerLog, taus));
       if ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || step === cfg.steps) {
-        saveCheckpoint(step);
+        await saveCheckpoint(step);
         lastCkpt = step;
       }
       hooks.onStep?.(step);
     }
-    if (lastCkpt !== step) saveCheckpoint(step);
+    if (lastCkpt !== step) await saveCheckpoint(step);
     await writeDirAtomic(adapterDir, (tmp) => saveLoraAdapter(tmp, adapter, cfg.policy!));
     printLine(tracker, `rloo: done at step ${step}; adapter ${adapterDir}`, hooks.quiet);
     return {

@@ -109,7 +109,7 @@ for (const k of [2, 4]) {
     const est: Float64Array[] = [];
     for (let b = 0; b < nBatches; b++) {
       const batch = await learner.collect(Array.from({ length: perBatch }, () => PROMPT));
-      const { grads } = learner.gradients(batch, { training: false });
+      const { grads } = await learner.gradients(batch, { training: false });
       const g: Record<string, Float32Array> = {};
       for (const key of keys) g[key] = grads[key]!.dataSync() as Float32Array;
       tf.dispose(Object.values(grads));

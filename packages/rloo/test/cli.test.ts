@@ -41,7 +41,7 @@ const setup = (async () => {
   };
   const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, rng);
   const qrm = new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: [0, 0], backbone: policy });
-  qrm.save(join(dir, 'qrm'));
+  await qrm.save(join(dir, 'qrm'));
   qrm.dispose();
   writePrompts(join(dir, 'prompts.jsonl'), 6, { long: 1 });
   mkdirSync(join(dir, 'configs'));

@@ -193,7 +193,7 @@ for (const [k, est] of [[2, 'k1'], [4, 'k3']] as const) {
     });
     A.forEach((a, i) => t.true(Math.abs(a - b.advantages[i]!) < 2e-3, `A_${i}`));
     b.logp.forEach((lp, i) => (lossRef -= (b.advantages[i]! * lp.reduce((s, x) => s + x, 0)) / b.responses.length));
-    const { grads, loss } = learner.gradients(b, { training: false });
+    const { grads, loss } = await learner.gradients(b, { training: false });
     t.true(close(loss, lossRef, 1e-4), `loss ${loss} vs ${lossRef}`);
     t.deepEqual(Object.keys(grads).sort(), Object.keys(adapter.variables).sort());
     tf.dispose(Object.values(grads));

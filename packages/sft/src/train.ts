@@ -144,7 +144,7 @@ function batchTensors(b: ReturnType<typeof padBatch>) {
 }
 
 /** Mean response loss and token accuracy of the model on the examples (no dropout). */
-export function evaluateSft(model: LlamaModel, examples: readonly SftExample[], batchSize: number, padId: number) {
+export async function evaluateSft(model: LlamaModel, examples: readonly SftExample[], batchSize: number, padId: number) {
   let nll = 0;
   let correct = 0;
   let tokens = 0;
@@ -155,8 +155,8 @@ export function evaluateSft(model: LlamaModel, examples: readonly SftExample[], 
       const logits = model.forward(t.ids, { mask: t.mask });
       return [maskedNllSum(logits, t.ids, t.loss), maskedCorrect(logits, t.ids, t.loss)];
     });
-    nll += s!.dataSync()[0]!;
-    correct += c!.dataSync()[0]!;
+    nll += (await s!.data())[0]!;
+    correct += (await c!.data())[0]!;
     tokens += b.lossTokens;
     tf.dispose([s!, c!, t.ids, t.mask, t.loss]);
   }
@@ -291,17 +291,17 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         `(${cfg.microBatchSize} × ${cfg.gradAccumSteps} accumulated)` + (resumedFrom ? `; resuming at step ${resumedFrom}` : ''), hooks.quiet);
 
     let lastEval: { loss: number; accuracy: number } | null = null;
-    const runEval = (s: number) => {
+    const runEval = async (s: number) => {
       if (data.heldOut.length === 0) return;
-      const e = evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
+      const e = await evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
       lastEval = e;
       if (s === 0) evalLossBefore = e.loss;
       // Every metrics line carries step, loss and lr (issue 4's contract): an evaluation line's loss
       // is the held-out loss, marked by split "eval"; lr is that of the next update.
       log({ step: s, split: 'eval', loss: e.loss, lr: schedule(s), eval_loss: e.loss, token_accuracy: e.accuracy, eval_tokens: e.tokens });
     };
-    const saveCheckpoint = (s: number) =>
-      saveTrainingState(ckptDir, {
+    const saveCheckpoint = async (s: number) =>
+      await saveTrainingState(ckptDir, {
         step: s,
         variables: adapter.variables,
         optimizer: opt!.getState(),
@@ -309,7 +309,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
         extra: { position: s * effective, totalSteps, config: Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])) },
       });
 
-    if (step === 0) runEval(0);
+    if (step === 0) await runEval(0);
 
     // Variables of the adapter by tfjs name → PEFT key (variableGrads keys its result by tfjs name).
     const keyOf = new Map(Object.entries(adapter.variables).map(([k, v]) => [v.name, k]));
@@ -334,7 +334,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
           const lp = sequenceLogProbs(model, bt.ids, bt.mask, bt.loss, { training: true });
           return tf.div(tf.neg(tf.sum(lp)), groupTokens) as tf.Scalar;
         }, varList);
-        lossSum += value.dataSync()[0]!;
+        lossSum += (await value.data())[0]!;
         value.dispose();
         tf.dispose([bt.ids, bt.mask, bt.loss]);
         if (acc === null) {
@@ -353,12 +353,12 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       const lr = schedule(step);
       let norm: number;
       if (cfg.gradClip > 0) {
-        const c = clipGradNorm(acc!, cfg.gradClip);
+        const c = await clipGradNorm(acc!, cfg.gradClip);
         norm = c.norm;
         if (Number.isFinite(norm)) opt.step(c.grads, lr);
         tf.dispose(Object.values(c.grads));
       } else {
-        norm = globalNorm(acc!);
+        norm = await globalNorm(acc!);
         if (Number.isFinite(norm)) opt.step(acc!, lr);
       }
       tf.dispose(Object.values(acc!));
@@ -372,17 +372,17 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       } else {
         tracker.console?.progress.update(step);
       }
-      if ((cfg.evalEvery > 0 && step % cfg.evalEvery === 0) || step === totalSteps) runEval(step);
+      if ((cfg.evalEvery > 0 && step % cfg.evalEvery === 0) || step === totalSteps) await runEval(step);
       if ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || step === totalSteps) {
-        saveCheckpoint(step);
+        await saveCheckpoint(step);
         lastCkpt = step;
       }
       hooks.onStep?.(step);
     }
-    if (lastCkpt !== step) saveCheckpoint(step);
+    if (lastCkpt !== step) await saveCheckpoint(step);
     if (lastEval === null && data.heldOut.length > 0) {
       // a resumed run that had already finished: evaluate what it ends with
-      const e = evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
+      const e = await evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
       lastEval = e;
     }
 
@@ -391,7 +391,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     model.mergeLora();
     await saveHfFolder(mergedDir, model, tok);
 
-    const samples = sampleMerged(model, tok, format, data.heldOutText.slice(0, cfg.samples), cfg);
+    const samples = await sampleMerged(model, tok, format, data.heldOutText.slice(0, cfg.samples), cfg);
     if (samples.length) writeFileAtomic(join(out, 'samples.jsonl'), samples.map((s) => JSON.stringify(s)).join('\n') + '\n');
     const le = lastEval as { loss: number; accuracy: number } | null;
     printLine(tracker, `sft: done at step ${step}; held-out response loss ${fmt(evalLossBefore)} before → ${fmt(le?.loss ?? null)} after; ` +
@@ -423,7 +423,7 @@ function fmt(x: number | null): string {
  * Greedy continuations of held-out prompts, cut at EOS or at the next "\n\nHuman:" turn (HH), or at
  * EOS or the template's end-of-turn token (a chat template).
  */
-function sampleMerged(model: LlamaModel, tok: Tokenizer, format: DialogueFormat, items: SftText[], cfg: SftConfig) {
+async function sampleMerged(model: LlamaModel, tok: Tokenizer, format: DialogueFormat, items: SftText[], cfg: SftConfig) {
   const out: { prompt: string; response: string; reference: string }[] = [];
   const rng = new Rng(`${cfg.seed}:samples`);
   const eot = format.endOfTurn === null ? undefined : tok.tokenToId(format.endOfTurn);
@@ -433,7 +433,7 @@ function sampleMerged(model: LlamaModel, tok: Tokenizer, format: DialogueFormat,
     const room = model.config.maxPositionEmbeddings - ids.length;
     const maxNew = Math.min(cfg.sampleMaxTokens, room);
     if (maxNew <= 0) continue;
-    const g = generate(model, [ids], {
+    const g = await generate(model, [ids], {
       maxNewTokens: maxNew,
       temperature: 0,
       rng,

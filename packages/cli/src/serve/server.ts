@@ -163,7 +163,7 @@ export async function startServer(cfg: ServeConfig, log: (line: string) => void 
   const drain = () => {
     if (draining) return;
     draining = true;
-    setImmediate(() => {
+    setImmediate(async () => {
       try {
         while (queue.length > 0) {
           const first = queue[0]!;
@@ -181,14 +181,14 @@ export async function startServer(cfg: ServeConfig, log: (line: string) => void 
               queue.splice(i, 1);
             } else i++;
           }
-          runJobs(jobs);
+          await runJobs(jobs);
         }
       } finally {
         draining = false;
       }
     });
   };
-  const runJobs = (jobs: CompletionJob[]) => {
+  const runJobs = async (jobs: CompletionJob[]) => {
     const first = jobs[0]!;
     const rows: number[][] = [];
     const rngs: Rng[] = [];
@@ -207,7 +207,7 @@ export async function startServer(cfg: ServeConfig, log: (line: string) => void 
       const g =
         first.maxTokens === 0
           ? { tokens: rows.map(() => []), finishedWithEos: rows.map(() => false) }
-          : generate(m, rows, {
+          : await generate(m, rows, {
               maxNewTokens: first.maxTokens,
               temperature: first.temperature,
               ...(first.topP < 1 ? { topP: first.topP } : {}),
@@ -287,7 +287,7 @@ export async function startServer(cfg: ServeConfig, log: (line: string) => void 
     };
   }
 
-  function embeddings(o: Json): Json {
+  async function embeddings(o: Json): Promise<Json> {
     const m = needModel();
     const adapter = adapterOf(o);
     const inputs = tokenInputs(o['input'], 'input', tok!, m.config.vocabSize);
@@ -314,7 +314,7 @@ export async function startServer(cfg: ServeConfig, log: (line: string) => void 
           last[b] = b * T + inputs[r]!.length - 1;
         });
         const h = tf.tidy(() => tf.gather(m.hidden(tf.tensor2d(ids, [B, T], 'int32'), { mask: tf.tensor2d(mask, [B, T]) }).reshape([B * T, d]), tf.tensor1d(last, 'int32')));
-        const data = h.dataSync() as Float32Array;
+        const data = (await h.data()) as Float32Array;
         h.dispose();
         rows.forEach((r, b) => (out[r] = Array.from(data.subarray(b * d, (b + 1) * d))));
       }

@@ -7,6 +7,8 @@
  *   train   one LoRA forward+backward (sequence 256, batch 4, r 8 on q/k/v/o) of the "5m" and
  *           "25m" models, GFLOP/s on the 6 · params · tokens rule;
  *   sample  KV-cache generation of 128 new tokens after a 16-token prompt at batch 1 and 8.
+ * --large adds square products 2048² and 4096² (a GPU's range). On webgpu every timed call ends
+ * by reading one element of its result, so the time covers the GPU's work, not only its queueing.
  * --stock runs tfjs as shipped (tfjs's kernels, one thread) for the before/after comparison;
  * it only works in a fresh process (the backend is chosen once), which the command is.
  */
@@ -56,13 +58,19 @@ const MATMULS: [number, number, number, boolean, boolean, number, string][] = [
   [8, 512, 4096, false, false, 1, 'decode b8 head'],
 ];
 
-function timeIt(fn: () => void, minSeconds: number, minReps: number): number {
-  fn(); // warm-up (packs weights, grows the heap)
+/** [m, k, n] square products a GPU needs to show its speed (--large). */
+const LARGE: [number, number, number][] = [
+  [2048, 2048, 2048],
+  [4096, 4096, 4096],
+];
+
+async function timeIt(fn: () => void | Promise<void>, minSeconds: number, minReps: number): Promise<number> {
+  await fn(); // warm-up (packs weights, grows the heap, compiles GPU shaders)
   const times: number[] = [];
   const t0 = performance.now();
   while (times.length < minReps || (performance.now() - t0) / 1000 < minSeconds) {
     const s = performance.now();
-    fn();
+    await fn();
     times.push((performance.now() - s) / 1000);
     if (times.length >= 200) break;
   }
@@ -70,14 +78,30 @@ function timeIt(fn: () => void, minSeconds: number, minReps: number): number {
   return times[Math.floor(times.length / 2)]!; // median
 }
 
-export function benchMatmul(quick: boolean): MatmulRow[] {
+/**
+ * Waits until t is computed. The CPU backends compute eagerly; a GPU backend queues the work, and
+ * reading one element (a one-element slice, so little is copied back) waits for the queue.
+ */
+async function settle(t: tf.Tensor): Promise<void> {
+  if (tf.getBackend() !== 'webgpu') return;
+  const one = tf.tidy(() => tf.slice(t.reshape([-1]), 0, 1));
+  await one.data();
+  one.dispose();
+}
+
+export async function benchMatmul(quick: boolean, large = false): Promise<MatmulRow[]> {
   const rows: MatmulRow[] = [];
   let seed = 1;
-  for (const [m, k, n, tA, tB, batch, what] of MATMULS) {
+  const shapes = [...MATMULS, ...(large ? LARGE.map(([m, k, n]) => [m, k, n, false, false, 1, `square ${m}²`] as const) : [])];
+  for (const [m, k, n, tA, tB, batch, what] of shapes) {
     const lead = batch > 1 ? [batch] : [];
     const a = tf.randomUniform([...lead, ...(tA ? [k, m] : [m, k])], -1, 1, 'float32', seed++);
     const b = tf.randomUniform([...lead, ...(tB ? [n, k] : [k, n])], -1, 1, 'float32', seed++);
-    const s = timeIt(() => tf.matMul(a, b, tA, tB).dispose(), quick ? 0.1 : 0.4, 3);
+    const s = await timeIt(async () => {
+      const c = tf.matMul(a, b, tA, tB);
+      await settle(c);
+      c.dispose();
+    }, quick ? 0.1 : 0.4, 3);
     rows.push({ m, k, n, transposeA: tA, transposeB: tB, batch, gflops: (2 * batch * m * k * n) / s / 1e9, what });
     tf.dispose([a, b]);
   }
@@ -94,7 +118,7 @@ function randomIds(rng: Rng, B: number, T: number, V: number): number[][] {
   return Array.from({ length: B }, () => Array.from({ length: T }, () => 3 + Math.floor(rng.next() * (V - 3))));
 }
 
-export function benchTrain(name: string, reps: number): TrainRow {
+export async function benchTrain(name: string, reps: number): Promise<TrainRow> {
   const cfg = BENCH_MODELS[name]!;
   const model = LlamaModel.random(cfg, 7);
   const rng = new Rng(11);
@@ -104,17 +128,17 @@ export function benchTrain(name: string, reps: number): TrainRow {
     const ids = tf.tensor2d(randomIds(rng, B, T, cfg.vocabSize), [B, T], 'int32');
     const mask = tf.ones([B, T]) as tf.Tensor2D;
     const vars = Object.values(adapter.variables);
-    const step = () => {
+    const step = async () => {
       const { value, grads } = tf.variableGrads(() => {
         const lp = sequenceLogProbs(model, ids, mask, mask, { training: true });
         return tf.neg(tf.mean(lp)) as tf.Scalar;
       }, vars);
-      value.dataSync();
-      for (const g of Object.values(grads)) g.dataSync();
+      await value.data();
+      await Promise.all(Object.values(grads).map((g) => g.data()));
       value.dispose();
       tf.dispose(grads);
     };
-    const s = timeIt(step, 0, reps);
+    const s = await timeIt(step, 0, reps);
     tf.dispose([ids, mask]);
     const params = paramCount(model);
     const tokens = B * T;
@@ -124,16 +148,16 @@ export function benchTrain(name: string, reps: number): TrainRow {
   }
 }
 
-export function benchSample(name: string, batch: number, newTokens: number): SampleRow {
+export async function benchSample(name: string, batch: number, newTokens: number): Promise<SampleRow> {
   const cfg = BENCH_MODELS[name]!;
   const model = LlamaModel.random(cfg, 9);
   const rng = new Rng(13);
   try {
     const prompts = randomIds(rng, batch, 16, cfg.vocabSize);
     const opts = { maxNewTokens: newTokens, temperature: 0, eosTokenId: [] as number[], rng };
-    generate(model, prompts, { ...opts, maxNewTokens: 4 }); // warm-up
-    const s = timeIt(() => {
-      const r = generate(model, prompts, opts);
+    await generate(model, prompts, { ...opts, maxNewTokens: 4 }); // warm-up
+    const s = await timeIt(async () => {
+      const r = await generate(model, prompts, opts);
       if (r.tokens[0]!.length !== newTokens) throw new Error('generate stopped early');
     }, 0, 2);
     return { model: name, batch, new_tokens: newTokens, tokens_per_s: (batch * newTokens) / s, step_ms: (s / newTokens) * 1000 };
@@ -177,6 +201,7 @@ export const BENCH_SCHEMA = defineConfig({
   ...RUN_FIELDS,
   stock: { type: 'boolean', default: false, doc: 'tfjs as shipped: its own wasm kernels on one thread, no native addon (the "before")' },
   quick: { type: 'boolean', default: false, doc: 'fewer repetitions and 32 new tokens (smoke test)' },
+  large: { type: 'boolean', default: false, doc: 'also time square products 2048² and 4096² (for GPUs)' },
 });
 export type BenchConfig = ConfigOf<typeof BENCH_SCHEMA>;
 
@@ -196,19 +221,19 @@ export async function runBench(cfg: BenchConfig): Promise<void> {
   const log = (s: string) => process.stderr.write(s + '\n');
   if (cfg.suite.includes('matmul')) {
     log('bench: matmul ...');
-    result.matmul = benchMatmul(cfg.quick);
+    result.matmul = await benchMatmul(cfg.quick, cfg.large);
   }
   if (cfg.suite.includes('train')) {
     for (const m of cfg.models) {
       log(`bench: train ${m} ...`);
-      result.train.push(benchTrain(m, cfg.quick ? 1 : 3));
+      result.train.push(await benchTrain(m, cfg.quick ? 1 : 3));
     }
   }
   if (cfg.suite.includes('sample')) {
     for (const m of cfg.models) {
       for (const b of [1, 8]) {
         log(`bench: sample ${m} batch ${b} ...`);
-        result.sample.push(benchSample(m, b, cfg.quick ? 32 : 128));
+        result.sample.push(await benchSample(m, b, cfg.quick ? 32 : 128));
       }
     }
   }

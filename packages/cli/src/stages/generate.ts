@@ -85,7 +85,7 @@ export async function runGenerate(config: GenerateConfig): Promise<void> {
       }
     };
     const t0 = performance.now();
-    const result = generate(model, [ids], {
+    const result = await generate(model, [ids], {
       maxNewTokens: steps,
       temperature: cfg.temperature,
       ...(cfg.topK !== null ? { topK: cfg.topK } : {}),

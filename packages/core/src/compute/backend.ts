@@ -1,14 +1,16 @@
 import * as tf from '@tensorflow/tfjs';
 import { createRequire } from 'node:module';
 import { QrlhfError } from '../errors.js';
+import { describeAdapter, setupWebgpu, webgpuAdapter } from './webgpu.js';
 
-export type BackendName = 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu';
-export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
+export type BackendName = 'auto' | 'tensorflow-gpu' | 'webgpu' | 'tensorflow' | 'wasm' | 'cpu';
+/** Every --backend value; auto tries the others in this order (webgpu only on a hardware adapter). */
+export const BACKEND_NAMES: readonly BackendName[] = ['auto', 'tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'];
 
 export interface BackendChoice {
   /** The qrlhf name of the backend in use. */
   name: Exclude<BackendName, 'auto'>;
-  /** tfjs's own name for it (tensorflow, wasm, cpu). */
+  /** tfjs's own name for it (tensorflow, webgpu, wasm, cpu). */
   tfName: string;
   /** One line: what was chosen and why the better ones were not. */
   reason: string;
@@ -38,8 +40,9 @@ async function activate(tfName: string): Promise<boolean> {
 }
 
 /**
- * Chooses and initialises the tfjs backend: auto takes tensorflow-gpu > tensorflow > wasm > cpu,
- * the first that loads. Prints one line on stderr saying which and why (unless quiet).
+ * Chooses and initialises the tfjs backend: auto takes tensorflow-gpu > webgpu (on a hardware
+ * adapter only) > tensorflow > wasm > cpu, the first that loads. Prints one line on stderr saying
+ * which, on which GPU adapter, and why the better ones were not taken (unless quiet).
  */
 export async function initBackend(
   requested: BackendName = 'auto',
@@ -51,7 +54,7 @@ export async function initBackend(
   if (current && (requested === 'auto' || requested === current.name)) return current;
   const skipped: string[] = [];
   const order: Exclude<BackendName, 'auto'>[] =
-    requested === 'auto' ? ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] : [requested];
+    requested === 'auto' ? (BACKEND_NAMES.filter((n) => n !== 'auto') as Exclude<BackendName, 'auto'>[]) : [requested];
   for (const name of order) {
     let why: string | null = null;
     let tfName = name as string;
@@ -61,8 +64,10 @@ export async function initBackend(
     } else if (name === 'wasm') {
       const { setupWasm } = await import('./kernels/setup.js');
       why = await setupWasm();
+    } else if (name === 'webgpu') {
+      why = await setupWebgpu(requested === 'webgpu');
     }
-    if (why === null && !(await activate(tfName))) why = 'did not initialise';
+    if (why === null && name !== 'webgpu' && !(await activate(tfName))) why = 'did not initialise';
     if (why === null) {
       let detail = '';
       if (name === 'wasm') {
@@ -73,6 +78,8 @@ export async function initBackend(
           : w.kernels ? `, native products off: ${w.native.note}` : '';
         detail = `, ${w.threads} thread${w.threads === 1 ? '' : 's'}${w.kernels ? '' : ', stock kernels'}${nat}` +
           (w.note ? ` [${w.note}]` : '');
+      } else if (name === 'webgpu') {
+        detail = ` on ${describeAdapter(webgpuAdapter()!)}`;
       }
       const reason =
         `backend: ${name}${detail}` + (skipped.length ? ` (${skipped.join('; ')})` : requested === 'auto' ? '' : ' (requested)');
@@ -90,6 +97,9 @@ export async function initBackend(
 export function currentBackend(): BackendChoice | null {
   return current;
 }
+
+/** The GPU adapter webgpu found (also when auto passed it over), or null. */
+export { webgpuAdapter, type WebgpuAdapter } from './webgpu.js';
 
 /** How the wasm backend runs (threads, kernels); see kernels/setup.ts. */
 export { wasmInfo, type WasmInfo } from './kernels/setup.js';

@@ -13,7 +13,7 @@ import { LlamaModel, llamaWeightShapes } from '../model/llama.js';
 import { Tokenizer } from '../tokenizer.js';
 import { writeDirAtomic, writeFileAtomic } from './atomic.js';
 import { readLlama2c } from './llama2c.js';
-import { type RawTensor, readSafetensors, writeSafetensors } from './safetensors.js';
+import { type RawTensor, hostTensors, readSafetensors, writeSafetensors } from './safetensors.js';
 
 export interface LoadedModel {
   model: LlamaModel;
@@ -209,12 +209,13 @@ export async function saveHfFolder(
     throw new QrlhfError(`${dir}: the tokenizer has ${tokenizer.vocabSize} tokens but the model only ${model.config.vocabSize}`);
   }
   const c = model.config;
+  const weights = await hostTensors(model.weights, dir);
   await writeDirAtomic(dir, (tmp) => {
     writeFileAtomic(join(tmp, 'config.json'), `${JSON.stringify(configToHf(c), null, 2)}\n`);
     const gen: Record<string, unknown> = { bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenIds ?? c.eosTokenId };
     if (c.padTokenId !== undefined) gen['pad_token_id'] = c.padTokenId;
     writeFileAtomic(join(tmp, 'generation_config.json'), `${JSON.stringify(gen, null, 2)}\n`);
-    writeSafetensors(join(tmp, 'model.safetensors'), model.weights, { format: 'pt' }, opts.dtype ? { dtype: opts.dtype } : {});
+    writeSafetensors(join(tmp, 'model.safetensors'), weights, { format: 'pt' }, opts.dtype ? { dtype: opts.dtype } : {});
     writeFileAtomic(join(tmp, 'tokenizer.json'), JSON.stringify(tokenizer.toJSON()));
     writeFileAtomic(join(tmp, 'tokenizer_config.json'), `${JSON.stringify(tokenizer.toConfigJSON(), null, 2)}\n`);
   });

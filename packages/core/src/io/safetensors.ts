@@ -307,6 +307,39 @@ function encode(t: RawTensor, dtype: DType, name: string, path: string): Uint8Ar
   }
 }
 
+/**
+ * The tf.Tensors among `tensors` read to host arrays with `await data()` (RawTensors pass as they
+ * are). Writers of live tensors call this first: a GPU backend (webgpu) has no synchronous read,
+ * so writeSafetensors' own read of a tf.Tensor works only on the CPU backends.
+ */
+export async function hostTensors(tensors: Record<string, RawTensor | tf.Tensor>, where = '<tensors>'): Promise<Record<string, RawTensor>> {
+  const out: Record<string, RawTensor> = {};
+  await Promise.all(
+    Object.entries(tensors).map(async ([name, t]) => {
+      if (!(t instanceof tf.Tensor)) {
+        out[name] = t;
+        return;
+      }
+      if (t.isDisposed) throw new QrlhfError(`${where}: tensor "${name}" is disposed`);
+      const data = await t.data();
+      switch (t.dtype) {
+        case 'float32':
+          out[name] = { dtype: 'F32', shape: [...t.shape], data: data as Float32Array };
+          break;
+        case 'int32':
+          out[name] = { dtype: 'I32', shape: [...t.shape], data: data as Int32Array };
+          break;
+        case 'bool':
+          out[name] = { dtype: 'U8', shape: [...t.shape], data: Uint8Array.from(data as Uint8Array) };
+          break;
+        default:
+          throw new QrlhfError(`${where}: tensor "${name}" has tfjs dtype ${t.dtype}, which safetensors output does not support`);
+      }
+    }),
+  );
+  return out;
+}
+
 /** Serialises tensors to safetensors bytes (see writeSafetensors). */
 export function serializeSafetensors(
   tensors: Record<string, RawTensor | tf.Tensor>,
@@ -357,7 +390,8 @@ export function serializeSafetensors(
 
 /**
  * Writes tensors to a .safetensors file atomically: names sorted, header padded with spaces to an
- * 8-byte boundary. tf.Tensors are read (not disposed). `opts.dtype` re-encodes floating tensors
+ * 8-byte boundary. tf.Tensors are read synchronously (not disposed): on a GPU backend pass
+ * `await hostTensors(...)` instead (saveHfFolder, saveLoraAdapter do). `opts.dtype` re-encodes floating tensors
  * (F32/F16/BF16 and float32 tf.Tensors) as F16 or BF16; integer tensors keep their dtype.
  */
 export function writeSafetensors(

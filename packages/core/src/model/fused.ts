@@ -23,6 +23,30 @@ import type { RopeTables } from './rope.js';
  *  row) gets a uniform distribution instead of NaN, and exp() of it is exactly 0 otherwise. */
 export const MASKED = -1e9;
 
+/**
+ * The mask's values on the host, for maskLayout (which works in JS, so the forward stays
+ * synchronous). A GPU backend (webgpu) can read a tensor synchronously only while it still holds
+ * the host copy it was made from, i.e. before a kernel took it to the GPU: masks are built from
+ * JS arrays, so the first forward that sees one reads it, and the values are kept per tensor
+ * (tensors are immutable) for later forwards on the same mask.
+ */
+const hostMasks = new WeakMap<tf.Tensor, ArrayLike<number>>();
+function maskValues(mask: tf.Tensor2D): ArrayLike<number> {
+  let v = hostMasks.get(mask);
+  if (!v) {
+    try {
+      v = mask.dataSync();
+    } catch (e) {
+      throw new QrlhfError(
+        `the attention mask cannot be read synchronously on the ${tf.getBackend()} backend (it was computed on the GPU: ` +
+          `${e instanceof Error ? e.message : String(e)}); build masks from JS arrays (tf.tensor2d(values))`,
+      );
+    }
+    hostMasks.set(mask, v);
+  }
+  return v;
+}
+
 export class FusedForward {
   /** linears()' stacked weights by layer and modules, kept until one of them changes. */
   private readonly stacked = new Map<string, { sources: object[]; t: tf.Tensor2D }>();
@@ -82,7 +106,7 @@ export class FusedForward {
     const { numHeads: H, numKvHeads: Hkv, hiddenSize: d } = c;
     const hd = headDim(c);
     const g = H / Hkv;
-    const { pos, bias } = maskLayout(mask ? mask.dataSync() : null, B, T, past, H);
+    const { pos, bias } = maskLayout(mask ? maskValues(mask) : null, B, T, past, H);
     return tf.tidy(() => {
       const rows = (table: Float32Array) => {
         const w = table.length / rope.len;

@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '../errors.js';
 import type { Rng } from '../random.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { hostTensors, readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { headDim } from './config.js';
 import type { LlamaModel } from './llama.js';
 
@@ -273,7 +273,7 @@ const CONFIG_FILE = 'adapter_config.json';
 const WEIGHTS_FILE = 'adapter_model.safetensors';
 
 /** Writes adapter_config.json and adapter_model.safetensors in PEFT's layout (each file atomically). */
-export function saveLoraAdapter(dir: string, adapter: LoraAdapter, baseModelNameOrPath: string): void {
+export async function saveLoraAdapter(dir: string, adapter: LoraAdapter, baseModelNameOrPath: string): Promise<void> {
   const targets = resolveTargets(adapter.config.targetModules, 'LoRA config');
   const config = {
     peft_type: 'LORA',
@@ -288,7 +288,8 @@ export function saveLoraAdapter(dir: string, adapter: LoraAdapter, baseModelName
     modules_to_save: null,
     base_model_name_or_path: baseModelNameOrPath,
   };
-  writeSafetensors(join(dir, WEIGHTS_FILE), adapter.variables, { format: 'pt' });
+  const path = join(dir, WEIGHTS_FILE);
+  writeSafetensors(path, await hostTensors(adapter.variables, path), { format: 'pt' });
   writeFileAtomic(join(dir, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
 }
 

@@ -39,8 +39,10 @@ export interface GenerateResult {
  * Every random draw comes from opts.rng, one per active row per step, so the same seed and inputs
  * give the same tokens. An enabled LoRA adapter is applied unmerged to the prompt and merged into
  * the decoding weights for the new tokens (rebuilt whenever the adapter or weights have changed).
+ * Async because each step's logits are read with `await data()`: a GPU backend (webgpu) has no
+ * synchronous read.
  */
-export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions): GenerateResult {
+export async function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
   const V = model.config.vocabSize;
   validateGenerate(prompts, opts, V);
   const B = prompts.length;
@@ -66,7 +68,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
       return out.slice([0, L - 1, 0], [B, 1, V]).reshape([B, V]) as tf.Tensor2D;
     });
     for (let n = 0; n < opts.maxNewTokens; n++) {
-      const all = logits.dataSync() as Float32Array;
+      const all = (await logits.data()) as Float32Array;
       logits.dispose();
       logits = null;
       const next: number[] = [];

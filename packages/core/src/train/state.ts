@@ -56,7 +56,7 @@ function fsyncDir(dir: string): void {
 }
 
 /** Writes tensors as a safetensors file, streaming one tensor at a time, fsynced. Returns its size. */
-function writeTensorFile(path: string, tensors: [string, tf.Tensor][]): number {
+function writeTensorFile(path: string, tensors: [string, tf.Tensor, ArrayBufferView][]): number {
   const header: Record<string, HeaderEntry> = {};
   let offset = 0;
   for (const [name, t] of tensors) {
@@ -76,8 +76,7 @@ function writeTensorFile(path: string, tensors: [string, tf.Tensor][]): number {
   try {
     writeSync(fd, len);
     writeSync(fd, hbytes);
-    for (const [, t] of tensors) {
-      const data = t.dataSync() as Float32Array | Int32Array;
+    for (const [, , data] of tensors) {
       const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       let done = 0;
       while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
@@ -122,7 +121,7 @@ function readTensorFile(path: string, expectedBytes: number): Record<string, tf.
  * Tensors are written bit-exactly (float32/int32); `extra` and `rng` go to state.json.
  * Not safe for two processes saving into the same directory at once.
  */
-export function saveTrainingState(dir: string, s: TrainingState): void {
+export async function saveTrainingState(dir: string, s: TrainingState): Promise<void> {
   check(Number.isInteger(s.step) && s.step >= 0, `saveTrainingState: step must be an integer >= 0, got ${s.step}`);
   mkdirSync(dir, { recursive: true });
   const tensorFile = `tensors-${s.step}-${process.pid}-${randomBytes(4).toString('hex')}.safetensors`;
@@ -130,7 +129,9 @@ export function saveTrainingState(dir: string, s: TrainingState): void {
     ...Object.entries(s.variables).map(([k, t]): [string, tf.Tensor] => [`variables/${k}`, t]),
     ...Object.entries(s.optimizer.tensors).map(([k, t]): [string, tf.Tensor] => [`optimizer/${k}`, t]),
   ];
-  const tensorBytes = writeTensorFile(join(dir, tensorFile), entries);
+  // Read with await data() (a GPU backend has no synchronous read), then written synchronously.
+  const read = await Promise.all(entries.map(async ([k, t]): Promise<[string, tf.Tensor, ArrayBufferView]> => [k, t, await t.data()]));
+  const tensorBytes = writeTensorFile(join(dir, tensorFile), read);
   let json: string;
   try {
     json = JSON.stringify(

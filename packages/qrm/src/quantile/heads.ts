@@ -103,13 +103,13 @@ export function taus(K: number): Float32Array {
 
 export const DEFAULT_TAUS: Float32Array = taus(19);
 
-export function fitQuantileHeads(
+export async function fitQuantileHeads(
   x: Float32Array,
   n: number,
   d: number,
   labels: Float32Array,
   opts: FitQuantileHeadsOptions,
-): FittedQuantileHeads {
+): Promise<FittedQuantileHeads> {
   const attributes = opts.attributes;
   const M = attributes.length;
   const K = opts.K ?? 19;
@@ -174,7 +174,7 @@ export function fitQuantileHeads(
     }
     for (let r = 0; r < ns; r++) y[r] = (labels[rows[r]! * M + m]! - scaleLo) / span;
     const t0 = performance.now();
-    const res = solveQuantileLevels(xs, ns, d, y, {
+    const res = await solveQuantileLevels(xs, ns, d, y, {
       alpha,
       taus: ts,
       tolerance: opts.tolerance,
@@ -229,7 +229,7 @@ export function formatFitReport(report: QuantileFitReport): string {
  * comment). `rearrange: false` keeps each row in level order as the heads give it (the released
  * QRM's code does not sort).
  */
-export function predictAttributeQuantiles(heads: QuantileHeads, x: Float32Array, n: number, opts: { rearrange?: boolean } = {}): Float32Array {
+export async function predictAttributeQuantiles(heads: QuantileHeads, x: Float32Array, n: number, opts: { rearrange?: boolean } = {}): Promise<Float32Array> {
   const rearrange = opts.rearrange ?? true;
   const { d } = heads;
   const M = heads.attributes.length;
@@ -243,7 +243,7 @@ export function predictAttributeQuantiles(heads: QuantileHeads, x: Float32Array,
   else {
     // Wᵀ made explicit so the product takes the plain (fast) matmul path; read outside tf.tidy
     const P = tf.tidy(() => tf.matMul(tf.tensor2d(x, [n, d]), tf.transpose(tf.tensor2d(heads.weight, [M * K, d]))));
-    raw = P.dataSync() as Float32Array;
+    raw = (await P.data()) as Float32Array;
     P.dispose();
   }
   for (let i = 0; i < n; i++) {

@@ -72,7 +72,7 @@ export interface SolveResult {
 }
 
 /** x: [n, d] row-major float32 (the rows to fit); y: the n labels. */
-export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: ArrayLike<number>, opts: SolveOptions): SolveResult {
+export async function solveQuantileLevels(x: Float32Array, n: number, d: number, y: ArrayLike<number>, opts: SolveOptions): Promise<SolveResult> {
   const K = opts.taus.length;
   const taus = Float64Array.from(opts.taus);
   const alpha = opts.alpha;
@@ -129,7 +129,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
   const XT = tf.tidy(() => tf.transpose(X));
   try {
     // ---- largest eigenvalue of Xcᵀ Xc / n (scaled columns), by block power iteration ----
-    const lam = powerIteration(X, XT, n, d, mean, sd, live);
+    const lam = await powerIteration(X, XT, n, d, mean, sd, live);
     const lipschitzBase = Math.max(lam * 1.1, 1); // the intercept direction contributes 1 (centred)
 
     // ---- per-level state: scaled weights v (d), intercept c for centred columns, and the
@@ -251,7 +251,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           bestB[k] = b;
         }
       }
-      const G = matmulData(XT, Psi, n, A);
+      const G = await matmulData(XT, Psi, n, A);
       // dual points and gradients
       const grad = Array.from({ length: A }, () => new Float64Array(d));
       let worstGap = 0;
@@ -313,7 +313,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           newC[a] = zC[a]! + psiSum[a]! / n / L;
           bn[p] = toOriginal(nv, newC[a]!, Wn, P, p).b;
         }
-        const Q = matmulData(X, Wn, d, P);
+        const Q = await matmulData(X, Wn, d, P);
         const failed: number[] = [];
         for (let p = 0; p < P; p++) {
           const a = pending[p]!;
@@ -417,7 +417,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
     const finish: ('lp' | 'gap' | 'stall' | 'limit')[] = [];
     const Wall = new Float32Array(d * K);
     for (let k = 0; k < K; k++) for (let j = 0; j < d; j++) Wall[j * K + k] = bestW[k]![j]!;
-    const R = matmulData(X, Wall, d, K);
+    const R = await matmulData(X, Wall, d, K);
     const resid = Array.from({ length: K }, () => new Float64Array(n));
     const obj0 = new Float64Array(K);
     const b0 = new Float64Array(K);
@@ -481,7 +481,7 @@ export function solveQuantileLevels(x: Float32Array, n: number, d: number, y: Ar
           stats.push({ k, theta, sum: ps, c: (theta * (py - pbar * ySum)) / n });
         });
       });
-      const G = matmulData(XT, Psi, n, C);
+      const G = await matmulData(XT, Psi, n, C);
       stats.forEach(({ k, theta, sum, c }, col) => {
         const ga = new Float64Array(d);
         if (theta === 0) {
@@ -539,10 +539,10 @@ function boxScale(pmax: number, pmin: number, pbar: number, tau: number): number
 }
 
 /** Returns M·B as plain data: M a resident [r, inner] tensor, B [inner, cols] row-major. */
-function matmulData(M: tf.Tensor2D, B: Float32Array, inner: number, cols: number): Float32Array {
+async function matmulData(M: tf.Tensor2D, B: Float32Array, inner: number, cols: number): Promise<Float32Array> {
   // (the data is read outside tf.tidy: tidy would walk a returned typed array element by element)
   const P = tf.tidy(() => tf.matMul(M, tf.tensor2d(B, [inner, cols])));
-  const data = P.dataSync() as Float32Array;
+  const data = (await P.data()) as Float32Array; // await: a GPU backend has no synchronous read
   P.dispose();
   return data;
 }
@@ -580,7 +580,7 @@ function quickselect(a: Float64Array, k: number): number {
 }
 
 /** Largest eigenvalue of Xcᵀ Xc / n with Xc the centred, unit-variance columns (block power iteration). */
-function powerIteration(
+async function powerIteration(
   X: tf.Tensor2D,
   XT: tf.Tensor2D,
   n: number,
@@ -588,7 +588,7 @@ function powerIteration(
   mean: Float64Array,
   sd: Float64Array,
   live: Uint8Array,
-): number {
+): Promise<number> {
   const B = 4;
   let V = new Float64Array(d * B);
   let seed = 12345;
@@ -610,14 +610,14 @@ function powerIteration(
         off[b] += mean[j]! * w;
       }
     }
-    const Yd = matmulData(X, W, d, B);
+    const Yd = await matmulData(X, W, d, B);
     const sums = new Float64Array(B);
     for (let i = 0; i < n; i++) for (let b = 0; b < B; b++) {
       const v = Yd[i * B + b]! - off[b]!;
       Yd[i * B + b] = v;
       sums[b] += v;
     }
-    const Z = matmulData(XT, Yd, n, B);
+    const Z = await matmulData(XT, Yd, n, B);
     const next = new Float64Array(d * B);
     let best = 0;
     for (let b = 0; b < B; b++) {
