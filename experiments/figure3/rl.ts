@@ -13,30 +13,22 @@ export const RUNS = [
 ] as const;
 
 /**
- * The QRM as a reward source on the labels' [0, 1] scale: its mixed quantiles divided by the gate
- * weight on the attributes that carry reward after debiasing (p_j < 1; verbosity itself is zeroed
- * by ArmoRM's rule, p = 1). The Bradley-Terry loss leaves the scale beta free, which would stretch
- * the reward and with it the meaning of lambda, and weight left on the zeroed attribute would
- * shrink it; dividing both out makes the reward a convex mix of attribute quantiles, comparable
- * with the world's true reward quantiles.
+ * The QRM as a reward source on the labels' [0, 1] scale: @qrlhf/qrm's 'kept-weight'
+ * normalisation (the mixed quantiles divided by the gate weight on the attributes that still carry
+ * reward after debiasing; see packages/qrm/src/model.ts), the same option `qrlhf rloo
+ * --qrm-normalise kept-weight` uses, so lambda means the same in both.
  */
 export class NormalisedQrm implements RewardSource {
-  constructor(readonly qrm: QuantileRewardModel) {}
+  constructor(readonly qrm: QuantileRewardModel) {
+    qrm.normalise = 'kept-weight';
+  }
 
   get taus(): Float32Array {
     return this.qrm.taus;
   }
 
   async quantiles(items: readonly { prompt: string; response: string }[]): Promise<Float32Array[]> {
-    const scores = await this.qrm.score(items, { batchSize: 32 });
-    const keep = this.qrm.debiasPenalties.map((p) => p < 1);
-    return scores.map((s) => {
-      let g = 0;
-      s.gate.forEach((x, m) => {
-        if (keep[m]) g += x;
-      });
-      return s.quantiles.map((q) => q / g);
-    });
+    return (await this.qrm.score(items, { batchSize: 32 })).map((s) => s.quantiles);
   }
 
   dispose(): void {

@@ -6,7 +6,16 @@
  *   qrm.json           taus, attributes, verbosity attribute and debias penalties, label scaling,
  *                      the backbone reference, the gate's shape, the mixing rule
  * Scoring: attribute quantiles from the heads on the response feature, verbosity debiasing, gate
- * weights from the prompt feature, mixing (eq. 3 by default).
+ * weights from the prompt feature, mixing (eq. 3 by default), and optionally a normalisation.
+ *
+ * Normalisation ('kept-weight', a scoring option): the mixed quantiles divided by the gate weight
+ * on the attributes that still carry reward after debiasing, g_kept = Σ_{m kept} g_m, where an
+ * attribute is kept unless its debiased quantiles Q'_m(tau_k) = Q_m(tau_k) − p_m Q_v(tau_k) are
+ * identically 0 for that response (ArmoRM's rule zeroes the verbosity attribute itself, p_v = 1;
+ * an attribute that never met the Spearman threshold also has p_m = 1 but keeps Q_m − Q_v ≠ 0, so
+ * it is kept). The Bradley-Terry loss leaves the scale beta free and weight on a zeroed attribute
+ * shrinks the reward; dividing both out makes the reward a convex mix of attribute quantiles on the
+ * labels' scale, so a utility's lambda means the same for every QRM. 'none' (default): eq. 3 as is.
  */
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -16,6 +25,24 @@ import { applyDebias } from './debias.js';
 import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
 import { isReleasedQrmFolder, loadRewardBackbone } from './released.js';
 import { FEATURE_POOLINGS, encodedFeatures, findGatePosition, pairFeatures, type Backbone, type FeaturePooling, type PromptResponseItem } from './features.js';
+
+/** How the mixed quantiles are scaled (see the file header). */
+export type QrmNormalise = 'none' | 'kept-weight';
+export const QRM_NORMALISE: readonly QrmNormalise[] = ['none', 'kept-weight'];
+
+/**
+ * The gate weight on the attributes kept after debiasing: Σ_m g_m over the m whose M·K-row
+ * `attrQ` block [M, K] is not identically 0 (one response).
+ */
+export function keptGateWeight(attrQ: ArrayLike<number>, gate: ArrayLike<number>, M: number, K: number): number {
+  let w = 0;
+  for (let m = 0; m < M; m++) {
+    let zero = true;
+    for (let k = 0; k < K && zero; k++) zero = attrQ[m * K + k] === 0;
+    if (!zero) w += gate[m]!;
+  }
+  return w;
+}
 
 export interface QrmScore {
   /** K mixed reward quantiles, non-decreasing. */
@@ -66,6 +93,8 @@ export interface QrmJson {
   rearrange?: boolean;
   /** How (prompt, response) is written for the backbone: 'auto' | 'hh' | a template PATH (absent = 'auto'). */
   chatTemplate?: string;
+  /** Scaling of the mixed quantiles when scoring (absent = 'none'; see the file header). */
+  normalise?: QrmNormalise;
   gate: GateConfig;
   mixture: MixtureMode;
 }
@@ -177,6 +206,8 @@ export interface QrmParts {
   rearrange?: boolean;
   /** How (prompt, response) is written for the backbone: 'auto' (default) | 'hh' | a template PATH. */
   chatTemplate?: string;
+  /** Scaling of the mixed quantiles ('none' default; 'kept-weight': see the file header). */
+  normalise?: QrmNormalise;
 }
 
 export class QuantileRewardModel {
@@ -198,6 +229,8 @@ export class QuantileRewardModel {
   readonly rearrange: boolean;
   /** How (prompt, response) is written for the backbone: 'auto' (its template, else HH) | 'hh' | a template PATH. */
   readonly chatTemplate: string;
+  /** Scaling of the mixed quantiles: 'none' (eq. 3 as is) or 'kept-weight' (see the file header); settable. */
+  normalise: QrmNormalise;
   private format: DialogueFormat | null = null;
   private backbone: Backbone | null = null;
   private ownsBackbone = false;
@@ -222,6 +255,8 @@ export class QuantileRewardModel {
     this.gatePattern = p.gatePattern && p.gatePattern.length > 0 ? [...p.gatePattern] : null;
     this.rearrange = p.rearrange ?? true;
     this.chatTemplate = p.chatTemplate ?? 'auto';
+    this.normalise = p.normalise ?? 'none';
+    if (!QRM_NORMALISE.includes(this.normalise)) throw new QrlhfError(`QRM: normalise must be one of ${QRM_NORMALISE.join(', ')}, got "${String(this.normalise)}"`);
   }
 
   /** Per-attribute min/max that mapped raw labels onto the heads' [0, 1] scale (null: none). */
@@ -288,6 +323,7 @@ export class QuantileRewardModel {
       mixture: j.mixture ?? 'eq3',
       gatePattern: j.gatePattern ?? null,
       rearrange: j.rearrange ?? true,
+      normalise: j.normalise ?? 'none',
       chatTemplate: j.chatTemplate === undefined || j.chatTemplate === 'auto' || j.chatTemplate === 'hh' ? j.chatTemplate : ref(j.chatTemplate)!,
     });
   }
@@ -307,6 +343,7 @@ export class QuantileRewardModel {
       gatePattern: this.gatePattern,
       rearrange: this.rearrange,
       chatTemplate: this.chatTemplate,
+      normalise: this.normalise,
       gate: { ...this.gate.config },
       mixture: this.mixture,
     };
@@ -343,8 +380,14 @@ export class QuantileRewardModel {
     const g = await this.gate.predict(promptFeat, n);
     const mixed = mixQuantiles(attrQ, g, n, M, this.heads.taus, this.mixture);
     const out: QrmScore[] = [];
+    if (!QRM_NORMALISE.includes(this.normalise)) throw new QrlhfError(`QRM: normalise must be one of ${QRM_NORMALISE.join(', ')}, got "${String(this.normalise)}"`);
     for (let i = 0; i < n; i++) {
       const quantiles = mixed.slice(i * K, (i + 1) * K);
+      if (this.normalise === 'kept-weight') {
+        const w = keptGateWeight(attrQ.subarray(i * M * K, (i + 1) * M * K), g.subarray(i * M, (i + 1) * M), M, K);
+        // every attribute zeroed: the mix is 0 too, and stays 0
+        for (let k = 0; k < K; k++) quantiles[k] = w === 0 ? 0 : quantiles[k]! / w;
+      }
       let s = 0;
       for (let k = 0; k < K; k++) s += quantiles[k]!;
       out.push({

@@ -27,6 +27,7 @@ export const RLOO_SCHEMA = defineConfig({
   policy: { type: 'string', default: null, nullable: true, path: true, doc: 'policy to train: a Hugging Face folder (e.g. the merged SFT model) or a llama2.c .bin; with its adapter off it is also the KL reference' },
   ...MODEL_FIELDS,
   qrm: { type: 'string', default: null, nullable: true, path: true, doc: 'quantile reward model folder (qrm.json, heads, gate) giving each response K reward quantiles' },
+  qrmNormalise: { type: 'string', default: null, nullable: true, choices: ['none', 'kept-weight'], doc: "scaling of the QRM's quantiles; unset (default): the QRM's own setting in qrm.json; 'none': eq. 3 as is; 'kept-weight': divided by the gate weight on the attributes not zeroed by debiasing (see @qrlhf/qrm)" },
   prompts: { type: 'string', default: null, nullable: true, path: true, doc: 'prompts: .jsonl(.gz) of {prompt} rows, or HH-RLHF {chosen, ...} rows whose prompt part is used' },
   maxPrompts: { type: 'int', default: 0, min: 0, doc: 'read at most this many rows of the prompts file, in file order (0 = all)' },
   out: outField('runs/rloo', 'run folder: config.json, metrics.jsonl, samples.jsonl, checkpoints/, adapter/'),

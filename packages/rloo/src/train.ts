@@ -37,7 +37,7 @@ import {
   printLine,
   parseConfig,
 } from '@qrlhf/core';
-import { QuantileRewardModel, makeUtility, type Utility } from '@qrlhf/qrm';
+import { QuantileRewardModel, makeUtility, type QrmNormalise, type Utility } from '@qrlhf/qrm';
 import { RLOO_SCHEMA, type RlooConfig } from './config.js';
 import { RlooLearner, quantileKey, truncationGuard, type RolloutBatch } from './learner.js';
 import { PromptStream, preparePrompts, readPromptTexts } from './prompts.js';
@@ -173,6 +173,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     if (hooks.reward) reward = hooks.reward;
     else {
       qrm = await QuantileRewardModel.load(cfg.qrm!);
+      if (cfg.qrmNormalise !== null) qrm.normalise = cfg.qrmNormalise as QrmNormalise;
       reward = qrmRewardSource(qrm, { batchSize: cfg.rewardBatchSize });
     }
 
