@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '../src/errors.js';
 import { loadModel, saveHfFolder } from '../src/io/checkpoint.js';
-import { readSafetensors, writeSafetensors, type RawTensor } from '../src/io/safetensors.js';
-import type { LlamaConfig } from '../src/model/config.js';
+import { openSafetensors, readSafetensors, writeSafetensors, type RawTensor } from '../src/io/safetensors.js';
+import { checkMemory, estimateMemory, parameterCount } from '../src/model/memory.js';
+import { configFromHf, type LlamaConfig } from '../src/model/config.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { generate } from '../src/model/sampling.js';
 import { sharedDataFile } from '../src/paths.js';
@@ -224,4 +225,100 @@ maybeStories('loadModel(.bin): the tokenizer beside it is found, or must be give
   given.model.dispose();
   const big = sharedDataFile('tokenizers/llama2/tokenizer.bin');
   if (big) await t.throwsAsync(() => loadModel(copy, { tokenizer: big }), { instanceOf: QrlhfError, message: /32000 tokens but the model .* only 512/ });
+});
+
+/** bfloat16 and binary16 rounding of a float32 value, written here from the formats (round to nearest even). */
+function bf16Round(x: number): number {
+  const u = new Uint32Array(Float32Array.of(x).buffer)[0]!;
+  const r = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) << 16;
+  return new Float32Array(Uint32Array.of(r >>> 0).buffer)[0]!;
+}
+function f16Round(x: number): number {
+  // the binary16 grid around x: 10 fraction bits, normals from 2^-14 (the test's values are normal)
+  const e = Math.floor(Math.log2(Math.abs(x)));
+  const step = 2 ** (Math.max(e, -14) - 10);
+  const q = x / step;
+  const f = Math.floor(q);
+  const r = q - f === 0.5 ? (f % 2 === 0 ? f : f + 1) : Math.round(q);
+  return r * step;
+}
+
+test('loadModel reads sharded BF16 and F16 checkpoints one tensor at a time into the exact float32 values, with a progress bar', async (t) => {
+  const model = LlamaModel.random(cfg(), 21);
+  const raw = rawWeights(model);
+  const names = Object.keys(raw);
+  // shard 1 in BF16, shard 2 in F16, shard 3 in F32
+  const dir = handFolder(model.config, raw, 3);
+  const dtypes = ['BF16', 'F16', 'F32'] as const;
+  for (let s = 0; s < 3; s++) {
+    const file = join(dir, `model-0000${s + 1}-of-00003.safetensors`);
+    const part = Object.fromEntries(names.filter((_, i) => i % 3 === s).map((k) => [k, raw[k]!]));
+    writeSafetensors(file, part, undefined, { dtype: dtypes[s] === 'F32' ? 'F32' : dtypes[s] });
+  }
+  const lines: string[] = [];
+  const stream = Object.assign(new (await import('node:stream')).Writable({ write(c, _e, cb) { lines.push(String(c)); cb(); } }), { isTTY: false });
+  const loaded = await loadModel(dir, { progress: stream });
+  let checked = 0;
+  names.forEach((k, i) => {
+    const want = Array.from(raw[k]!.data as Float32Array, (x) => (i % 3 === 0 ? bf16Round(x) : i % 3 === 1 ? f16Round(x) : x));
+    const got = Array.from(loaded.model.weights[k]!.dataSync());
+    t.deepEqual(got, want, `${k} (${dtypes[i % 3]})`);
+    checked++;
+  });
+  t.is(checked, names.length);
+  t.regex(lines.join(''), /loading hand-\d+ \(MiB\)/);
+  loaded.model.dispose();
+  model.dispose();
+});
+
+test('openSafetensors reads the header only and one tensor per read(); a file cut short is named', (t) => {
+  const dir = fresh('open');
+  mkdirSync(dir, { recursive: true });
+  const p = join(dir, 'a.safetensors');
+  const a = Float32Array.from({ length: 12 }, (_, i) => i / 7);
+  writeSafetensors(p, { a: { dtype: 'F32', shape: [3, 4], data: a }, b: { dtype: 'F32', shape: [2], data: Float32Array.of(5, 6) } }, undefined, { dtype: 'BF16' });
+  const f = openSafetensors(p);
+  t.deepEqual(f.tensors, { a: { dtype: 'BF16', shape: [3, 4] }, b: { dtype: 'BF16', shape: [2] } });
+  t.deepEqual(Array.from(f.read('a').data as Float32Array), Array.from(a, bf16Round));
+  t.deepEqual(Array.from(f.read('b').data as Float32Array), [5, 6]);
+  t.throws(() => f.read('c'), { instanceOf: QrlhfError, message: /a\.safetensors: no tensor "c"/ });
+  f.close();
+  // The same checks as readSafetensors on the header: a truncated file is refused by name.
+  const bytes = readFileSync(p);
+  writeFileSync(p, bytes.subarray(0, bytes.length - 3));
+  t.throws(() => openSafetensors(p), { instanceOf: QrlhfError, message: /a\.safetensors: not a valid safetensors file: tensor "b": data_offsets/ });
+});
+
+test('the memory estimate counts Llama-3.2-1B\'s published 1,235,814,400 parameters; a model that will not fit stops in one line saying how much it needs and what to change', async (t) => {
+  const llama = configFromHf({
+    vocab_size: 128256, hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32,
+    num_key_value_heads: 8, head_dim: 64, tie_word_embeddings: true, max_position_embeddings: 131072,
+  });
+  t.is(parameterCount(llama), 1235814400);
+  const plan = { batch: 4, seqLen: 512, training: true, lora: { r: 8, targetModules: 'all-linear' as const } };
+  const e = estimateMemory(llama, plan);
+  t.is(e.weights, 4 * 1235814400);
+  // LoRA r 8 on all seven projections of 16 layers: 8 · Σ (in + out), float32, values + gradients; AdamW 2 moments.
+  const perLayer = 8 * ((2048 + 2048) + 2 * (2048 + 512) + (2048 + 2048) + 2 * (2048 + 8192) + (8192 + 2048));
+  t.is(e.lora, 2 * 4 * 16 * perLayer);
+  t.is(e.optimizer, 2 * 4 * 16 * perLayer);
+  t.is(e.total, e.weights + e.lora + e.optimizer + e.activations);
+  t.true(e.activations > 0);
+  // On the wasm backend (a 4 GiB heap) the weights alone do not fit.
+  const wasm = { bytes: 4 * 1024 ** 3, what: 'the wasm backend\'s heap' };
+  t.throws(() => checkMemory(llama, plan, 'meta-llama--Llama-3.2-1B', wasm), {
+    instanceOf: QrlhfError,
+    message: /^meta-llama--Llama-3\.2-1B: the model needs about [\d.]+ GiB \(weights 4\.6 GiB, LoRA [\d.]+ GiB, optimiser [\d.]+ GiB, activations [\d.]+ GiB at batch 4 × 512 tokens\) but only 4\.0 GiB is available \(the wasm backend's heap\); the weights alone do not fit: use a smaller model or a backend without the wasm heap's 4 GiB limit \(tensorflow\)$/,
+  });
+  // Weights that fit, a batch that does not: the advice is about the batch.
+  const big = { bytes: 64 * 1024 ** 3, what: 'this machine\'s memory' };
+  t.throws(() => checkMemory(llama, { ...plan, batch: 256, seqLen: 4096 }, 'x', big), { instanceOf: QrlhfError, message: /lower the batch size or the sequence length$/ });
+  t.notThrows(() => checkMemory(llama, { batch: 1, seqLen: 512, training: false }, 'x', big));
+  // loadModel runs the check before reading any weight.
+  const model = LlamaModel.random(cfg(), 3);
+  const dir = handFolder(model.config, rawWeights(model));
+  model.dispose();
+  const err = await t.throwsAsync(loadModel(dir, { memory: { batch: 1e9, seqLen: 32, training: true } }), { instanceOf: QrlhfError });
+  t.regex(err!.message, /hand-\d+: the model needs about [\d.]+ GiB .* at batch 1000000000 × 32 tokens\) but only/);
+  t.is(err!.message.split('\n').length, 1);
 });

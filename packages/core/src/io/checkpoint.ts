@@ -13,7 +13,9 @@ import { LlamaModel, llamaWeightShapes } from '../model/llama.js';
 import { Tokenizer } from '../tokenizer.js';
 import { writeDirAtomic, writeFileAtomic } from './atomic.js';
 import { readLlama2c } from './llama2c.js';
-import { type RawTensor, hostTensors, readSafetensors, writeSafetensors } from './safetensors.js';
+import { type RawTensor, type SafetensorsFile, hostTensors, openSafetensors, writeSafetensors } from './safetensors.js';
+import { type MemoryPlan, checkMemory } from '../model/memory.js';
+import { Progress, type ProgressStream } from '../track/console.js';
 
 export interface LoadedModel {
   model: LlamaModel;
@@ -70,48 +72,76 @@ export function checkLlamaWeights(
   }
 }
 
-/** All tensors of an HF folder, from model.safetensors or from the shards its index lists. */
-function readHfWeights(dir: string): Record<string, RawTensor & { file: string }> {
+/** A tensor of an HF folder, not read yet: its header entry, the file holding it, and how to read it. */
+interface LazyTensor {
+  shape: number[];
+  dtype: string;
+  file: string;
+  bytes: number;
+  load(): RawTensor;
+}
+
+/**
+ * Every tensor of an HF folder, from model.safetensors or from the shards its index lists: the
+ * headers are read and checked, the data is not (load() reads one tensor). close() the files.
+ */
+function openHfWeights(dir: string): { tensors: Record<string, LazyTensor>; close(): void } {
   const single = join(dir, 'model.safetensors');
   const index = join(dir, 'model.safetensors.index.json');
-  const out: Record<string, RawTensor & { file: string }> = {};
-  if (existsSync(single)) {
-    for (const [name, t] of Object.entries(readSafetensors(single).tensors)) out[name] = { ...t, file: single };
-    return out;
-  }
-  if (!existsSync(index)) {
-    const hint = existsSync(join(dir, 'pytorch_model.bin')) ? ' (pytorch_model.bin is not read: convert it to safetensors)' : '';
-    throw new QrlhfError(`${dir}: no model.safetensors or model.safetensors.index.json${hint}`);
-  }
-  const idx = readJson(index);
-  const map = (idx as { weight_map?: unknown } | null)?.weight_map;
-  if (typeof map !== 'object' || map === null || Array.isArray(map)) {
-    throw new QrlhfError(`${index}: "weight_map" is missing (expected an object from tensor name to shard file)`);
-  }
-  const byShard = new Map<string, string[]>();
-  for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
-    if (typeof shard !== 'string' || shard.length === 0 || shard.includes('..') || shard.includes('/') || shard.includes('\\')) {
-      throw new QrlhfError(`${index}: "weight_map"."${name}" is ${JSON.stringify(shard)}, expected a shard file name in the folder`);
+  const out: Record<string, LazyTensor> = {};
+  const files: SafetensorsFile[] = [];
+  const close = () => {
+    for (const f of files) f.close();
+  };
+  const add = (f: SafetensorsFile, name: string) => {
+    const t = f.tensors[name]!;
+    const n = t.shape.reduce((x, y) => x * y, 1);
+    out[name] = { shape: t.shape, dtype: t.dtype, file: f.path, bytes: n * (t.dtype === 'F16' || t.dtype === 'BF16' ? 2 : t.dtype === 'I64' ? 8 : t.dtype === 'U8' ? 1 : 4), load: () => f.read(name) };
+  };
+  try {
+    if (existsSync(single)) {
+      const f = openSafetensors(single);
+      files.push(f);
+      for (const name of Object.keys(f.tensors)) add(f, name);
+      return { tensors: out, close };
     }
-    if (!byShard.has(shard)) byShard.set(shard, []);
-    byShard.get(shard)!.push(name);
-  }
-  for (const [shard, names] of byShard) {
-    const path = join(dir, shard);
-    if (!existsSync(path)) throw new QrlhfError(`${index}: shard "${shard}" (holding "${names[0]}") does not exist in ${dir}`);
-    const { tensors } = readSafetensors(path);
-    for (const name of names) {
-      const t = tensors[name];
-      if (!t) throw new QrlhfError(`${path}: tensor "${name}" is missing, though ${basename(index)} places it in this shard`);
-      out[name] = { ...t, file: path };
+    if (!existsSync(index)) {
+      const hint = existsSync(join(dir, 'pytorch_model.bin')) ? ' (pytorch_model.bin is not read: convert it to safetensors)' : '';
+      throw new QrlhfError(`${dir}: no model.safetensors or model.safetensors.index.json${hint}`);
     }
-    for (const name of Object.keys(tensors)) {
-      if (!names.includes(name)) {
-        throw new QrlhfError(`${path}: tensor "${name}" is in this shard but ${basename(index)} does not list it here`);
+    const idx = readJson(index);
+    const map = (idx as { weight_map?: unknown } | null)?.weight_map;
+    if (typeof map !== 'object' || map === null || Array.isArray(map)) {
+      throw new QrlhfError(`${index}: "weight_map" is missing (expected an object from tensor name to shard file)`);
+    }
+    const byShard = new Map<string, string[]>();
+    for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
+      if (typeof shard !== 'string' || shard.length === 0 || shard.includes('..') || shard.includes('/') || shard.includes('\\')) {
+        throw new QrlhfError(`${index}: "weight_map"."${name}" is ${JSON.stringify(shard)}, expected a shard file name in the folder`);
+      }
+      if (!byShard.has(shard)) byShard.set(shard, []);
+      byShard.get(shard)!.push(name);
+    }
+    for (const [shard, names] of byShard) {
+      const path = join(dir, shard);
+      if (!existsSync(path)) throw new QrlhfError(`${index}: shard "${shard}" (holding "${names[0]}") does not exist in ${dir}`);
+      const f = openSafetensors(path);
+      files.push(f);
+      for (const name of names) {
+        if (!f.tensors[name]) throw new QrlhfError(`${path}: tensor "${name}" is missing, though ${basename(index)} places it in this shard`);
+        add(f, name);
+      }
+      for (const name of Object.keys(f.tensors)) {
+        if (!names.includes(name)) {
+          throw new QrlhfError(`${path}: tensor "${name}" is in this shard but ${basename(index)} does not list it here`);
+        }
       }
     }
+    return { tensors: out, close };
+  } catch (e) {
+    close();
+    throw e;
   }
-  return out;
 }
 
 /** The tokenizer file llama2.c keeps beside a checkpoint: tok{vocab}.bin, tokenizer.bin, tok512.bin. */
@@ -139,7 +169,18 @@ async function loadTokenizer(path: string, config: LlamaConfig, where: string): 
  * llama2.c checkpoint (.bin; its tokenizer tok{N}.bin / tokenizer.bin beside it, or opts.tokenizer).
  * opts.tokenizer (a tokenizer.json, a folder, or a llama2.c .bin) overrides the one found.
  */
-export async function loadModel(path: string, opts: { tokenizer?: string } = {}): Promise<LoadedModel> {
+export interface LoadOptions {
+  /** A tokenizer.json, a folder, or a llama2.c .bin, instead of the one beside the model. */
+  tokenizer?: string;
+  /** What the model will run (batch, sequence length, training, LoRA): loading stops with one
+   *  line when it will not fit (model/memory.ts). Default: generating one sequence of 512 tokens. */
+  memory?: MemoryPlan;
+  /** A progress bar while reading the weights: true, false, or a stream; default on stderr for
+   *  checkpoints of 256 MiB or more. */
+  progress?: boolean | ProgressStream;
+}
+
+export async function loadModel(path: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   if (!existsSync(path)) throw new QrlhfError(`${path}: model not found (expected a Hugging Face folder or a llama2.c .bin)`);
   if (opts.tokenizer !== undefined && !existsSync(opts.tokenizer)) throw new QrlhfError(`${opts.tokenizer}: tokenizer not found`);
   if (statSync(path).isDirectory()) return loadHfFolder(path, opts);
@@ -163,7 +204,7 @@ export async function loadModel(path: string, opts: { tokenizer?: string } = {})
   return { model: LlamaModel.fromTensors(config, tensors), tokenizer, source: path };
 }
 
-async function loadHfFolder(dir: string, opts: { tokenizer?: string }): Promise<LoadedModel> {
+async function loadHfFolder(dir: string, opts: LoadOptions): Promise<LoadedModel> {
   const cfgPath = join(dir, 'config.json');
   if (!existsSync(cfgPath)) {
     const entries = readdirSync(dir).slice(0, 8).join(', ');
@@ -173,14 +214,39 @@ async function loadHfFolder(dir: string, opts: { tokenizer?: string }): Promise<
   const tokPath = opts.tokenizer ?? join(dir, 'tokenizer.json');
   if (!existsSync(tokPath)) throw new QrlhfError(`${dir}: no tokenizer.json; give a tokenizer with --tokenizer`);
   const tokenizer = await loadTokenizer(tokPath, config, dir);
-  const raw = readHfWeights(dir);
-  checkLlamaWeights(config, Object.fromEntries(Object.entries(raw).map(([k, t]) => [k, { shape: t.shape, dtype: t.dtype, file: t.file }])), dir);
+  const weights = openHfWeights(dir);
   const tensors: Record<string, tf.Tensor> = {};
-  for (const [name, t] of Object.entries(raw)) {
-    if (ignorable(name, config)) continue;
-    tensors[name] = tf.tensor(t.data as Float32Array, t.shape, 'float32');
+  try {
+    checkLlamaWeights(config, Object.fromEntries(Object.entries(weights.tensors).map(([k, t]) => [k, { shape: t.shape, dtype: t.dtype, file: t.file }])), dir);
+    checkMemory(config, opts.memory ?? defaultPlan(config), dir);
+    // One tensor at a time: read its bytes, decode to float32, hand to tfjs; the peak is the
+    // float32 model built so far plus one tensor (never a whole shard).
+    const names = Object.keys(weights.tensors).filter((n) => !ignorable(n, config));
+    const MiB = 1024 * 1024;
+    const total = names.reduce((a, n) => a + weights.tensors[n]!.bytes, 0);
+    const show = opts.progress ?? total >= 256 * MiB;
+    const bar = show ? new Progress(Math.max(1, Math.round(total / MiB)), `loading ${basename(dir)} (MiB)`, typeof show === 'object' ? { stream: show } : {}) : null;
+    let done = 0;
+    for (const name of names) {
+      const t = weights.tensors[name]!;
+      const raw = t.load();
+      tensors[name] = tf.tensor(raw.data as Float32Array, t.shape, 'float32');
+      done += t.bytes;
+      bar?.update(Math.round(done / MiB));
+    }
+    bar?.done();
+  } catch (e) {
+    for (const t of Object.values(tensors)) t.dispose();
+    throw e;
+  } finally {
+    weights.close();
   }
   return { model: LlamaModel.fromTensors(config, tensors), tokenizer, source: dir };
+}
+
+/** What loadModel checks the memory for when not told: generating one sequence of up to 512 tokens. */
+function defaultPlan(c: LlamaConfig): MemoryPlan {
+  return { batch: 1, seqLen: Math.min(c.maxPositionEmbeddings, 512), training: false };
 }
 
 /**

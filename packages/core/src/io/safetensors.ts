@@ -7,7 +7,7 @@
  * unknown dtype, offsets outside the buffer, overlaps, gaps, byte counts that disagree with the
  * shape) is a QrlhfError naming the file and the tensor.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { endianness } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '../errors.js';
@@ -171,14 +171,29 @@ export function parseSafetensors(
   buf: Uint8Array,
   where = '<buffer>',
 ): { tensors: Record<string, RawTensor>; metadata: Record<string, string> } {
+  const { entries, metadata, dataStart } = parseHeader(buf, buf.length, where);
+  const tensors: Record<string, RawTensor> = {};
+  for (const e of entries) {
+    const count = e.shape.reduce((a, b) => a * b, 1);
+    const bytes = buf.subarray(dataStart + e.begin, dataStart + e.end);
+    tensors[e.name] = { dtype: e.dtype, shape: e.shape, data: decode(bytes, e.dtype, count, `${where}: tensor "${e.name}"`) };
+  }
+  return { tensors, metadata };
+}
+
+/**
+ * The header of a safetensors file of `fileSize` bytes, from a buffer that holds at least its
+ * first 8 + N bytes, checked as parseSafetensors checks it (the tensors must tile the data buffer).
+ */
+function parseHeader(buf: Uint8Array, fileSize: number, where: string): { entries: HeaderEntry[]; metadata: Record<string, string>; dataStart: number } {
   const fail = (msg: string): never => {
     throw new QrlhfError(`${where}: not a valid safetensors file: ${msg}`);
   };
-  if (buf.length < 8) fail(`file is ${buf.length} bytes, shorter than the 8-byte header length`);
+  if (fileSize < 8 || buf.length < 8) fail(`file is ${fileSize} bytes, shorter than the 8-byte header length`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const n64 = dv.getBigUint64(0, true);
-  if (n64 > BigInt(buf.length - 8)) {
-    fail(`header length ${n64} reaches beyond the end of the file (${buf.length - 8} bytes after the length field)`);
+  if (n64 > BigInt(fileSize - 8)) {
+    fail(`header length ${n64} reaches beyond the end of the file (${fileSize - 8} bytes after the length field)`);
   }
   const n = Number(n64);
   if (n < 2) fail(`header length ${n} is too short for a JSON object`);
@@ -190,7 +205,7 @@ export function parseSafetensors(
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) fail('header JSON is not an object');
   const dataStart = 8 + n;
-  const dataLen = buf.length - dataStart;
+  const dataLen = fileSize - dataStart;
 
   const metadata: Record<string, string> = {};
   const entries: HeaderEntry[] = [];
@@ -241,14 +256,68 @@ export function parseSafetensors(
     prev = e;
   }
   if (pos !== dataLen) fail(`${dataLen - pos} bytes after the last tensor are not covered by the header`);
+  return { entries, metadata, dataStart };
+}
 
-  const tensors: Record<string, RawTensor> = {};
-  for (const e of entries) {
-    const count = e.shape.reduce((a, b) => a * b, 1);
-    const bytes = buf.subarray(dataStart + e.begin, dataStart + e.end);
-    tensors[e.name] = { dtype: e.dtype, shape: e.shape, data: decode(bytes, e.dtype, count, `${where}: tensor "${e.name}"`) };
+/** A safetensors file opened for reading one tensor at a time (only the header is read up front). */
+export interface SafetensorsFile {
+  readonly path: string;
+  readonly metadata: Record<string, string>;
+  /** Every tensor's dtype and shape, by name, in file order. */
+  readonly tensors: Record<string, { dtype: DType; shape: number[] }>;
+  /** Reads and decodes one tensor (F16 / BF16 to float32): the file's bytes of that tensor only. */
+  read(name: string): RawTensor;
+  close(): void;
+}
+
+/**
+ * Opens a .safetensors file and checks its header (as readSafetensors does) without reading the
+ * data: a sharded checkpoint can then be loaded a tensor at a time, so the peak memory is what has
+ * been built so far plus one tensor, never a whole file.
+ */
+export function openSafetensors(path: string): SafetensorsFile {
+  let fd: number;
+  let size: number;
+  try {
+    fd = openSync(path, 'r');
+    size = fstatSync(fd).size;
+  } catch (e) {
+    throw new QrlhfError(`${path}: cannot read safetensors file (${(e as Error).message})`);
   }
-  return { tensors, metadata };
+  try {
+    const len = Buffer.alloc(8);
+    readSync(fd, len, 0, Math.min(8, size), 0);
+    const n = size >= 8 ? Number(len.readBigUInt64LE(0)) : 0;
+    const head = Buffer.alloc(size >= 8 && n <= size - 8 ? 8 + n : Math.min(size, 8));
+    readSync(fd, head, 0, head.length, 0);
+    const { entries, metadata, dataStart } = parseHeader(head, size, path);
+    const byName = new Map(entries.map((e) => [e.name, e]));
+    const tensors = Object.fromEntries([...entries].sort((a, b) => a.begin - b.begin).map((e) => [e.name, { dtype: e.dtype, shape: e.shape }]));
+    return {
+      path,
+      metadata,
+      tensors,
+      read(name: string): RawTensor {
+        const e = byName.get(name);
+        if (!e) throw new QrlhfError(`${path}: no tensor "${name}" in this file`);
+        const bytes = Buffer.alloc(e.end - e.begin);
+        let got = 0;
+        while (got < bytes.length) {
+          const r = readSync(fd, bytes, got, bytes.length - got, dataStart + e.begin + got);
+          if (r === 0) throw new QrlhfError(`${path}: tensor "${name}": the file ended early (was it changed while loading?)`);
+          got += r;
+        }
+        const count = e.shape.reduce((a, b) => a * b, 1);
+        return { dtype: e.dtype, shape: e.shape, data: decode(bytes, e.dtype, count, `${path}: tensor "${name}"`) };
+      },
+      close(): void {
+        closeSync(fd);
+      },
+    };
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@
 import { totalmem } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '../errors.js';
-import type { LlamaConfig } from './config.js';
+import { type LlamaConfig, headDim } from './config.js';
+import { llamaWeightShapes } from './llama.js';
+import { LORA_MODULES, type LoraModule } from './lora.js';
 
 /** Estimated bytes of the activations (and their gradients) of one training step of `batch` sequences of `length` tokens. */
 export function trainingMemoryEstimate(c: LlamaConfig, s: { batch: number; length: number }): number {
@@ -59,4 +61,88 @@ export function checkTrainingMemory(c: LlamaConfig, batch: number, length: numbe
   const need = trainingMemoryEstimate(c, { batch, length });
   const one = trainingMemoryEstimate(c, { batch: 1, length });
   return { need, available, limit, fits: need <= available, maxBatch: Math.floor(available / one) };
+}
+
+/*
+ * Loading (loadModel) checks a whole plan before any weight is read: weights, LoRA, optimiser and
+ * activations, all float32 (4 bytes):
+ *
+ *   weights      = 4 · Σ parameter counts (llamaWeightShapes)
+ *   lora         = 4 · Σ_layers Σ_targets r · (in + out)         (×2 with its gradients when training)
+ *   optimiser    = 2 · lora values                               (AdamW's two moments; training only)
+ *   activations  = trainingMemoryEstimate when training; when generating, the KV cache
+ *                  4 · B · 2 · L · Hkv · hd · T plus one layer's working set and the logits.
+ */
+
+export interface MemoryPlan {
+  batch: number;
+  seqLen: number;
+  /** Training (gradients, optimiser, saved activations) or generation only. */
+  training: boolean;
+  /** The adapter trained or applied, if any. */
+  lora?: { r: number; targetModules: string[] | 'all-linear' } | null;
+}
+
+export interface MemoryEstimate {
+  weights: number;
+  lora: number;
+  optimizer: number;
+  activations: number;
+  total: number;
+}
+
+export function parameterCount(c: LlamaConfig): number {
+  return Object.values(llamaWeightShapes(c)).reduce((a, s) => a + s.reduce((x, y) => x * y, 1), 0);
+}
+
+export function estimateMemory(c: LlamaConfig, plan: MemoryPlan): MemoryEstimate {
+  const { hiddenSize: d, intermediateSize: I, numHeads: H, numKvHeads: Hkv, numLayers: L, vocabSize: V } = c;
+  const hd = headDim(c);
+  const weights = 4 * parameterCount(c);
+  let loraParams = 0;
+  if (plan.lora) {
+    const dims: Record<LoraModule, [number, number]> = {
+      q_proj: [d, H * hd], k_proj: [d, Hkv * hd], v_proj: [d, Hkv * hd], o_proj: [H * hd, d],
+      gate_proj: [d, I], up_proj: [d, I], down_proj: [I, d],
+    };
+    const targets = plan.lora.targetModules === 'all-linear' ? LORA_MODULES : LORA_MODULES.filter((m) => (plan.lora!.targetModules as string[]).includes(m));
+    for (const m of targets) loraParams += L * plan.lora.r * (dims[m][0] + dims[m][1]);
+  }
+  const T = plan.seqLen;
+  const lora = 4 * loraParams * (plan.training ? 2 : 1);
+  const optimizer = plan.training ? 2 * 4 * loraParams : 0;
+  // Training: the fitted estimate above. Generating: the KV cache, one layer's working set (its
+  // projections and the [H, T] scores of a step) and the logits.
+  const perToken = 6 * d + 3 * (H + 2 * Hkv) * hd + 2 * H * T + 4 * I;
+  const activations = plan.training
+    ? trainingMemoryEstimate(c, { batch: plan.batch, length: T })
+    : 4 * plan.batch * (2 * L * Hkv * hd * T + perToken * T + 2 * V);
+  return { weights, lora, optimizer, activations, total: weights + lora + optimizer + activations };
+}
+
+/** One line: what the plan needs, in parts. */
+export function describeMemory(e: MemoryEstimate, plan: MemoryPlan): string {
+  const parts = [`weights ${gib(e.weights)}`];
+  if (e.lora) parts.push(`LoRA ${gib(e.lora)}`);
+  if (e.optimizer) parts.push(`optimiser ${gib(e.optimizer)}`);
+  parts.push(`activations ${gib(e.activations)} at batch ${plan.batch} × ${plan.seqLen} tokens`);
+  return `about ${gib(e.total)} (${parts.join(', ')})`;
+}
+
+/**
+ * Throws one QrlhfError naming `where` when the plan will not fit in the memory available: how
+ * much it needs, how much there is, and what to change.
+ */
+export function checkMemory(c: LlamaConfig, plan: MemoryPlan, where: string, available = backendMemoryLimit()): MemoryEstimate {
+  const e = estimateMemory(c, plan);
+  if (e.total > available.bytes) {
+    const act = e.activations > e.total / 3;
+    const advice = e.weights > available.bytes
+      ? 'the weights alone do not fit: use a smaller model' + (available.what.includes('wasm') ? ' or a backend without the wasm heap\'s 4 GiB limit (tensorflow)' : '')
+      : act
+        ? 'lower the batch size or the sequence length'
+        : 'lower the LoRA rank or the number of target modules, or use a smaller model';
+    throw new QrlhfError(`${where}: the model needs ${describeMemory(e, plan)} but only ${gib(available.bytes)} is available (${available.what}); ${advice}`);
+  }
+  return e;
 }
