@@ -5,7 +5,9 @@ import { check } from '../errors.js';
 export async function globalNorm(grads: Record<string, tf.Tensor>): Promise<number> {
   const ts = Object.values(grads);
   if (ts.length === 0) return 0;
-  const sq = tf.tidy(() => tf.addN(ts.map((g) => tf.sum(tf.square(tf.cast(g, 'float32'))))));
+  // A chain of adds, not one AddN: webgpu's AddN binds every input as a storage buffer and fails
+  // past the device's limit (8 by default; a LoRA adapter has dozens of gradients).
+  const sq = tf.tidy(() => ts.map((g) => tf.sum(tf.square(tf.cast(g, 'float32')))).reduce((a, b) => tf.add(a, b)));
   const v = (await sq.data())[0]!;
   sq.dispose();
   return Math.sqrt(v);
