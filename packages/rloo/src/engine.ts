@@ -28,7 +28,7 @@ export const ENGINE_SCHEMA = defineConfig({
   baseUrl: { type: 'string', default: null, nullable: true, doc: 'openai: the server, e.g. http://127.0.0.1:8000/v1' },
   baseUrls: { type: 'string[]', default: [], doc: 'openai: several servers sharing each batch (comma-separated as a flag); with baseUrl, all of them' },
   loraName: { type: 'string', default: 'qrlhf-policy', doc: 'openai: the name the adapter is loaded under and requests name as their model' },
-  adapterDir: { type: 'string', default: null, nullable: true, doc: "openai: folder the servers load the adapter from (null = <out>/engine-adapter); must be visible to every server's filesystem at the same path" },
+  adapterDir: { type: 'string', default: null, nullable: true, path: true, doc: "openai: folder the servers load the adapter from (null = <out>/engine-adapter); must be visible to every server's filesystem at the same path" },
   concurrency: { type: 'int', default: 8, min: 1, doc: 'openai: requests in flight per server (one request = one prompt and its k responses)' },
   timeoutMs: { type: 'int', default: 120000, min: 1, doc: 'openai: a request with no answer after this is abandoned and retried elsewhere' },
   retries: { type: 'int', default: 4, min: 0, doc: 'openai: failed attempts per request (across servers) before the step fails' },
