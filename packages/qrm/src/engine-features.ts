@@ -3,14 +3,14 @@
  * for a model served with last-token pooling and no normalisation: the answer for a sequence is
  * then the final-norm hidden state at its last token, exactly what the in-process 'last' pooling
  * reads. Per (prompt, response) item two sequences are sent as token ids (encoded here with the
- * backbone's tokenizer, as encodePair does in process, so no engine tokenises anything):
+ * backbone's tokenizer, as encodeDialogue does in process, so no engine tokenises anything):
  *   - the full prompt+response ids → the response feature;
  *   - the ids up to the prompt's last token → the prompt feature (causal attention: the state at
  *     that token in the full pass sees the prompt only, so it is the prefix's own last state).
  * 'mean' pooling has no engine counterpart and is refused.
  */
 import { EnginePool, QrlhfError, type Tokenizer } from '@qrlhf/core';
-import { encodePair, type FeatureSource, type PromptResponseItem } from './features.js';
+import { encodeDialogue, type FeatureSource, type PromptResponseItem } from './features.js';
 
 export interface EngineFeatureOptions {
   baseUrls: string[];
@@ -78,7 +78,7 @@ export async function openAiFeatureSource(o: EngineFeatureOptions): Promise<Feat
         throw new QrlhfError(`engine features: pooling "${opts.pooling}" has no engine counterpart (embeddings use last-token pooling); use --pooling last or the in-process backbone`);
       }
       const maxTokens = opts.maxTokens ?? o.maxTokens;
-      const enc = items.map((it, i) => encodePair(tok, it.prompt, it.response, maxTokens, opts.where?.(i) ?? `item ${i}`));
+      const enc = items.map((it, i) => encodeDialogue(tok, opts.format, it.prompt, it.response, maxTokens, opts.where?.(i) ?? `item ${i}`));
       // sequence 2i: the full item i; 2i+1: its prompt prefix
       const seqs = enc.flatMap((e) => [e.ids, e.ids.slice(0, e.promptEnd + 1)]);
       const tasks: ((s: Parameters<EnginePool['request']>[0]) => Promise<Float32Array[]>)[] = [];

@@ -15,6 +15,10 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'n
 import { basename, dirname, join, relative } from 'node:path';
 import {
   MODEL_FIELDS,
+  CHAT_TEMPLATE_FIELD,
+  dialogueFormatFor,
+  isChatTemplatePath,
+  type DialogueFormat,
   Progress,
   QrlhfError,
   RUN_FIELDS,
@@ -91,12 +95,14 @@ export async function runQrmFeatures(config: QrmFeaturesConfig, o: StageOptions 
   const input = existingFile(stage1 ? 'ratings' : 'pairs', (cfg.ratings ?? cfg.pairs)!);
   let source: FeatureSource | null = null;
   let loaded: Awaited<ReturnType<typeof loadModel>> | null = null;
+  let format: DialogueFormat | undefined;
   if (cfg.engine === 'openai') {
     if (cfg.baseUrl.length === 0) throw new QrlhfError('qrm features: --base-url is required with --engine openai (the embedding server)');
     const cfgPath = join(cfg.model, 'config.json');
     if (!existsSync(cfgPath)) throw new QrlhfError(`${cfg.model}: --engine openai needs the backbone's Hugging Face folder for its config.json and tokenizer (no ${cfgPath})`);
     const config = configFromHf(JSON.parse(readFileSync(cfgPath, 'utf8')), cfgPath);
     const tokenizer = await Tokenizer.fromFile(cfg.tokenizer ?? cfg.model, config);
+    format = dialogueFormatFor(cfg.chatTemplate, tokenizer);
     source = await openAiFeatureSource({
       baseUrls: cfg.baseUrl,
       model: cfg.engineModel ?? basename(cfg.model),
@@ -107,6 +113,7 @@ export async function runQrmFeatures(config: QrmFeaturesConfig, o: StageOptions 
   } else {
     await initBackend(cfg.backend, { quiet: o.quiet ?? false });
     loaded = await loadModel(cfg.model, cfg.tokenizer === null ? {} : { tokenizer: cfg.tokenizer });
+    format = dialogueFormatFor(cfg.chatTemplate, loaded.tokenizer);
   }
   let b = null as ReturnType<typeof bar> | null;
   try {
@@ -121,6 +128,7 @@ export async function runQrmFeatures(config: QrmFeaturesConfig, o: StageOptions 
       maxRows: cfg.maxRows ?? undefined,
       attributes: cfg.attributes ?? undefined,
       pooling: cfg.pooling,
+      format,
       onProgress: (done: number, total: number) => (b ??= bar(o, total, stage1 ? 'features (stage 1)' : 'features (stage 2)')).update(done),
     };
     const r = stage1 ? await extractRatingFeatures(opts) : await extractPairFeatures(opts);
@@ -201,6 +209,7 @@ export const QRM_GATE_SCHEMA = defineConfig({
   valFraction: { type: 'number', default: 0.1, min: 0, max: 0.9, doc: 'share of pairs held out for accuracy' },
   mixture: { type: 'string', default: 'eq3', choices: MIXTURE_MODES, doc: 'eq3 (the paper: weighted sum of quantile functions) | mixture (quantiles of the mixture distribution)' },
   pooling: { type: 'string', default: 'last', choices: FEATURE_POOLINGS, doc: 'the response-feature pooling the features were extracted with, recorded for scoring' },
+  chatTemplate: { ...CHAT_TEMPLATE_FIELD, doc: `the dialogue format the features were extracted with, recorded for scoring: ${CHAT_TEMPLATE_FIELD.doc}` },
   metrics: pathField('append per-step metrics as JSON lines to this file (null = none)'),
   seed: seedField('seed of the split, the init and the shuffling'),
   ...RUN_FIELDS,
@@ -229,6 +238,7 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
     hiddenSize: cfg.hidden, numHidden: cfg.layers, epochs: cfg.epochs, batchSize: cfg.batchSize, lr: cfg.lr,
     weightDecay: cfg.weightDecay, warmupSteps: cfg.warmupSteps, valFraction: cfg.valFraction, seed: cfg.seed,
     mixture: cfg.mixture, pooling: cfg.pooling,
+    chatTemplate: isChatTemplatePath(cfg.chatTemplate) ? relative(cfg.out, cfg.chatTemplate) : cfg.chatTemplate,
     // recorded relative to the QRM folder, so that the two can move together
     backbone: backbone === null ? null : relative(cfg.out, backbone) || '.',
     tokenizer: cfg.tokenizer === null ? null : relative(cfg.out, cfg.tokenizer),

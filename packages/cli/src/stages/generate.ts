@@ -4,14 +4,14 @@
  */
 import { existsSync } from 'node:fs';
 import {
-  MODEL_FIELDS, QrlhfError, RUN_FIELDS, Rng, defineConfig, eosIds, generate, initBackend, loadModel, requireKeys, seedField,
+  MODEL_FIELDS, QrlhfError, RUN_FIELDS, Rng, defineConfig, dialogueFormatFor, eosIds, generate, initBackend, loadModel, promptIds, requireKeys, seedField,
   type ConfigOf, type Tokenizer,
 } from '@qrlhf/core';
 
 export const GENERATE_SCHEMA = defineConfig({
   model: { type: 'string', default: null, nullable: true, path: true, doc: 'Hugging Face model folder or llama2.c .bin (required)' },
   ...MODEL_FIELDS,
-  prompt: { type: 'string', default: '', doc: 'text to continue ("" = start from BOS)' },
+  prompt: { type: 'string', default: '', doc: 'text to continue ("" = start from BOS); with a chat template, the user\'s message (or HH text: its turns)' },
   maxNewTokens: { type: 'int', default: 256, min: 0, doc: 'new tokens at most' },
   temperature: { type: 'number', default: 0, min: 0, doc: 'sampling temperature; 0 = greedy' },
   topK: { type: 'int', default: null, nullable: true, min: 1, doc: 'sample among the k most likely tokens (null = all)' },
@@ -64,7 +64,12 @@ export async function runGenerate(config: GenerateConfig): Promise<void> {
   await initBackend(cfg.backend);
   const { model, tokenizer } = await loadModel(cfg.model, cfg.tokenizer === null ? {} : { tokenizer: cfg.tokenizer });
   try {
-    const ids = cfg.prompt === '' ? [tokenizer.bosId] : tokenizer.encode(cfg.prompt, { addBos: tokenizer.defaultAddBos });
+    // With a chat template the prompt is a user turn (or HH text: its turns) rendered with the
+    // generation prompt, and generation also stops at the template's end-of-turn token.
+    const format = dialogueFormatFor(cfg.chatTemplate, tokenizer);
+    const ids = cfg.prompt === '' ? [tokenizer.bosId] : promptIds(tokenizer, format, cfg.prompt, tokenizer.defaultAddBos);
+    const eot = format.endOfTurn === null || cfg.prompt === '' ? undefined : tokenizer.tokenToId(format.endOfTurn);
+    const stopIds = [...new Set([...eosIds(model.config, tokenizer.eosId), ...(eot === undefined ? [] : [eot])])];
     const context = model.config.maxPositionEmbeddings;
     const room = context - ids.length;
     if (room <= 0) throw new QrlhfError(`--prompt: ${ids.length} tokens fill the model's context of ${context} positions`);
@@ -90,7 +95,7 @@ export async function runGenerate(config: GenerateConfig): Promise<void> {
       temperature: cfg.temperature,
       ...(cfg.topK !== null ? { topK: cfg.topK } : {}),
       ...(cfg.topP !== null ? { topP: cfg.topP } : {}),
-      eosTokenId: eosIds(model.config, tokenizer.eosId),
+      eosTokenId: stopIds,
       rng: new Rng(cfg.seed),
       ...(live || stops.length
         ? {
