@@ -134,7 +134,7 @@ test.serial('score(pairs) runs the backbone: same as scoreFeatures on single-pas
   b.model.dispose();
 });
 
-test("normalise 'kept-weight': divides by the gate weight on attributes whose debiased quantiles are not all 0 (p = 1 alone does not zero)", (t) => {
+test.serial("normalise 'kept-weight': divides by the gate weight on attributes whose debiased quantiles are not all 0 (p = 1 alone does not zero)", async (t) => {
   const base = makeModel(5);
   // helpfulness never met the Spearman threshold (p = 1) but keeps Q_h − Q_v ≠ 0; verbosity is zeroed
   const model = new QuantileRewardModel({ heads: base.heads, gate: base.gate, verbosity: 'verbosity', debiasPenalties: [1, 1, 0.05], normalise: 'kept-weight' });
@@ -142,24 +142,24 @@ test("normalise 'kept-weight': divides by the gate weight on attributes whose de
   const n = 5;
   const pf = Float32Array.from({ length: n * d }, () => rng.normal());
   const rf = Float32Array.from({ length: n * d }, () => rng.normal());
-  const scores = model.scoreFeatures(pf, rf, n);
+  const scores = await model.scoreFeatures(pf, rf, n);
   model.normalise = 'none';
-  const plain = model.scoreFeatures(pf, rf, n);
-  scores.forEach((s, i) => {
-    const ref = scoreF64(model, pf, rf, i);
+  const plain = await model.scoreFeatures(pf, rf, n);
+  for (const [i, s] of scores.entries()) {
+    const ref = await scoreF64(model, pf, rf, i);
     const kept = ref.g[0]! + ref.g[2]!; // helpfulness and harmlessness; verbosity (m = 1) is identically 0
     for (let k = 0; k < K; k++) t.true(Math.abs(s.quantiles[k]! - ref.q[k]! / kept) < 1e-5, `row ${i} level ${k}`);
     t.true(Math.abs(s.expectation - ref.q.reduce((a, b) => a + b, 0) / K / kept) < 1e-5);
     // the old rule (keep only p < 1) would have divided by g_harmlessness alone: a different reward
     t.true(Math.abs(s.expectation - ref.q.reduce((a, b) => a + b, 0) / K / ref.g[2]!) > 1e-3);
     for (let k = 0; k < K; k++) t.true(Math.abs(plain[i]!.quantiles[k]! - ref.q[k]!) < 1e-5);
-  });
+  }
   t.is(keptGateWeight([0, 0, 1, 2], [0.3, 0.7], 2, 2), 0.7);
   t.is(keptGateWeight([0, 0, 0, 0], [0.3, 0.7], 2, 2), 0);
   // recorded in qrm.json and read back
   model.normalise = 'kept-weight';
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-qrm-norm-'));
-  model.save(join(dir, 'q'));
+  await model.save(join(dir, 'q'));
   t.is(JSON.parse(readFileSync(join(dir, 'q', 'qrm.json'), 'utf8')).normalise, 'kept-weight');
   t.throws(() => new QuantileRewardModel({ heads: base.heads, gate: base.gate, verbosity: null, debiasPenalties: [0, 0, 0], normalise: 'beta' as never }), { message: /normalise must be one of none, kept-weight/ });
   base.dispose();
