@@ -90,10 +90,15 @@ test('qrlhf qrm: features -> fit -> gate -> score -> eval on a tiny backbone, an
   t.true(res.overall >= 0 && res.overall <= 1);
 
   // user faults: one line, exit 1
-  const [bad, wrong] = await Promise.all([
+  const [bad, wrong, kind] = await Promise.all([
     qrlhf('qrm', 'fit', '--features', join(dir, 'nope.safetensors'), '--out', out),
     qrlhf('qrm', 'gate', '--heads', out, '--pairs', s1, '--out', join(dir, 'x'), '--backend', 'cpu'),
+    // a non-empty folder of another kind (the backbone's) is refused before the work (issue 12 item 13)
+    qrlhf('qrm', 'gate', '--heads', out, '--pairs', s2, '--out', join(dir, 'bb'), '--backend', 'cpu'),
   ]);
+  t.is(kind.code, 1);
+  t.is(kind.stderr.trim(), `qrlhf: ${join(dir, 'bb')}: the folder is not empty and holds no qrm run; choose another --out (or an empty folder)`);
+  t.false(existsSync(join(dir, 'bb', 'gate.safetensors')));
   t.is(bad.code, 1);
   t.is(bad.stderr.trim(), `qrlhf: --features ${join(dir, 'nope.safetensors')}: no such file`);
   t.is(wrong.code, 1);

@@ -33,6 +33,8 @@ import {
   seedField,
   sharedDataDir,
   writeFileAtomic,
+  checkRunFolderKind,
+  claimRunFolder,
   type ConfigOf,
 } from '@qrlhf/core';
 import { rewardBenchScore, loadLlmbar, toPreferenceRow, type PreferenceRow } from './eval.js';
@@ -224,6 +226,7 @@ function headsFile(p: string): string {
 
 export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   const cfg = requireKeys(config, ['heads', 'pairs', 'out'], 'qrm gate');
+  checkRunFolderKind(cfg.out, 'qrm'); // before the work: a non-empty folder of another kind is refused (issue 12 item 13)
   const heads = loadHeads(headsFile(cfg.heads));
   const pairsPath = existingFile('pairs', cfg.pairs);
   await initBackend(cfg.backend, { quiet: o.quiet ?? false });
@@ -250,6 +253,7 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   b.done();
   try {
     await r.model.save(cfg.out);
+    claimRunFolder(cfg.out, 'qrm');
   } finally {
     r.model.dispose();
   }

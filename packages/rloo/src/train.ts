@@ -34,6 +34,7 @@ import {
   type Metrics,
   checkResumableConfig,
   checkpointGuard,
+  openRunFolder,
   printLine,
   parseConfig,
 } from '@qrlhf/core';
@@ -148,10 +149,18 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   const ckptDir = join(out, 'checkpoints');
   const adapterDir = join(out, 'adapter');
   const samplesPath = join(out, 'samples.jsonl');
-  checkpointGuard(out, ckptDir, cfg.resume);
-
-  const texts = await readPromptTexts(cfg.prompts!, cfg.maxPrompts);
-  const loaded = await loadModel(cfg.policy!, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+  // One run at a time in a folder of rloo runs (issue 12 items 12, 13), then the checkpoint guard.
+  const run = openRunFolder(out, 'rloo');
+  let texts: Awaited<ReturnType<typeof readPromptTexts>>;
+  let loaded: Awaited<ReturnType<typeof loadModel>>;
+  try {
+    checkpointGuard(out, ckptDir, cfg.resume);
+    texts = await readPromptTexts(cfg.prompts!, cfg.maxPrompts);
+    loaded = await loadModel(cfg.policy!, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+  } catch (e) {
+    run.release();
+    throw e;
+  }
   const model = loaded.model;
   const tok = loaded.tokenizer;
   let qrm: QuantileRewardModel | null = null;
@@ -322,6 +331,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     model.dispose();
     qrm?.dispose();
     await tracker?.close();
+    run.release();
   }
 }
 

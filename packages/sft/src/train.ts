@@ -46,6 +46,7 @@ import {
   type Tokenizer,
   checkResumableConfig,
   checkpointGuard,
+  openRunFolder,
   checkTrainingMemory,
   gib,
   printLine,
@@ -96,6 +97,8 @@ export interface SftResult {
 const TRAJECTORY_KEYS = [
   'model', 'tokenizer', 'data', 'chatTemplate', 'seed', 'loraR', 'loraAlpha', 'loraDropout', 'loraTargets', 'maxLength', 'maxExamples',
   'heldOutFraction', 'microBatchSize', 'gradAccumSteps',
+  // the optimiser and its schedule (issue 12 item 11: a resume with another lr went on silently)
+  'lr', 'schedule', 'warmupSteps', 'minLr', 'weightDecay', 'beta1', 'beta2', 'gradClip', 'maxSteps', 'epochs',
 ] as const satisfies readonly (keyof SftConfig)[];
 
 interface Prepared {
@@ -202,9 +205,17 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
   const ckptDir = join(out, 'checkpoints');
   const adapterDir = join(out, 'adapter');
   const mergedDir = join(out, 'merged');
-  const hasCheckpoint = checkpointGuard(out, ckptDir, cfg.resume);
-
-  const loaded = await loadModel(cfg.model, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+  // One run at a time in a folder of sft runs (issue 12 items 12, 13), then the checkpoint guard.
+  const run = openRunFolder(out, 'sft');
+  let hasCheckpoint: boolean;
+  let loaded: Awaited<ReturnType<typeof loadModel>>;
+  try {
+    hasCheckpoint = checkpointGuard(out, ckptDir, cfg.resume);
+    loaded = await loadModel(cfg.model, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+  } catch (e) {
+    run.release();
+    throw e;
+  }
   const model = loaded.model;
   const tok = loaded.tokenizer;
   let tracker: Tracker | null = null;
@@ -412,6 +423,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     opt?.dispose();
     model.dispose();
     await tracker?.close();
+    run.release();
   }
 }
 

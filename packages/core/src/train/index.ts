@@ -2,3 +2,4 @@ export * from './adamw.js';
 export * from './schedule.js';
 export * from './clip.js';
 export * from './state.js';
+export * from './run.js';
