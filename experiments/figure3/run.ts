@@ -15,6 +15,7 @@ import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
   QrlhfError,
+  claimRunFolder,
   Rng,
   applyOverrides,
   generate,
@@ -178,6 +179,7 @@ async function main(): Promise<void> {
 
   // 3. SFT with LoRA on the chosen dialogues; the adapter merged into the base.
   const sftDir = join(out, 'sft');
+  claimRunFolder(sftDir, 'sft'); // before its stage marker goes in: the folder is an sft run's
   await stage('sft', join(sftDir, 'stage'), inputs.sft, async () => {
     const r = await runSft({
       ...sftDefaults(),
@@ -259,6 +261,7 @@ async function main(): Promise<void> {
     const perSeed: RunSummary['seeds'] = [];
     for (const seed of cfg.seeds) {
       const runDir = join(out, 'rl', `${run.name}-seed${seed}`);
+      claimRunFolder(runDir, 'rloo'); // before its stage markers go in: the folder is an rloo run's
       await stage(`rloo ${run.name} seed ${seed}`, join(runDir, 'stage'), { ...inputs.rl, seed, utility: run.utility }, () =>
         runRlStage({ cfg, world, qrm, policyDir, prompts: files.prompts, out: runDir, seed, utility: run.utility }),
       );
