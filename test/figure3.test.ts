@@ -75,9 +75,15 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   t.is(third.code, 0, third.stderr);
   t.notRegex(third.stderr, /: starting/);
 
+  // every value a stage used is in the run folder's config.json, under its stage's own key
+  const used = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { rloo: Record<string, unknown>; sft: Record<string, unknown>; pretrain: Record<string, unknown> };
+  t.like(used.rloo, { microBatchSize: 32, lambda: 5, maxPromptLength: 347 });
+  t.like(used.sft, { maxLength: 256, loraDropout: 0, schedule: 'cosine' });
+  t.like(used.pretrain, { weightDecay: 0.01, maxPositionEmbeddings: 256, minLr: null });
+
   // Other settings never reuse a finished stage's outputs: one clear error.
-  const fourth = await runner(out, { extra: ['--lambda', '3'] });
+  const fourth = await runner(out, { extra: ['--rloo.lambda', '3'] });
   t.is(fourth.code, 1);
-  t.regex(fourth.stderr, /was made with other settings \(lambda: 5 then, 3 now\)/);
+  t.regex(fourth.stderr, /was made with other settings \(rloo\.lambda: 5 then, 3 now\)/);
   t.notRegex(fourth.stderr, /at .*\.ts:\d+/);
 });

@@ -17,24 +17,45 @@ import {
   readJsonlAll,
   saveHfFolder,
   sequenceLogProbs,
+  defineConfig,
+  seedField,
+  type ConfigOf,
   type LlamaConfig,
 } from '@qrlhf/core';
 
-export interface PretrainOptions {
+/** The pretraining stage: the base model's shape and its training (an experiment's `pretrain` block is a partial of this). */
+export const PRETRAIN_SCHEMA = defineConfig({
+  hiddenSize: { type: 'int', default: 96, min: 8, doc: 'model width' },
+  intermediateSize: { type: 'int', default: 256, min: 8, doc: 'SwiGLU hidden size' },
+  numLayers: { type: 'int', default: 3, min: 1, doc: 'layers' },
+  numHeads: { type: 'int', default: 4, min: 1, doc: 'attention heads' },
+  numKvHeads: { type: 'int', default: 2, min: 1, doc: 'key/value heads (grouped-query attention)' },
+  rmsNormEps: { type: 'number', default: 1e-5, min: 0, minExclusive: true, doc: 'RMSNorm epsilon' },
+  ropeTheta: { type: 'number', default: 10000, min: 0, minExclusive: true, doc: 'rotary base' },
+  tieWordEmbeddings: { type: 'boolean', default: true, doc: 'the LM head is the embedding matrix' },
+  maxPositionEmbeddings: { type: 'int', default: 256, min: 2, doc: 'context length (every dialogue must fit)' },
+  steps: { type: 'int', default: 300, min: 1, doc: 'training steps (every parameter)' },
+  batchSize: { type: 'int', default: 32, min: 1, doc: 'dialogues per step' },
+  lr: { type: 'number', default: 3e-3, min: 0, minExclusive: true, doc: 'peak learning rate of the cosine schedule' },
+  minLr: { type: 'number', default: null, nullable: true, min: 0, doc: 'floor of the cosine decay (null = lr / 10)' },
+  warmupSteps: { type: 'int', default: 30, min: 0, doc: 'linear warm-up steps' },
+  weightDecay: { type: 'number', default: 0.01, min: 0, doc: "AdamW's decoupled weight decay" },
+  gradClip: { type: 'number', default: 1, min: 0, minExclusive: true, doc: 'clip the global gradient norm to this' },
+  seed: seedField('seed of the initial weights and of the batch order'),
+});
+export type PretrainConfig = ConfigOf<typeof PRETRAIN_SCHEMA>;
+
+/** The files pretraining reads and writes. */
+export interface PretrainFiles {
+  /** jsonl of {text}: the pretraining corpus */
   corpus: string;
   tokenizer: string;
+  /** Hugging Face folder to write */
   out: string;
-  model: Omit<LlamaConfig, 'vocabSize' | 'bosTokenId' | 'eosTokenId' | 'padTokenId'>;
-  steps: number;
-  batchSize: number;
-  lr: number;
-  warmupSteps: number;
-  seed: number;
-  onLog?: (m: { step: number; loss: number; lr: number }) => void;
 }
 
 /** Trains the base model and saves it as a Hugging Face folder; returns the last smoothed loss. */
-export async function pretrainBase(o: PretrainOptions): Promise<{ loss: number; params: number; tokens: number }> {
+export async function pretrainBase(cfg: PretrainConfig, o: PretrainFiles): Promise<{ loss: number; params: number; tokens: number }> {
   const tok = await Tokenizer.fromFile(o.tokenizer);
   const texts = await readJsonlAll(o.corpus, (row, where) => {
     const t = (row as { text?: unknown }).text;
@@ -44,7 +65,15 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ loss: number; 
   if (texts.length === 0) throw new QrlhfError(`${o.corpus}: no dialogues`);
   const seqs = texts.map((t) => [tok.bosId, ...tok.encode(t, { addBos: false }), tok.eosId]);
   const config: LlamaConfig = {
-    ...o.model,
+    hiddenSize: cfg.hiddenSize,
+    intermediateSize: cfg.intermediateSize,
+    numLayers: cfg.numLayers,
+    numHeads: cfg.numHeads,
+    numKvHeads: cfg.numKvHeads,
+    rmsNormEps: cfg.rmsNormEps,
+    ropeTheta: cfg.ropeTheta,
+    tieWordEmbeddings: cfg.tieWordEmbeddings,
+    maxPositionEmbeddings: cfg.maxPositionEmbeddings,
     vocabSize: tok.vocabSize,
     bosTokenId: tok.bosId,
     eosTokenId: tok.eosId,
@@ -54,19 +83,19 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ loss: number; 
   if (longest > config.maxPositionEmbeddings) {
     throw new QrlhfError(`${o.corpus}: a dialogue has ${longest} tokens, over maxPositionEmbeddings ${config.maxPositionEmbeddings}`);
   }
-  const rng = new Rng(o.seed);
-  const model = LlamaModel.random(config, o.seed);
+  const rng = new Rng(cfg.seed);
+  const model = LlamaModel.random(config, cfg.seed);
   for (const v of Object.values(model.weights)) v.trainable = true;
   const params = Object.values(model.weights).reduce((a, v) => a + v.size, 0);
-  const opt = new AdamW(model.weights, { lr: o.lr, weightDecay: 0.01 });
-  const schedule = cosineSchedule({ lr: o.lr, warmupSteps: o.warmupSteps, totalSteps: o.steps, minLr: o.lr / 10 });
-  const progress = new Progress(o.steps, 'pretrain');
+  const opt = new AdamW(model.weights, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+  const schedule = cosineSchedule({ lr: cfg.lr, warmupSteps: cfg.warmupSteps, totalSteps: cfg.steps, minLr: cfg.minLr ?? cfg.lr / 10 });
+  const progress = new Progress(cfg.steps, 'pretrain');
   let order: number[] = [];
   let smoothed = NaN;
   let tokens = 0;
-  for (let step = 1; step <= o.steps; step++) {
-    if (order.length < o.batchSize) order = order.concat(rng.shuffle(seqs.map((_, i) => i)));
-    const batch = order.splice(0, o.batchSize).map((i) => seqs[i]!);
+  for (let step = 1; step <= cfg.steps; step++) {
+    if (order.length < cfg.batchSize) order = order.concat(rng.shuffle(seqs.map((_, i) => i)));
+    const batch = order.splice(0, cfg.batchSize).map((i) => seqs[i]!);
     const T = Math.max(...batch.map((s) => s.length));
     const ids = new Int32Array(batch.length * T).fill(tok.padId);
     const mask = new Float32Array(batch.length * T);
@@ -84,13 +113,12 @@ export async function pretrainBase(o: PretrainOptions): Promise<{ loss: number; 
     );
     const named: Record<string, tf.Tensor> = {};
     for (const [name, v] of Object.entries(model.weights)) named[name] = grads[v.name]!;
-    const clipped = await clipGradNorm(named, 1);
+    const clipped = await clipGradNorm(named, cfg.gradClip);
     const lr = schedule(step);
     opt.step(clipped.grads, lr);
     const loss = (await value.data())[0]!;
     tf.dispose([idsT, maskT, value, ...Object.values(grads), ...Object.values(clipped.grads)]);
     smoothed = Number.isNaN(smoothed) ? loss : 0.95 * smoothed + 0.05 * loss;
-    o.onLog?.({ step, loss, lr });
     progress.tick(1, `loss ${smoothed.toFixed(3)}`);
   }
   progress.done();

@@ -2,7 +2,7 @@
  * The two RLOO runs of Figure 3 and the reward source they share.
  */
 import type { QuantileRewardModel } from '@qrlhf/qrm';
-import { runRloo, rlooDefaults, type RlooBatchItem, type RewardSource } from '@qrlhf/rloo';
+import { runRloo, type RlooBatchItem, type RewardSource } from '@qrlhf/rloo';
 import type { World } from '@qrlhf/world';
 import type { Figure3Config } from './config.js';
 import { SUMMARY_KEYS, meanQuantiles } from './summary.js';
@@ -19,7 +19,11 @@ export const RUNS = [
  * --qrm-normalise kept-weight` uses, so lambda means the same in both.
  */
 export class NormalisedQrm implements RewardSource {
-  constructor(readonly qrm: QuantileRewardModel) {
+  constructor(
+    readonly qrm: QuantileRewardModel,
+    /** Sequences per forward pass of the QRM's backbone. */
+    readonly batchSize: number,
+  ) {
     qrm.normalise = 'kept-weight';
   }
 
@@ -28,7 +32,7 @@ export class NormalisedQrm implements RewardSource {
   }
 
   async quantiles(items: readonly { prompt: string; response: string }[]): Promise<Float32Array[]> {
-    return (await this.qrm.score(items, { batchSize: 32 })).map((s) => s.quantiles);
+    return (await this.qrm.score(items, { batchSize: this.batchSize })).map((s) => s.quantiles);
   }
 
   dispose(): void {
@@ -53,31 +57,8 @@ export async function runRlStage(o: {
   const { cfg } = o;
   const taus = o.qrm.taus;
   const r = await runRloo(
-    {
-      ...rlooDefaults(),
-      policy: o.policyDir,
-      prompts: o.prompts,
-      out: o.out,
-      seed: o.seed,
-      backend: cfg.backend as ReturnType<typeof rlooDefaults>['backend'],
-      resume: true,
-      utility: o.utility,
-      lambda: cfg.lambda,
-      k: cfg.k,
-      batchSize: cfg.rlPromptsPerStep,
-      steps: cfg.rlSteps,
-      lr: cfg.rlLr,
-      loraR: cfg.loraR,
-      loraAlpha: cfg.loraAlpha,
-      betaKl: cfg.betaKl,
-      maxNewTokens: cfg.maxNewTokens,
-      temperature: cfg.temperature,
-      microBatchSize: 32,
-      generationBatchSize: 32,
-      rewardBatchSize: 32,
-      sampleEvery: 10,
-      checkpointEvery: 10,
-    },
+    // the rloo block as configured, and what the pipeline decides: inputs, run folder, seed, utility
+    { ...cfg.rloo, policy: o.policyDir, tokenizer: null, qrm: null, prompts: o.prompts, out: o.out, seed: o.seed, utility: o.utility, resume: true, backend: cfg.backend },
     {
       reward: o.qrm,
       extraMetrics: (batch: RlooBatchItem[]) => {

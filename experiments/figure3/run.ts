@@ -6,39 +6,29 @@
  *   stage 2 pairs) → quantile heads → gate → RLOO with the expectation and with the exponential
  *   utility, over several seeds → final evaluation (QRM estimate and truth) → figure and summary.
  *
- * Usage: npm run figure3 [-- --out DIR] [-- --config FILE] [-- --<key> VALUE ...]
- * Every stage keeps its outputs under the run folder and marks itself done (`.done`); a rerun
- * skips finished stages, and an interrupted SFT or RLOO run resumes from its last checkpoint.
+ * Usage: npm run figure3 -- [--config FILE] [--out DIR] [--<block>.<key> VALUE ...] (--help lists
+ * every key; the config file defaults to configs/figure3.json). Each stage block of the config is
+ * that stage's own config (config.ts), handed to its run function with the paths the pipeline
+ * fills in. Every stage keeps its outputs under the run folder and marks itself done (`.done`); a
+ * rerun skips finished stages, and an interrupted SFT or RLOO run resumes from its last checkpoint.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import * as tf from '@tensorflow/tfjs';
 import {
   QrlhfError,
   claimRunFolder,
   Rng,
-  applyOverrides,
   generate,
   initBackend,
-  loadConfigFile,
   loadLoraAdapter,
   loadModel,
-  parseConfig,
   repoRoot,
   writeFileAtomic,
-  type BackendName,
 } from '@qrlhf/core';
+import { runProgram } from '@qrlhf/cli';
 import { createWorld, writeWorldData, parseResponse, type World, type WorldFiles } from '@qrlhf/world';
-import { runSft, sftDefaults } from '@qrlhf/sft';
-import {
-  QuantileRewardModel,
-  extractPairFeatures,
-  extractRatingFeatures,
-  fitQuantileHeads,
-  readPairFeatures,
-  readRatingFeatures,
-  trainQrm,
-} from '@qrlhf/qrm';
+import { runSft } from '@qrlhf/sft';
+import { QuantileRewardModel, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
 import { figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
 import { FIGURE3_SCHEMA, type Figure3Config } from './config.js';
 import { pretrainBase } from './pretrain.js';
@@ -85,125 +75,53 @@ async function stage<T>(name: string, dir: string, inputs: Record<string, unknow
   return result;
 }
 
-/** The settings each stage depends on (its own and those of the stages before it). */
-function stageInputs(cfg: Figure3Config) {
-  const pick = <K extends keyof Figure3Config>(...keys: K[]) => Object.fromEntries(keys.map((k) => [k, cfg[k]]));
-  const data = pick('worldSeed', 'pretrainDialogues', 'sftDialogues', 'ratedResponses', 'ratersPerResponse', 'preferencePairs', 'rlPrompts', 'evalPrompts');
-  const pretrain = { ...data, ...pick('hiddenSize', 'layers', 'heads', 'kvHeads', 'ffnSize', 'pretrainSteps', 'pretrainBatch', 'pretrainLr') };
-  const sft = { ...pretrain, ...pick('sftSteps', 'sftBatch', 'sftLr', 'loraR', 'loraAlpha', 'maxNewTokens') };
-  const qrm = { ...pretrain, ...pick('pooling', 'quantiles', 'l1', 'gateHidden', 'gateEpochs', 'gateBatch') };
-  const rl = { ...sft, ...qrm, ...pick('rlSteps', 'rlPromptsPerStep', 'k', 'rlLr', 'betaKl', 'lambda', 'temperature') };
-  return { data, pretrain, sft, qrm, rl };
-}
-
-/**
- * Flags: `--config FILE` (default configs/figure3.json), then any key of FIGURE3_SCHEMA as
- * `--key VALUE` or `--key=VALUE` (kebab-case too: --rl-steps 20; lists comma-separated: --seeds 1,2).
- */
-function parseCli(argv: string[]): Figure3Config {
-  const flags: Record<string, unknown> = {};
-  let configFile = join(repoRoot(), 'configs', 'figure3.json');
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (!arg.startsWith('--')) throw new QrlhfError(`unexpected argument "${arg}": flags are --key value (e.g. --out runs/x)`);
-    const eq = arg.indexOf('=');
-    const key = eq > 0 ? arg.slice(2, eq) : arg.slice(2);
-    let raw: string;
-    if (eq > 0) raw = arg.slice(eq + 1);
-    else {
-      const next = argv[i + 1];
-      if (next === undefined || next.startsWith('--')) throw new QrlhfError(`--${key} needs a value`);
-      raw = next;
-      i++;
-    }
-    if (key === 'config') {
-      configFile = raw;
-      continue;
-    }
-    const num = Number(raw);
-    flags[key] = raw.includes(',') ? raw.split(',').map((x) => (x.trim() !== '' && Number.isFinite(Number(x)) ? Number(x) : x)) : raw.trim() !== '' && Number.isFinite(num) ? num : raw;
+/** A config block as dotted keys ({"rloo.lambda": 5, ...}): stage markers compare and name them one by one. */
+function flatten(o: object, prefix: string): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) {
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) Object.assign(out, flatten(v as object, `${prefix}${k}.`));
+    else out[`${prefix}${k}`] = v;
   }
-  const base = existsSync(configFile) ? loadConfigFile(FIGURE3_SCHEMA, configFile) : parseConfig(FIGURE3_SCHEMA, {}, 'defaults');
-  return applyOverrides(FIGURE3_SCHEMA, base, flags, { strict: true });
+  return out;
 }
 
-async function main(): Promise<void> {
-  const cfg = parseCli(process.argv.slice(2));
+/** The settings each stage depends on: its own block and those of the stages before it. */
+function stageInputs(cfg: Figure3Config) {
+  const pick = (...blocks: ('world' | 'pretrain' | 'sft' | 'qrm' | 'rloo')[]) => Object.assign({}, ...blocks.map((b) => flatten(cfg[b], `${b}.`))) as Record<string, unknown>;
+  return {
+    data: pick('world'),
+    pretrain: pick('world', 'pretrain'),
+    sft: pick('world', 'pretrain', 'sft'),
+    qrm: pick('world', 'pretrain', 'qrm'),
+    rl: pick('world', 'pretrain', 'sft', 'qrm', 'rloo'),
+  };
+}
+
+/** The whole experiment, from its resolved config (see config.ts). */
+async function runFigure3(cfg: Figure3Config): Promise<void> {
   const out = resolve(cfg.out);
   mkdirSync(out, { recursive: true });
   writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-  await initBackend(cfg.backend as BackendName);
+  await initBackend(cfg.backend);
   const t0 = Date.now();
-  const world = createWorld(cfg.worldSeed);
+  const world = createWorld(cfg.world.seed);
 
   // 1. The world's datasets.
   const dataDir = join(out, 'data');
   const inputs = stageInputs(cfg);
-  const files = await stage('data', dataDir, inputs.data, async () =>
-    writeWorldData(world, dataDir, {
-      pretrain: cfg.pretrainDialogues,
-      sft: cfg.sftDialogues,
-      ratings: cfg.ratedResponses,
-      ratersPerResponse: cfg.ratersPerResponse,
-      pairs: cfg.preferencePairs,
-      prompts: cfg.rlPrompts,
-      evalPrompts: cfg.evalPrompts,
-    }),
-  ) as WorldFiles;
+  const files = await stage('data', dataDir, inputs.data, async () => writeWorldData(world, dataDir, cfg.world)) as WorldFiles;
 
   // 2. A tiny base model, pretrained on the world's dialogues.
   const baseDir = join(out, 'base');
   await stage('pretrain', join(out, 'pretrain'), inputs.pretrain, async () =>
-    pretrainBase({
-      corpus: files.pretrain,
-      tokenizer: files.tokenizer,
-      out: baseDir,
-      steps: cfg.pretrainSteps,
-      batchSize: cfg.pretrainBatch,
-      lr: cfg.pretrainLr,
-      warmupSteps: Math.min(30, Math.floor(cfg.pretrainSteps / 10)),
-      seed: cfg.worldSeed,
-      model: {
-        hiddenSize: cfg.hiddenSize,
-        intermediateSize: cfg.ffnSize,
-        numLayers: cfg.layers,
-        numHeads: cfg.heads,
-        numKvHeads: cfg.kvHeads,
-        rmsNormEps: 1e-5,
-        ropeTheta: 10000,
-        tieWordEmbeddings: true,
-        maxPositionEmbeddings: 256,
-      },
-    }),
+    pretrainBase(cfg.pretrain, { corpus: files.pretrain, tokenizer: files.tokenizer, out: baseDir }),
   );
 
   // 3. SFT with LoRA on the chosen dialogues; the adapter merged into the base.
   const sftDir = join(out, 'sft');
   claimRunFolder(sftDir, 'sft'); // before its stage marker goes in: the folder is an sft run's
   await stage('sft', join(sftDir, 'stage'), inputs.sft, async () => {
-    const r = await runSft({
-      ...sftDefaults(),
-      model: baseDir,
-      data: files.sft,
-      out: sftDir,
-      seed: cfg.worldSeed,
-      backend: cfg.backend as ReturnType<typeof sftDefaults>['backend'],
-      resume: true,
-      loraR: cfg.loraR,
-      loraAlpha: cfg.loraAlpha,
-      loraDropout: 0,
-      maxLength: 256,
-      heldOutFraction: 0.05,
-      maxEvalExamples: 128,
-      lr: cfg.sftLr,
-      warmupSteps: Math.min(10, Math.floor(cfg.sftSteps / 10)),
-      microBatchSize: cfg.sftBatch,
-      maxSteps: cfg.sftSteps,
-      evalEvery: 0,
-      checkpointEvery: 20,
-      samples: 2,
-      sampleMaxTokens: cfg.maxNewTokens,
-    });
+    const r = await runSft({ ...cfg.sft, model: baseDir, tokenizer: null, data: files.sft, out: sftDir, resume: true, backend: cfg.backend });
     return { evalLossBefore: r.evalLossBefore, evalLossAfter: r.evalLossAfter, steps: r.steps, merged: r.mergedDir };
   });
   const policyDir = join(sftDir, 'merged');
@@ -212,40 +130,22 @@ async function main(): Promise<void> {
   const qrmDir = join(out, 'qrm');
   const qrmModelDir = join(qrmDir, 'model');
   await stage('qrm', join(qrmDir, 'stage'), inputs.qrm, async () => {
-    const backbone = await loadModel(baseDir);
     const f1 = join(qrmDir, 'features-ratings.safetensors');
     const f2 = join(qrmDir, 'features-pairs.safetensors');
-    // Mean pooling of the response (not SPEC's last token): the tiny backbone's last state mostly
-    // predicts the next token; the mean keeps which moves the response made (README, Figure 3).
-    const feat = { backbone, backboneRef: baseDir, batchSize: 32, pooling: cfg.pooling };
-    await extractRatingFeatures({ input: files.ratings, output: f1, ...feat });
-    await extractPairFeatures({ input: files.pairs, output: f2, ...feat });
-    const r = readRatingFeatures(f1);
-    // The world's ratings already lie in [0, 1] (SPEC §4): no rescaling, so the QRM's quantiles
-    // are on the truth's scale.
-    const heads = await fitQuantileHeads(r.embeddings, r.n, r.d, r.labels, {
-      attributes: r.attributes,
-      K: cfg.quantiles,
-      alpha: cfg.l1,
-      labelScale: 'none',
-      rng: new Rng(cfg.worldSeed),
-      // The first-order phase alone reaches the LP optimum to ~1e-4 relative on problems of this
-      // size (packages/qrm/test/heads.test.ts); the exact LP finish would cost minutes here.
-      lpMaxCells: 0,
+    const headsDir = join(qrmDir, 'heads');
+    // The features block (the config has mean pooling, not SPEC's last token: the tiny backbone's
+    // last state mostly predicts the next token; the mean keeps which moves the response made).
+    const feat = { ...cfg.qrm.features, model: baseDir, tokenizer: null, engine: 'local' as const, baseUrl: [], engineModel: null, backend: cfg.backend };
+    const r = await runQrmFeatures({ ...feat, ratings: files.ratings, pairs: null, out: f1 });
+    await runQrmFeatures({ ...feat, ratings: null, pairs: files.pairs, out: f2 });
+    // The world's ratings already lie in [0, 1] (SPEC §4): the fit block has labelScale 'none', so the
+    // QRM's quantiles are on the truth's scale; and lpMaxCells 0: the first-order phase alone reaches
+    // the LP optimum to ~1e-4 relative at this size (qrm/test/heads.test.ts), the exact LP would cost minutes.
+    await runQrmFit({ ...cfg.qrm.fit, features: f1, out: headsDir }, { quiet: true });
+    const trained = await runQrmGate({
+      ...cfg.qrm.gate, heads: headsDir, pairs: f2, reference: null, out: qrmModelDir, backbone: baseDir, tokenizer: null,
+      pooling: cfg.qrm.features.pooling, metrics: null, backend: cfg.backend,
     });
-    const trained = await trainQrm({
-      heads,
-      pairs: readPairFeatures(f2),
-      hiddenSize: cfg.gateHidden,
-      epochs: cfg.gateEpochs,
-      batchSize: cfg.gateBatch,
-      seed: cfg.worldSeed,
-      backbone: baseDir,
-      pooling: cfg.pooling,
-    });
-    await trained.model.save(qrmModelDir);
-    backbone.model.dispose();
-    trained.model.dispose();
     return {
       ratings: r.n,
       attributes: r.attributes,
@@ -255,7 +155,7 @@ async function main(): Promise<void> {
   });
 
   // 5. RLOO: each utility, each seed.
-  const qrm = new NormalisedQrm(await QuantileRewardModel.load(qrmModelDir));
+  const qrm = new NormalisedQrm(await QuantileRewardModel.load(qrmModelDir), cfg.rloo.rewardBatchSize);
   const summaries: Record<string, RunSummary> = {};
   for (const run of RUNS) {
     const perSeed: RunSummary['seeds'] = [];
@@ -299,11 +199,11 @@ async function main(): Promise<void> {
   writeFileAtomic(join(out, 'figure3-true.png'), await svgToPng(trueSvg));
   const minutes = Object.values(stageSeconds).reduce((a, x) => a + x, 0) / 60;
   const note =
-    `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies evaluated on ${cfg.evalPrompts} held-out prompts ` +
-    `(one response each, temperature ${cfg.temperature}); "QRM estimate" is the quantile reward model's mixed quantile ` +
+    `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies evaluated on ${cfg.world.evalPrompts} held-out prompts ` +
+    `(one response each, temperature ${cfg.rloo.temperature}); "QRM estimate" is the quantile reward model's mixed quantile ` +
     `(eq. 3 with mean-pooled features; gate weights normalised over the attributes kept by debiasing), ` +
     `"true" the world's exact quantile of the response's reward under the rater population. ` +
-    `risk-aware: exponential utility, lambda ${cfg.lambda}. The stages took ${minutes.toFixed(1)} minutes in all ` +
+    `risk-aware: exponential utility, lambda ${cfg.rloo.lambda}. The stages took ${minutes.toFixed(1)} minutes in all ` +
     `(${Object.entries(stageSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}).`;
   writeFileAtomic(join(out, 'summary.json'), JSON.stringify({ runs: summaries, config: cfg, stage_seconds: stageSeconds }, null, 2) + '\n');
   writeFileAtomic(join(out, 'summary.md'), summaryMarkdown(summaries, note));
@@ -331,13 +231,14 @@ async function evaluatePolicy(o: {
       .map((l) => (JSON.parse(l) as { prompt: string }).prompt);
     const rng = new Rng(`eval-${o.seed}`);
     const responses: string[] = [];
-    const batch = 32;
+    // sampled as RLOO samples: its decoding batch, response length and temperature
+    const { generationBatchSize: batch, maxNewTokens, temperature } = o.cfg.rloo;
     for (let i = 0; i < prompts.length; i += batch) {
       const chunk = prompts.slice(i, i + batch);
       const res = await generate(
         model,
         chunk.map((p) => [tokenizer.bosId, ...tokenizer.encode(p)]),
-        { maxNewTokens: o.cfg.maxNewTokens, temperature: o.cfg.temperature, rng, eosTokenId: tokenizer.eosId },
+        { maxNewTokens, temperature, rng, eosTokenId: tokenizer.eosId },
       );
       // As RLOO decodes its rollouts: special tokens (EOS, a stray pad) are not text.
       for (const t of res.tokens) responses.push(tokenizer.decode(t, { skipSpecial: true }));
@@ -362,15 +263,14 @@ async function evaluatePolicy(o: {
   }
 }
 
-main().catch((e: unknown) => {
-  if (e instanceof QrlhfError) {
-    process.stderr.write(`figure3: ${e.message}\n`);
-    process.exit(1);
-  }
-  const err = e instanceof Error ? e : new Error(String(e));
-  process.stderr.write(`figure3: internal error: ${err.message}\n`);
-  process.stderr.write(process.env['QRLHF_DEBUG'] ? `${err.stack}\n` : '(set QRLHF_DEBUG=1 for the stack trace)\n');
-  process.exit(2);
+await runProgram({
+  command: 'figure3',
+  describe: "The paper's Figure 3 end to end in the synthetic world: data, base model, SFT, QRM, RLOO (risk-neutral and risk-aware, each seed), evaluation, figure and summary",
+  schema: FIGURE3_SCHEMA,
+  defaultConfigFile: join(repoRoot(), 'configs', 'figure3.json'),
+  run: runFigure3,
+  examples: [
+    ['$0 --config configs/figure3-smoke.json --out runs/f3-smoke', 'the whole pipeline at toy size (about a minute)'],
+    ['$0 --rloo.lambda 3 --out runs/f3-lambda3', 'another risk aversion; every other key as in configs/figure3.json'],
+  ],
 });
-void tf;
-void writeFileSync;

@@ -12,9 +12,11 @@
  *     examples: [['$0 qrm fit --features F --out D', 'the paper setting']],
  *   });
  */
+import yargs from 'yargs';
 import type { Argv, CommandModule, Options } from 'yargs';
+import { hideBin } from 'yargs/helpers';
 import { camel, fieldHelp, flagOf, flattenSchema, loadConfig, type ConfigOf, type ConfigSchema, type ConfigValueField } from '@qrlhf/core';
-import { handle } from './run.js';
+import { handle, reportAndExit } from './run.js';
 
 /**
  * yargs must keep "--rloo.lr" as one flag name (its dot-notation would make an object that strict
@@ -71,6 +73,8 @@ export interface StageCommandSpec<S extends ConfigSchema> {
   run: (cfg: ConfigOf<S>, opts: { quiet: boolean }) => Promise<unknown> | unknown;
   /** Offer --quiet (no progress or messages on stderr), passed to run. */
   quiet?: boolean;
+  /** The config file read when --config is not given (an experiment's own; default: none). */
+  defaultConfigFile?: string;
   examples?: readonly (readonly [command: string, what: string])[];
 }
 
@@ -80,15 +84,39 @@ export function stageCommand<S extends ConfigSchema>(spec: StageCommandSpec<S>):
     command: spec.command,
     describe: spec.describe,
     builder: (y: Argv) => {
-      let a = y.option('config', { type: 'string', requiresArg: true, describe: 'JSON file of settings (the keys below, camelCase; relative paths in it: against its folder); flags override it' });
+      let a = y.option('config', {
+        type: 'string', requiresArg: true, defaultDescription: spec.defaultConfigFile ?? 'none',
+        describe: 'JSON file of settings (the keys below, camelCase; relative paths in it: against its folder); flags override it',
+      });
       if (spec.quiet) a = a.option('quiet', { type: 'boolean', describe: 'no progress bar or messages on stderr' });
       a = schemaOptions(a, spec.schema);
       for (const [cmd, what] of spec.examples ?? []) a = a.example(cmd, what);
       return a;
     },
     handler: handle(async (a: Record<string, unknown>) => {
-      const file = typeof a['config'] === 'string' ? a['config'] : null;
+      const file = typeof a['config'] === 'string' ? a['config'] : (spec.defaultConfigFile ?? null);
       await spec.run(loadConfig(spec.schema, file, flagsOf(a, spec.schema)), { quiet: a['quiet'] === true });
     }),
   };
+}
+
+/**
+ * A stage command as a whole program (an experiment's runner: `node run.ts --config F --rloo.lr 1e-3`):
+ * the same flags, --help and one-line errors as a `qrlhf` command.
+ */
+export async function runProgram<S extends ConfigSchema>(spec: StageCommandSpec<S>): Promise<void> {
+  await yargs(hideBin(process.argv))
+    .scriptName(spec.command)
+    .command({ ...stageCommand(spec), command: '$0' })
+    .parserConfiguration(PARSER_CONFIGURATION)
+    .strict()
+    .help()
+    .version(false)
+    .wrap(Math.min(110, process.stdout.columns ?? 100))
+    .fail((msg, err) => {
+      if (err) reportAndExit(err);
+      process.stderr.write(`qrlhf: ${msg} (see --help)\n`);
+      process.exit(1);
+    })
+    .parseAsync();
 }

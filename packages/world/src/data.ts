@@ -5,28 +5,28 @@
  * tokenizer.json (+ tokenizer_config.json).
  */
 import { join } from 'node:path';
-import { QrlhfError, Rng, writeFileAtomic } from '@qrlhf/core';
+import { QrlhfError, Rng, defineConfig, parseConfig, seedField, writeFileAtomic, type ConfigOf } from '@qrlhf/core';
 import { ATTRIBUTES, type Attribute } from './spec.js';
 import type { World } from './world.js';
 
-export interface WorldDataSizes {
-  /** dialogues of the pretraining corpus (default 20000) */
-  pretrain?: number;
-  /** SFT dialogues, HH-RLHF {chosen, rejected} (default 4000) */
-  sft?: number;
-  /** rated (prompt, response) items; each gets `ratersPerResponse` rows (default 3000) */
-  ratings?: number;
-  /** raters per rated item, so alike responses get conflicting labels (default 3) */
-  ratersPerResponse?: number;
-  /** probability that one attribute label of a rating row is missing (null) (default 0.05) */
-  missingRate?: number;
-  /** preference pairs for the gate (default 4000) */
-  pairs?: number;
-  /** RL training prompts (default 2000) */
-  prompts?: number;
-  /** held-out evaluation prompts (default 200) */
-  evalPrompts?: number;
-}
+/**
+ * The data stage: the world's seed and the size of each dataset (one line per knob; an experiment's
+ * `world` block is a partial of this).
+ */
+export const WORLD_DATA_SCHEMA = defineConfig({
+  seed: seedField('seed of the synthetic world (createWorld) and so of every dataset drawn from it'),
+  pretrain: { type: 'int', default: 20000, min: 0, doc: 'dialogues of the pretraining corpus' },
+  sft: { type: 'int', default: 4000, min: 0, doc: 'SFT dialogues, HH-RLHF {chosen, rejected}' },
+  ratings: { type: 'int', default: 3000, min: 0, doc: 'rated (prompt, response) items; each gets ratersPerResponse rows' },
+  ratersPerResponse: { type: 'int', default: 3, min: 0, doc: 'raters per rated item, so alike responses get conflicting labels' },
+  missingRate: { type: 'number', default: 0.05, min: 0, max: 1, doc: 'probability that one attribute label of a rating row is missing (null)' },
+  pairs: { type: 'int', default: 4000, min: 0, doc: 'preference pairs for the gate' },
+  prompts: { type: 'int', default: 2000, min: 0, doc: 'RL training prompts' },
+  evalPrompts: { type: 'int', default: 200, min: 0, doc: 'held-out evaluation prompts' },
+});
+export type WorldDataConfig = ConfigOf<typeof WORLD_DATA_SCHEMA>;
+/** What writeWorldData takes: any subset of WORLD_DATA_SCHEMA (the rest at its defaults; a seed must be the world's). */
+export type WorldDataSizes = Partial<WorldDataConfig>;
 
 export interface WorldFiles {
   dir: string;
@@ -49,17 +49,6 @@ export interface RatingRow {
   harmlessness: number | null;
   verbosity: number | null;
 }
-
-const DEFAULT_SIZES: Required<WorldDataSizes> = {
-  pretrain: 20000,
-  sft: 4000,
-  ratings: 3000,
-  ratersPerResponse: 3,
-  missingRate: 0.05,
-  pairs: 4000,
-  prompts: 2000,
-  evalPrompts: 200,
-};
 
 function jsonl(rows: unknown[]): string {
   return rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : '');
@@ -116,11 +105,8 @@ export function sampleSftDialogues(world: World, rng: Rng, n: number): { chosen:
 
 /** Writes every dataset of the world into `dir` (each file atomically). Deterministic in world.seed. */
 export async function writeWorldData(world: World, dir: string, sizes: WorldDataSizes = {}): Promise<WorldFiles> {
-  const z = { ...DEFAULT_SIZES, ...sizes };
-  for (const [k, v] of Object.entries(z)) {
-    const ok = k === 'missingRate' ? v >= 0 && v <= 1 : Number.isInteger(v) && v >= 0;
-    if (!ok) throw new QrlhfError(`writeWorldData: sizes.${k} must be ${k === 'missingRate' ? 'in [0, 1]' : 'a non-negative integer'}, got ${v}`);
-  }
+  const { seed, ...z } = parseConfig(WORLD_DATA_SCHEMA, sizes, 'writeWorldData: sizes');
+  if (sizes.seed !== undefined && seed !== world.seed) throw new QrlhfError(`writeWorldData: sizes.seed ${seed} is not the world's seed ${world.seed}`);
   // one stream per file, so the size of one file never changes the content of another
   const root = new Rng(`${world.seed}:world-data`);
   const streams = {

@@ -136,5 +136,5 @@ test('writing is deterministic in the seed and each file has its own stream', as
   // another seed draws other data
   const seed8 = await writeWorldData(createWorld(8), join(dir, 'd'), SIZES);
   t.not(readFileSync(seed8.sft, 'utf8'), readFileSync(files.sft, 'utf8'));
-  await t.throwsAsync(writeWorldData(world, join(dir, 'e'), { sft: -1 }), { instanceOf: QrlhfError, message: /sizes\.sft/ });
+  await t.throwsAsync(writeWorldData(world, join(dir, 'e'), { sft: -1 }), { instanceOf: QrlhfError, message: /sizes: key "sft": expected an integer >= 0, got -1/ });
 });
