@@ -242,6 +242,9 @@ export class Tokenizer {
     if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new QrlhfError(`${where}: expected a JSON object`);
     const model = (json as Json)['model'];
     if (typeof model !== 'object' || model === null) throw new QrlhfError(`${where}: "model" is missing (expected the tokenizer model object)`);
+    checkModelObject(model as Json, where);
+    const added = (json as Json)['added_tokens'];
+    if (added !== undefined && added !== null && !Array.isArray(added)) throw new QrlhfError(`${where}: "added_tokens" must be a list, got ${JSON.stringify(added).slice(0, 40)}`);
     // tokenizers.js insists on every top-level key; absent ones mean "none" in the Rust library.
     const j: Json = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...(json as Json) };
     j['added_tokens'] ??= [];
@@ -334,4 +337,30 @@ export function characterTokenizer(chars = " abcdefghijklmnopqrstuvwxyz:.\n,?!HA
     },
     { tokenizerConfig: { add_bos_token: true, bos_token: '<s>', eos_token: '</s>' } },
   );
+}
+
+/** The fields each tokenizer model type cannot do without (what the library reads first). */
+const MODEL_FIELDS: Record<string, [string, 'object' | 'array'][]> = {
+  BPE: [['vocab', 'object'], ['merges', 'array']],
+  WordPiece: [['vocab', 'object']],
+  WordLevel: [['vocab', 'object']],
+  Unigram: [['vocab', 'array']],
+};
+
+/**
+ * Valid JSON that is not a tokenizer (a config.json given by mistake, a truncated export) fails
+ * deep inside the library with a message about undefined; say which field is missing instead.
+ */
+function checkModelObject(model: Json, where: string): void {
+  const declared = model['type'];
+  const type = typeof declared === 'string' ? declared : Array.isArray(model['vocab']) ? 'Unigram' : 'merges' in model ? 'BPE' : undefined;
+  const need = type === undefined ? undefined : MODEL_FIELDS[type];
+  if (!need) {
+    throw new QrlhfError(`${where}: "model.type" is ${JSON.stringify(declared)}: expected one of ${Object.keys(MODEL_FIELDS).join(', ')}`);
+  }
+  for (const [key, kind] of need) {
+    const v = model[key];
+    const ok = kind === 'array' ? Array.isArray(v) : typeof v === 'object' && v !== null && !Array.isArray(v);
+    if (!ok) throw new QrlhfError(`${where}: "model.${key}" is ${v === undefined ? 'missing' : JSON.stringify(v).slice(0, 40)}: a ${type} tokenizer needs it as ${kind === 'array' ? 'a list' : 'an object'}`);
+  }
 }

@@ -16,6 +16,7 @@ import { resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
   QrlhfError,
+  firstNonFinite,
   formatNeedsBos,
   pairToMessages,
   readJsonl,
@@ -66,7 +67,7 @@ export function encodePair(
   response: string,
   maxTokens: number,
   where = 'row',
-  o: { bos?: boolean; promptEndAt?: number } = {},
+  o: { bos?: boolean; promptEndAt?: number; limitHint?: string } = {},
 ): EncodedPair {
   const bos = o.bos ?? addBos(tok);
   const full = tok.encode(prompt + response, { addBos: bos });
@@ -83,7 +84,7 @@ export function encodePair(
     promptEnd -= truncated;
     if (promptEnd < 0) {
       throw new QrlhfError(
-        `${where}: the response alone is ${full.length - common} tokens, over the ${maxTokens}-token limit (raise --max-tokens)`,
+        `${where}: the response alone is ${full.length - common} tokens, over the ${maxTokens}-token limit${o.limitHint ?? ''}`,
       );
     }
   }
@@ -97,11 +98,11 @@ export function encodePair(
  * the prompt feature sits at the token that closes the last user turn (SPEC §4: Llama 3's
  * <|eot_id|> before the assistant header). The HH format encodes the texts as they are.
  */
-export function encodeDialogue(tok: Tokenizer, format: DialogueFormat | undefined, prompt: string, response: string, maxTokens: number, where = 'row'): EncodedPair {
-  if (!format?.template) return encodePair(tok, prompt, response, maxTokens, where);
+export function encodeDialogue(tok: Tokenizer, format: DialogueFormat | undefined, prompt: string, response: string, maxTokens: number, where = 'row', limitHint?: string): EncodedPair {
+  if (!format?.template) return encodePair(tok, prompt, response, maxTokens, where, { limitHint });
   const s = format.split(pairToMessages(prompt, response));
   const bos = formatNeedsBos(format, s.prompt, addBos(tok), addBos(tok));
-  return encodePair(tok, s.prompt, s.reply, maxTokens, where, { bos, promptEndAt: s.userTurnEnd });
+  return encodePair(tok, s.prompt, s.reply, maxTokens, where, { bos, promptEndAt: s.userTurnEnd, limitHint });
 }
 
 /**
@@ -128,6 +129,8 @@ export interface FeatureOptions {
   gatePattern?: readonly number[];
   /** How a (prompt, response) is written for the backbone (default: the HH texts as they are). */
   format?: DialogueFormat;
+  /** Said after "over the N-token limit" when a response alone is too long: how to raise it. */
+  limitHint?: string;
 }
 
 /** Start of the last occurrence of `pattern` in `ids` (RewardBench's find_token_for_gating); an error naming `where` when absent. */
@@ -153,7 +156,7 @@ export async function pairFeatures(
   const maxTokens = opts.maxTokens ?? model.config.maxPositionEmbeddings;
   const enc = items.map((it, i) => {
     const where = opts.where?.(i) ?? `item ${i}`;
-    const e = encodeDialogue(tokenizer, opts.format, it.prompt, it.response, maxTokens, where);
+    const e = encodeDialogue(tokenizer, opts.format, it.prompt, it.response, maxTokens, where, opts.limitHint ?? ` (the backbone's context is ${model.config.maxPositionEmbeddings} tokens)`);
     return opts.gatePattern ? { ...e, promptEnd: findGatePosition(e.ids, opts.gatePattern, where) } : e;
   });
   return encodedFeatures(backbone, enc, opts);
@@ -163,7 +166,7 @@ export async function pairFeatures(
 export async function encodedFeatures(
   backbone: Pick<Backbone, 'model'> & { tokenizer: Pick<Tokenizer, 'padId'> },
   enc: readonly EncodedPair[],
-  opts: FeatureOptions & { onBatch?: (done: number) => void } = {},
+  opts: FeatureOptions & { where?: (i: number) => string; onBatch?: (done: number) => void } = {},
 ): Promise<{ response: Float32Array; prompt: Float32Array; truncated: number }> {
   const { model, tokenizer } = backbone;
   const d = model.config.hiddenSize;
@@ -205,6 +208,14 @@ export async function encodedFeatures(
     });
     const data = (await feats.data()) as Float32Array;
     feats.dispose();
+    // a NaN here (broken weights, an overflow) would be cached and fitted silently: stop, naming the row
+    const bad = firstNonFinite(data);
+    if (bad >= 0) {
+      const r = rows[Math.floor(bad / d) % B]!;
+      throw new QrlhfError(
+        `${opts.where?.(r) ?? `item ${r}`}: the backbone's hidden state is not finite (${data[bad]}): its weights hold NaN/Inf or its activations overflow`,
+      );
+    }
     rows.forEach((r, b) => {
       response.set(data.subarray(b * d, (b + 1) * d), r * d);
       prompt.set(data.subarray((B + b) * d, (B + b + 1) * d), r * d);
@@ -407,7 +418,7 @@ function widthOf(o: ExtractOptions): number {
 }
 
 /** One chunk's features, from the engine or the in-process backbone. */
-async function chunkFeatures(o: ExtractOptions, items: readonly PromptResponseItem[], extra: { where: (i: number) => string; onBatch: (k: number) => void }) {
+async function chunkFeatures(o: ExtractOptions, items: readonly PromptResponseItem[], extra: { where: (i: number) => string; limitHint: string; onBatch: (k: number) => void }) {
   return o.source ? o.source.features(items, { ...o, ...extra }) : pairFeatures(o.backbone!, items, { ...o, ...extra });
 }
 
@@ -442,6 +453,17 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
     attributes = [...seen];
   }
   if (attributes.length === 0) throw new QrlhfError(`${o.input}: no attribute columns (expected numeric fields beside prompt and response)`);
+  // an attribute no row rates (a misspelt name) would be an all-NaN column: refuse it by name
+  const present = new Map<string, number>();
+  for (const r of rows) for (const [k, v] of Object.entries(r.labels)) present.set(k, (present.get(k) ?? 0) + (v === null ? 0 : 1));
+  const unrated = attributes.filter((a) => !present.get(a));
+  if (unrated.length) {
+    const have = [...present.keys()];
+    throw new QrlhfError(
+      `${o.input}: ${unrated.map((a) => `attribute "${a}" ${present.has(a) ? 'is null in every row' : 'is in no row'}`).join('; ')} ` +
+        `(of ${rows.length} rows; the rows have ${have.length ? have.map((a) => `"${a}"`).join(', ') : 'no attribute fields'})`,
+    );
+  }
   const M = attributes.length;
   const d = widthOf(o);
   const fp = fingerprint(o, 1, rows.length, attributes);
@@ -455,6 +477,7 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
     const chunk = rows.slice(lo, lo + shardSize);
     const f = await chunkFeatures(o, chunk, {
       where: (i) => `${o.input}: row ${lo + i + 1}`,
+      limitHint: o.limitHint ?? ' (raise --max-tokens)',
       onBatch: (k) => o.onProgress?.(lo + k, rows.length),
     });
     truncated += f.truncated;
@@ -497,6 +520,7 @@ export async function extractPairFeatures(o: ExtractOptions): Promise<ExtractRes
     for (const r of chunk) items.push({ prompt: r.prompt, response: r.chosen }, { prompt: r.prompt, response: r.rejected });
     const f = await chunkFeatures(o, items, {
       where: (i) => `${o.input}: row ${lo + Math.floor(i / 2) + 1} (${i % 2 === 0 ? 'chosen' : 'rejected'})`,
+      limitHint: o.limitHint ?? ' (raise --max-tokens)',
       onBatch: (k) => o.onProgress?.(lo + Math.floor(k / 2), rows.length),
     });
     truncated += f.truncated;
@@ -559,7 +583,27 @@ export function readRatingFeatures(path: string): RatingFeatures {
   }
   if (!Array.isArray(attributes) || attributes.length === 0) attributes = Array.from({ length: M }, (_, j) => `attribute_${j}`);
   if (attributes.length !== M) throw new QrlhfError(`${path}: metadata names ${attributes.length} attributes, labels have ${M} columns`);
-  return { n: e.shape[0]!, d: e.shape[1]!, embeddings: f32(e, 'embeddings', path), labels: f32(l, 'labels', path), attributes, backbone: metadata['backbone'] };
+  const n = e.shape[0]!;
+  const d = e.shape[1]!;
+  if (n === 0) throw new QrlhfError(`${path}: no rows (embeddings [0, ${d}]): nothing to fit`);
+  const embeddings = f32(e, 'embeddings', path);
+  const labels = f32(l, 'labels', path);
+  // a NaN feature makes the whole fit NaN (and the heads all zero) without a word: refuse it here
+  const bad = firstNonFinite(embeddings);
+  if (bad >= 0) {
+    throw new QrlhfError(`${path}: "embeddings" row ${Math.floor(bad / d) + 1}, column ${(bad % d) + 1} is ${embeddings[bad]}: features must be finite; re-extract them`);
+  }
+  // labels: NaN means "not rated"; an infinity is an error, and so is a column with no rating at all
+  const rated = new Array<number>(M).fill(0);
+  for (let i = 0; i < n * M; i++) {
+    const v = labels[i]!;
+    if (Number.isNaN(v)) continue;
+    if (!Number.isFinite(v)) throw new QrlhfError(`${path}: "labels" row ${Math.floor(i / M) + 1}, attribute "${attributes[i % M]}" is ${v}: expected a finite rating or NaN (missing)`);
+    rated[i % M]!++;
+  }
+  const empty = attributes.filter((_, j) => rated[j] === 0);
+  if (empty.length) throw new QrlhfError(`${path}: attribute${empty.length > 1 ? 's' : ''} ${empty.map((a) => `"${a}"`).join(', ')} ha${empty.length > 1 ? 've' : 's'} no rated row (all ${n} labels NaN)`);
+  return { n, d, embeddings, labels, attributes, backbone: metadata['backbone'] };
 }
 
 /** A stage-2 file: `embeddings` and `prompt_embeddings`, both [N, 2, d]. */
@@ -570,7 +614,18 @@ export function readPairFeatures(path: string): PairFeatures {
   const p = tensors['prompt_embeddings'];
   if (!e || e.shape.length !== 3 || e.shape[1] !== 2) throw new QrlhfError(`${path}: expected a tensor "embeddings" [N, 2, d] (a stage-2 features file)`);
   if (!p || p.shape.join() !== e.shape.join()) throw new QrlhfError(`${path}: expected a tensor "prompt_embeddings" [${e.shape.join(', ')}]`);
-  return { n: e.shape[0]!, d: e.shape[2]!, embeddings: f32(e, 'embeddings', path), prompt_embeddings: f32(p, 'prompt_embeddings', path), backbone: metadata['backbone'] };
+  const n = e.shape[0]!;
+  const d = e.shape[2]!;
+  if (n === 0) throw new QrlhfError(`${path}: no rows (embeddings [0, 2, ${d}])`);
+  const out = { embeddings: f32(e, 'embeddings', path), prompt_embeddings: f32(p, 'prompt_embeddings', path) };
+  for (const [name, x] of Object.entries(out)) {
+    const bad = firstNonFinite(x);
+    if (bad >= 0) {
+      const row = Math.floor(bad / (2 * d));
+      throw new QrlhfError(`${path}: "${name}" row ${row + 1} (${Math.floor(bad / d) % 2 === 0 ? 'chosen' : 'rejected'}), column ${(bad % d) + 1} is ${x[bad]}: features must be finite; re-extract them`);
+    }
+  }
+  return { n, d, ...out, backbone: metadata['backbone'] };
 }
 
 /** Splits [n, 2, d] into the chosen [n, d] and rejected [n, d] halves. */

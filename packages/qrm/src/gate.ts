@@ -16,7 +16,7 @@
  *   default). beta is the release's `logit_scale`. Scored here, not trained (trainGate refuses it).
  */
 import * as tf from '@tensorflow/tfjs';
-import { AdamW, QrlhfError, cosineSchedule, type Rng } from '@qrlhf/core';
+import { AdamW, QrlhfError, cosineSchedule, requireFinite, type Rng } from '@qrlhf/core';
 
 export interface GateConfig {
   /** Width of the prompt feature d. */
@@ -131,6 +131,7 @@ export class GateNetwork {
       if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i])) {
         throw new QrlhfError(`${where}: tensor "${name}" has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
       }
+      requireFinite(t.data, t.shape, where, name);
       return Float32Array.from(t.data);
     };
     const ignored = new Set<string>();

@@ -19,7 +19,7 @@
  */
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
-import { QrlhfError, dialogueFormatFor, loadModel, readSafetensors, writeFileAtomic, writeSafetensors, type DialogueFormat } from '@qrlhf/core';
+import { QrlhfError, dialogueFormatFor, firstNonFinite, loadModel, readSafetensors, requireFinite, writeFileAtomic, writeSafetensors, type DialogueFormat } from '@qrlhf/core';
 import { predictAttributeQuantiles, type QuantileHeads } from './quantile/index.js';
 import { applyDebias } from './debias.js';
 import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
@@ -121,6 +121,8 @@ export function saveHeads(path: string, heads: QuantileHeads): void {
   if (heads.weight.length !== M * K * d || heads.bias.length !== M * K) {
     throw new QrlhfError(`saveHeads: weight must be [${M}, ${K}, ${d}] and bias [${M}, ${K}]`);
   }
+  requireFinite(heads.weight, [M, K, d], path, 'weight');
+  requireFinite(heads.bias, [M, K], path, 'bias');
   const metadata: Record<string, string> = { format: 'qrlhf-heads/1', attributes: JSON.stringify(heads.attributes) };
   const scaling = headsLabelScaling(heads);
   if (scaling) metadata['label_scaling'] = JSON.stringify(scaling);
@@ -144,6 +146,7 @@ export function loadHeads(path: string): QuantileHeads {
     if (!t) throw new QrlhfError(`${path}: tensor "${name}" is missing (expected weight [M, K, d], bias [M, K], taus [K])`);
     if (t.dtype !== 'F32' || !(t.data instanceof Float32Array)) throw new QrlhfError(`${path}: tensor "${name}" is ${t.dtype}, expected F32`);
     if (t.shape.length !== rank) throw new QrlhfError(`${path}: tensor "${name}" has shape [${t.shape.join(', ')}], expected ${rank} dimensions`);
+    requireFinite(t.data, t.shape, path, name);
     return { shape: t.shape, data: t.data };
   };
   const w = get('weight', 3);
@@ -367,7 +370,7 @@ export class QuantileRewardModel {
    * Scores n (prompt feature, response feature) pairs, each [n, d] row-major: attribute quantiles
    * from the heads on the response feature, debiasing, the gate on the prompt feature, mixing.
    */
-  async scoreFeatures(promptFeat: Float32Array, respFeat: Float32Array, n: number): Promise<QrmScore[]> {
+  async scoreFeatures(promptFeat: Float32Array, respFeat: Float32Array, n: number, where: (i: number) => string = (i) => `item ${i}`): Promise<QrmScore[]> {
     const { d, attributes } = this.heads;
     const M = attributes.length;
     const K = this.heads.taus.length;
@@ -390,6 +393,12 @@ export class QuantileRewardModel {
       }
       let s = 0;
       for (let k = 0; k < K; k++) s += quantiles[k]!;
+      // never hand out a NaN reward: say which input and where it came from
+      if (!Number.isFinite(s)) {
+        const from = firstNonFinite(respFeat.subarray(i * d, (i + 1) * d)) >= 0 || firstNonFinite(promptFeat.subarray(i * d, (i + 1) * d)) >= 0
+          ? 'its features are not finite' : 'the heads or the gate overflow on it';
+        throw new QrlhfError(`${where(i)}: the reward is not finite (${s / K}): ${from}`);
+      }
       out.push({
         quantiles,
         expectation: s / K,
@@ -416,14 +425,15 @@ export class QuantileRewardModel {
   }
 
   /** Scores (prompt, response) pairs end to end: one backbone pass each, then scoreFeatures. */
-  async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmScore[]> {
+  async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number; where?: (i: number) => string } = {}): Promise<QrmScore[]> {
     if (pairs.length === 0) return [];
     const b = await this.loadBackbone();
+    const limitHint = this.maxTokens ? ` (the QRM's maxTokens in qrm.json)` : ` (the backbone's context is ${b.model.config.maxPositionEmbeddings} tokens)`;
     const f = await pairFeatures(b, pairs, {
       batchSize: opts.batchSize ?? 8, maxTokens: this.maxTokens ?? undefined, pooling: this.pooling, gatePattern: this.gatePattern ?? undefined,
-      format: this.dialogueFormat(b),
+      format: this.dialogueFormat(b), where: opts.where, limitHint,
     });
-    return this.scoreFeatures(f.prompt, f.response, pairs.length);
+    return this.scoreFeatures(f.prompt, f.response, pairs.length, opts.where);
   }
 
   /**

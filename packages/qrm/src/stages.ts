@@ -24,6 +24,7 @@ import {
   RUN_FIELDS,
   Rng,
   Tokenizer,
+  checkWritable,
   configFromHf,
   defineConfig,
   initBackend,
@@ -95,6 +96,7 @@ export async function runQrmFeatures(config: QrmFeaturesConfig, o: StageOptions 
   if ((cfg.ratings === null) === (cfg.pairs === null)) throw new QrlhfError('qrm features: give exactly one of --ratings (stage 1) or --pairs (stage 2)');
   const stage1 = cfg.ratings !== null;
   const input = existingFile(stage1 ? 'ratings' : 'pairs', (cfg.ratings ?? cfg.pairs)!);
+  checkWritable(cfg.out, 'file');
   let source: FeatureSource | null = null;
   let loaded: Awaited<ReturnType<typeof loadModel>> | null = null;
   let format: DialogueFormat | undefined;
@@ -164,7 +166,7 @@ export type QrmFitConfig = ConfigOf<typeof QRM_FIT_SCHEMA>;
 export async function runQrmFit(config: QrmFitConfig, o: StageOptions = {}) {
   const cfg = requireKeys(config, ['features', 'out'], 'qrm fit');
   const featuresPath = existingFile('features', cfg.features);
-  if (existsSync(cfg.out) && !statSync(cfg.out).isDirectory()) throw new QrlhfError(`--out ${cfg.out}: exists and is not a folder`);
+  checkWritable(cfg.out, 'folder');
   const f = readRatingFeatures(featuresPath);
   const t0 = Date.now();
   const b = bar(o, f.attributes.length, 'fit');
@@ -229,6 +231,8 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   checkRunFolderKind(cfg.out, 'qrm'); // before the work: a non-empty folder of another kind is refused (issue 12 item 13)
   const heads = loadHeads(headsFile(cfg.heads));
   const pairsPath = existingFile('pairs', cfg.pairs);
+  checkWritable(cfg.out, 'folder');
+  if (cfg.metrics) checkWritable(cfg.metrics, 'file');
   await initBackend(cfg.backend, { quiet: o.quiet ?? false });
   const pairs = readPairFeatures(pairsPath);
   const reference = cfg.reference === null ? undefined : readPairFeatures(existingFile('reference', cfg.reference));
@@ -302,20 +306,23 @@ export type QrmScoreConfig = ConfigOf<typeof QRM_SCORE_SCHEMA>;
 export async function runQrmScore(config: QrmScoreConfig, o: StageOptions = {}): Promise<void> {
   const cfg = requireKeys(config, ['input'], 'qrm score');
   const input = existingFile('input', cfg.input);
+  if (cfg.out !== null) checkWritable(cfg.out, 'file');
   const { model, utility } = await openScoring(cfg, o);
   const lines: string[] = [];
   try {
     const rows: { prompt: string; response: string }[] = [];
+    const lineOf: number[] = [];
     for await (const { row, line } of readJsonl(input)) {
       const r = row as Record<string, unknown>;
       if (r === null || typeof r !== 'object' || typeof r['prompt'] !== 'string' || typeof r['response'] !== 'string') {
         throw new QrlhfError(`${input}:${line}: expected {prompt: string, response: string}`);
       }
       rows.push({ prompt: r['prompt'] as string, response: r['response'] as string });
+      lineOf.push(line);
     }
     const b = bar(o, rows.length, 'score');
     for (let s = 0; s < rows.length; s += CHUNK) {
-      const scores = await model.score(rows.slice(s, s + CHUNK), { batchSize: cfg.batchSize });
+      const scores = await model.score(rows.slice(s, s + CHUNK), { batchSize: cfg.batchSize, where: (i) => `${input}:${lineOf[s + i]}` });
       for (const sc of scores) lines.push(JSON.stringify(scoreRecord(sc, model, utility, cfg.attributes)));
       b.update(Math.min(rows.length, s + CHUNK));
     }
@@ -358,6 +365,7 @@ export type QrmEvalConfig = ConfigOf<typeof QRM_EVAL_SCHEMA>;
 
 export async function runQrmEval(cfg: QrmEvalConfig, o: StageOptions = {}) {
   if ((cfg.data === null) === (cfg.llmbar === null)) throw new QrlhfError('qrm eval: give exactly one of --data (jsonl) or --llmbar (folder)');
+  if (cfg.out !== null) checkWritable(cfg.out, 'file');
   let rows: PreferenceRow[] = [];
   if (cfg.data !== null) {
     existingFile('data', cfg.data);
@@ -383,7 +391,7 @@ export async function runQrmEval(cfg: QrmEvalConfig, o: StageOptions = {}) {
     for (let s = 0; s < rows.length; s += CHUNK) {
       const chunk = rows.slice(s, s + CHUNK);
       const items = chunk.flatMap((r) => [{ prompt: r.prompt, response: r.chosen }, { prompt: r.prompt, response: r.rejected }]);
-      const sc = await model.score(items, { batchSize: cfg.batchSize });
+      const sc = await model.score(items, { batchSize: cfg.batchSize, where: (i) => `pair ${s + Math.floor(i / 2) + 1} (${i % 2 === 0 ? 'chosen' : 'rejected'})` });
       chunk.forEach((r, i) => scored.push({ subset: r.subset, chosen: utility(sc[2 * i]!.quantiles, model.taus), rejected: utility(sc[2 * i + 1]!.quantiles, model.taus) }));
       b.update(Math.min(rows.length, s + CHUNK));
     }

@@ -136,7 +136,14 @@ export async function loadUtilityModule(path: string): Promise<Utility> {
   }
   const user = fn as (q: Float32Array, t: Float32Array) => unknown;
   return (q: Float32Array, t: Float32Array): number => {
-    const v = user(q, t);
+    let v: unknown;
+    try {
+      v = user(q, t);
+    } catch (e) {
+      // the user's code failed: say whose, and what it said (its stack with QRLHF_DEBUG=1)
+      const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
+      throw new QrlhfError(`utility module ${file}: threw when called (${msg})`, { cause: e });
+    }
     if (typeof v !== 'number' || !Number.isFinite(v)) {
       throw new QrlhfError(`utility module ${file}: returned ${String(v)} for quantiles [${Array.from(q.slice(0, 4)).join(', ')}${q.length > 4 ? ', …' : ''}] (expected a finite number)`);
     }

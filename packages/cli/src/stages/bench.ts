@@ -14,6 +14,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import {
+  checkWritable,
   LlamaModel, RUN_FIELDS, Rng, defineConfig, generate, initBackend, sequenceLogProbs, wasmInfo, writeFileAtomic,
   type ConfigOf, type LlamaConfig,
 } from '@qrlhf/core';
@@ -206,6 +207,7 @@ export const BENCH_SCHEMA = defineConfig({
 export type BenchConfig = ConfigOf<typeof BENCH_SCHEMA>;
 
 export async function runBench(cfg: BenchConfig): Promise<void> {
+  if (cfg.json !== null) checkWritable(cfg.json, 'file'); // before minutes of benchmarks, not after
   if (cfg.stock) {
     process.env['QRLHF_STOCK_KERNELS'] = '1';
     process.env['QRLHF_WASM_THREADS'] = '1';

@@ -19,6 +19,24 @@ export interface BackendChoice {
 const require = createRequire(import.meta.url);
 let current: BackendChoice | null = null;
 
+// tfjs's cpu backend greets its first tensor in Node with a banner ("Hi, looks like you are running
+// TensorFlow.js in Node.js ... install our node backend") on stderr, also where qrlhf computes
+// nothing on it (qrm fit) or chose it on purpose; initBackend says which backend runs and why, so
+// the banner is marked as already shown before any tensor exists. That instance must stay the one
+// in use until initBackend picks another (tfjs would build a fresh one on its first tensor), so it
+// is made current: what tfjs in Node would choose by itself anyway (webgl does not load there).
+silenceCpuBanner();
+function silenceCpuBanner(): void {
+  try {
+    const cpu = tf.findBackend('cpu') as { firstUse?: boolean } | null;
+    if (!cpu || typeof cpu.firstUse !== 'boolean') return;
+    cpu.firstUse = false;
+    if (tf.getBackend() === undefined) void tf.setBackend('cpu'); // synchronous for an initialised backend
+  } catch {
+    // no cpu backend registered: no banner either
+  }
+}
+
 async function tryNode(pkg: string): Promise<string | null> {
   try {
     require(pkg);

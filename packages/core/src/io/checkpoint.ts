@@ -13,7 +13,7 @@ import { LlamaModel, llamaWeightShapes } from '../model/llama.js';
 import { Tokenizer } from '../tokenizer.js';
 import { writeDirAtomic, writeFileAtomic } from './atomic.js';
 import { readLlama2c } from './llama2c.js';
-import { type RawTensor, type SafetensorsFile, hostTensors, openSafetensors, writeSafetensors } from './safetensors.js';
+import { type RawTensor, type SafetensorsFile, hostTensors, openSafetensors, requireFinite, writeSafetensors } from './safetensors.js';
 import { type MemoryPlan, checkMemory } from '../model/memory.js';
 import { Progress, type ProgressStream } from '../track/console.js';
 
@@ -230,6 +230,7 @@ async function loadHfFolder(dir: string, opts: LoadOptions): Promise<LoadedModel
     for (const name of names) {
       const t = weights.tensors[name]!;
       const raw = t.load();
+      requireFinite(raw.data as Float32Array, t.shape, t.file, name);
       tensors[name] = tf.tensor(raw.data as Float32Array, t.shape, 'float32');
       done += t.bytes;
       bar?.update(Math.round(done / MiB));

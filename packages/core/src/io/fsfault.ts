@@ -117,3 +117,29 @@ const SYSCALL_ACTIONS: Record<string, string> = {
   fsync: 'write',
   close: 'write',
 };
+
+/**
+ * Checks, before any work, that `path` can be written as a `kind`: where it exists it is that kind
+ * (a folder given for a file, or a file for a folder, is refused), and the folder it goes into (its
+ * nearest existing ancestor) is a folder this process may write. A run that would find out only
+ * when it saves, after hours, finds out at once. Throws an FsFault naming the path and the cause.
+ */
+export function checkWritable(path: string, kind: 'file' | 'folder'): void {
+  const abs = resolve(path);
+  let isDir: boolean | null = null;
+  try {
+    isDir = statSync(abs).isDirectory();
+  } catch {
+    // absent (or a dangling link): what matters is the folder above
+  }
+  if (isDir === true && kind === 'file') throw new FsFault(`${path}: is a folder; expected the path of a file to write`, 'EISDIR', path);
+  if (isDir === false && kind === 'folder') throw new FsFault(`${path}: exists and is not a folder`, 'ENOTDIR', path);
+  const anc = nearestExisting(isDir === true ? abs : dirname(abs));
+  if (!statSync(anc).isDirectory()) throw new FsFault(`${path}: cannot write: ${anc} is a file, not a folder (ENOTDIR)`, 'ENOTDIR', path);
+  try {
+    accessSync(anc, constants.W_OK);
+  } catch (e) {
+    if (!isErrnoError(e)) throw e;
+    throw new FsFault(`${path}: cannot write: ${anc}: ${CAUSES[e.code] ?? e.code} (${e.code})`, e.code, path, { cause: e });
+  }
+}

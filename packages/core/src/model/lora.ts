@@ -13,7 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '../errors.js';
 import type { Rng } from '../random.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { hostTensors, readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { hostTensors, readSafetensors, requireFinite, writeSafetensors } from '../io/safetensors.js';
 import { headDim } from './config.js';
 import type { LlamaModel } from './llama.js';
 
@@ -313,6 +313,7 @@ export function loadLoraAdapter(dir: string, model: LlamaModel, rng?: Rng): Lora
   const tensors: Record<string, tf.Tensor> = {};
   for (const [k, r] of Object.entries(raw)) {
     // PEFT sometimes writes the adapter name into keys ("...lora_A.default.weight"); not in files it saves.
+    requireFinite(r.data, r.shape, wPath, k);
     tensors[k] = tf.tensor(r.data, r.shape, r.dtype === 'I32' || r.dtype === 'I64' ? 'int32' : 'float32');
   }
   const adapter = LoraAdapter.fromTensors(model, cfg, tensors, wPath, rng);

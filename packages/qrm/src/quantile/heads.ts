@@ -21,7 +21,7 @@
  *    next to the K·d products (K = 19, d = 4096).
  */
 import * as tf from '@tensorflow/tfjs';
-import { QrlhfError, Rng, check } from '@qrlhf/core';
+import { QrlhfError, Rng, check, firstNonFinite } from '@qrlhf/core';
 import { solveQuantileLevels } from './solver.js';
 
 export interface QuantileHeads {
@@ -123,6 +123,21 @@ export async function fitQuantileHeads(
   check(labels.length === n * M, `fitQuantileHeads: labels have ${labels.length} values, expected n·M = ${n}·${M}`);
   check(alpha >= 0 && Number.isFinite(alpha), `fitQuantileHeads: alpha must be a finite number >= 0, got ${alpha}`);
   check(Number.isInteger(maxRows) && maxRows >= 1, `fitQuantileHeads: maxRows must be a positive integer, got ${maxRows}`);
+  // Up front, before any attribute is solved: a NaN feature turns every objective NaN and the
+  // heads all zero without a word, and an attribute with no rating fails only after the others.
+  const badX = firstNonFinite(x);
+  if (badX >= 0) {
+    throw new QrlhfError(`features: row ${Math.floor(badX / d) + 1}, column ${(badX % d) + 1} is ${x[badX]}: features must be finite`);
+  }
+  const rated = new Array<number>(M).fill(0);
+  for (let i = 0; i < n * M; i++) {
+    const v = labels[i]!;
+    if (Number.isNaN(v)) continue;
+    if (!Number.isFinite(v)) throw new QrlhfError(`labels: row ${Math.floor(i / M) + 1}, attribute "${attributes[i % M]}": expected a finite number or NaN, got ${v}`);
+    rated[i % M]!++;
+  }
+  const unrated = attributes.filter((_, m) => rated[m] === 0);
+  if (unrated.length) throw new QrlhfError(`labels: attribute${unrated.length > 1 ? 's' : ''} ${unrated.map((a) => `"${a}"`).join(', ')} ha${unrated.length > 1 ? 've' : 's'} no labelled row (all NaN)`);
   const ts = taus(K);
   const weight = new Float32Array(M * K * d);
   const bias = new Float32Array(M * K);
