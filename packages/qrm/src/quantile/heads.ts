@@ -127,13 +127,13 @@ export async function fitQuantileHeads(
   // heads all zero without a word, and an attribute with no rating fails only after the others.
   const badX = firstNonFinite(x);
   if (badX >= 0) {
-    throw new QrlhfError(`features: row ${Math.floor(badX / d) + 1}, column ${(badX % d) + 1} is ${x[badX]}: features must be finite`);
+    throw new QrlhfError(`features: row ${Math.floor(badX / d)}, column ${badX % d} is ${x[badX]} (from 0): features must be finite`);
   }
   const rated = new Array<number>(M).fill(0);
   for (let i = 0; i < n * M; i++) {
     const v = labels[i]!;
     if (Number.isNaN(v)) continue;
-    if (!Number.isFinite(v)) throw new QrlhfError(`labels: row ${Math.floor(i / M) + 1}, attribute "${attributes[i % M]}": expected a finite number or NaN, got ${v}`);
+    if (!Number.isFinite(v)) throw new QrlhfError(`labels: row ${Math.floor(i / M)}, attribute "${attributes[i % M]}": expected a finite number or NaN, got ${v}`);
     rated[i % M]!++;
   }
   const unrated = attributes.filter((_, m) => rated[m] === 0);
