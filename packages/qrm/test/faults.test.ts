@@ -145,3 +145,22 @@ test('8: a utility module that throws, a JSON file that is no tokenizer, a too-l
   mkdirSync(join(dir, 'scratch'), { recursive: true });
   t.deepEqual(readdirSync(join(dir, 'scratch')), []);
 });
+
+test('7: an output path of the wrong kind, or under a file, is refused before the work, leaving nothing', async (t) => {
+  const folder = join(dir, 'a-folder');
+  mkdirSync(folder, { recursive: true });
+  const file = join(dir, 'a-file');
+  writeFileSync(file, 'x');
+  const good = features('good.safetensors', 6, okEmb, labels(6));
+  await Promise.all([
+    refused(t, ['qrm', 'fit', '--features', good, '--out', file], /^qrlhf: .*a-file: exists and is not a folder$/),
+    refused(t, ['qrm', 'fit', '--features', good, '--out', join(file, 'sub')], /^qrlhf: .*a-file\/sub: cannot write: .*a-file is a file, not a folder \(ENOTDIR\)$/),
+    refused(t, ['qrm', 'score', '--model', qrmShort, '--input', short, '--out', folder, '--backend', 'cpu'], /^qrlhf: .*a-folder: is a folder; expected the path of a file to write$/),
+    refused(t, ['qrm', 'eval', '--model', qrmShort, '--data', rows, '--out', folder, '--backend', 'cpu'], /^qrlhf: .*a-folder: is a folder; expected the path of a file to write$/),
+    refused(t, ['qrm', 'features', '--model', bb, '--ratings', ratings, '--out', folder, '--backend', 'cpu'], /^qrlhf: .*a-folder: is a folder; expected the path of a file to write$/),
+    refused(t, ['bench', '--suite', 'matmul', '--json', folder], /^qrlhf: .*a-folder: is a folder; expected the path of a file to write$/),
+  ]);
+  t.deepEqual(readdirSync(folder), []);
+  t.false(readdirSync(dir).some((f) => f.includes('.tmp-') || f.endsWith('.parts')), readdirSync(dir).join(', '));
+});
+
