@@ -78,7 +78,7 @@ test.before(async () => {
   const heads = { weight: Float32Array.from({ length: M * K * d }, () => 0.01 * rng.normal()), bias: new Float32Array(M * K), taus: Float32Array.from([0.25, 0.5, 0.75]), attributes: ['helpfulness', 'verbosity'], d };
   for (const [folder, maxTokens] of [[qrmNan, null], [qrmShort, 16]] as const) {
     const q = new QuantileRewardModel({ heads, gate: GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, new Rng(1)), verbosity: null, debiasPenalties: [0, 0], backbone: bb, maxTokens });
-    q.save(folder);
+    await q.save(folder);
     q.dispose();
   }
   const h = join(qrmNan, 'heads.safetensors');
@@ -102,8 +102,8 @@ test('2: non-finite features or labels, no rows, an unrated attribute: qrm fit r
   for (const k of [1, 2, 3, 4]) t.false(existsSync(join(dir, `fit${k}`)), 'nothing written');
   // the library says it before solving anything, too
   const x = Float32Array.from({ length: 4 * d }, (_, k) => (k === d + 1 ? NaN : 1));
-  t.throws(() => fitQuantileHeads(x, 4, d, Float32Array.from([0, 1, 0, 1]), { attributes: ['a'] }), { instanceOf: QrlhfError, message: /^features: row 1, column 1 is NaN \(from 0\)/ });
-  t.throws(() => fitQuantileHeads(new Float32Array(4 * d), 4, d, Float32Array.from([0, NaN, 1, NaN, 0, NaN, 1, NaN]), { attributes: ['a', 'b'] }), {
+  await t.throwsAsync(fitQuantileHeads(x, 4, d, Float32Array.from([0, 1, 0, 1]), { attributes: ['a'] }), { instanceOf: QrlhfError, message: /^features: row 1, column 1 is NaN \(from 0\)/ });
+  await t.throwsAsync(fitQuantileHeads(new Float32Array(4 * d), 4, d, Float32Array.from([0, NaN, 1, NaN, 0, NaN, 1, NaN]), { attributes: ['a', 'b'] }), {
     message: /^labels: attribute "b" has no labelled row/,
   });
 });
