@@ -48,7 +48,11 @@ import {
   Tokenizer,
   configFromHf,
   configToHf,
+  defineConfig,
+  initBackend,
   readSafetensors,
+  requireKeys,
+  type ConfigOf,
   writeFileAtomic,
   writeSafetensors,
   type RawTensor,
@@ -345,4 +349,51 @@ export async function exportReleasedQrm(qrm: QuantileRewardModel, dir: string, o
     rmSync(tmp, { recursive: true, force: true });
     throw e;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stages behind `qrlhf qrm import` and `qrlhf qrm export`
+
+export const QRM_IMPORT_SCHEMA = defineConfig({
+  from: { type: 'string', default: null, nullable: true, path: true, doc: 'released-layout QRM folder (config.json with num_quantiles, model.safetensors or shards) (required)' },
+  out: { type: 'string', default: null, nullable: true, path: true, doc: 'qrlhf QRM folder to write: qrm.json, heads.safetensors, gate.safetensors; the backbone stays the source folder (required)' },
+});
+export type QrmImportConfig = ConfigOf<typeof QRM_IMPORT_SCHEMA>;
+
+/** Reads a released-layout folder and writes it as a qrlhf QRM folder (same scores). */
+export async function runQrmImport(config: QrmImportConfig): Promise<void> {
+  const cfg = requireKeys(config, ['from', 'out'], 'qrm import');
+  if (!existsSync(cfg.from)) throw new QrlhfError(`--from ${cfg.from}: no such folder`);
+  await initBackend('auto', { quiet: true });
+  const qrm = importReleasedQrm(cfg.from);
+  try {
+    qrm.save(cfg.out);
+  } finally {
+    qrm.dispose();
+  }
+  const g = qrm.gate.config;
+  process.stderr.write(
+    `qrlhf: wrote ${cfg.out} (${qrm.attributes.length} objectives, ${qrm.taus.length} quantiles, gate ${g.numHidden}×${g.hiddenSize} with BatchNorm, T = ${g.temperature}; backbone ${qrm.backbonePath})\n`,
+  );
+}
+
+export const QRM_EXPORT_SCHEMA = defineConfig({
+  qrm: { type: 'string', default: null, nullable: true, path: true, doc: 'qrlhf QRM folder (qrm.json) to write out (required)' },
+  format: { type: 'string', default: 'hf', choices: ['hf'], doc: "output layout: hf = the released QRM's Hugging Face folder (RewardBench's qrm.py reads it when num_objectives = num_quantiles)" },
+  out: { type: 'string', default: null, nullable: true, path: true, doc: 'folder to write (must not exist or be empty) (required)' },
+  dtype: { type: 'string', default: 'F32', choices: ['F32', 'F16', 'BF16'], doc: "the backbone's weight type on file (the heads and the gate stay F32)" },
+});
+export type QrmExportConfig = ConfigOf<typeof QRM_EXPORT_SCHEMA>;
+
+/** Writes a qrlhf QRM (and its backbone) in the released layout; refuses what that layout cannot hold. */
+export async function runQrmExport(config: QrmExportConfig): Promise<void> {
+  const cfg = requireKeys(config, ['qrm', 'out'], 'qrm export');
+  await initBackend('auto', { quiet: true });
+  const qrm = await QuantileRewardModel.load(cfg.qrm);
+  try {
+    await exportReleasedQrm(qrm, cfg.out, { dtype: cfg.dtype });
+  } finally {
+    qrm.dispose();
+  }
+  process.stderr.write(`qrlhf: wrote ${cfg.out} (${qrm.attributes.length} objectives × ${qrm.taus.length} quantiles, released QRM layout)\n`);
 }

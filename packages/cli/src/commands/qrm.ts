@@ -4,8 +4,8 @@
  */
 import type { Argv, CommandModule } from 'yargs';
 import {
-  QRM_EVAL_SCHEMA, QRM_FEATURES_SCHEMA, QRM_FIT_SCHEMA, QRM_GATE_SCHEMA, QRM_SCORE_SCHEMA,
-  runQrmEval, runQrmFeatures, runQrmFit, runQrmGate, runQrmScore,
+  QRM_EVAL_SCHEMA, QRM_EXPORT_SCHEMA, QRM_FEATURES_SCHEMA, QRM_FIT_SCHEMA, QRM_GATE_SCHEMA, QRM_IMPORT_SCHEMA, QRM_SCORE_SCHEMA,
+  runQrmEval, runQrmExport, runQrmFeatures, runQrmFit, runQrmGate, runQrmImport, runQrmScore,
 } from '@qrlhf/qrm';
 import { stageCommand } from '../options.js';
 
@@ -33,11 +33,19 @@ const subcommands = [
     command: 'eval', schema: QRM_EVAL_SCHEMA, run: runQrmEval, quiet: true,
     describe: "Evaluate on preference rows with RewardBench's rule (a tie is wrong; per subset, section and overall)",
   }),
+  stageCommand({
+    command: 'import', schema: QRM_IMPORT_SCHEMA, run: runQrmImport,
+    describe: 'Read a released-layout QRM folder (nicolinho/QRM-*: regression_layer, BatchNorm gate, reward_transform_matrix) as a qrlhf QRM folder',
+  }),
+  stageCommand({
+    command: 'export', schema: QRM_EXPORT_SCHEMA, run: runQrmExport,
+    describe: "Write a QRM in the released layout (--format hf): backbone + regression_layer + gating.*, loadable by the authors' modeling code",
+  }),
 ];
 
 export const qrmCommand: CommandModule = {
   command: 'qrm <command>',
-  describe: 'Quantile reward model: features, fit (stage 1), gate (stage 2), score, eval',
-  builder: (y: Argv) => subcommands.reduce((a, c) => a.command(c), y).demandCommand(1, 'name a qrm command: features, fit, gate, score or eval'),
+  describe: 'Quantile reward model: features, fit (stage 1), gate (stage 2), score, eval, import / export (the released layout)',
+  builder: (y: Argv) => subcommands.reduce((a, c) => a.command(c), y).demandCommand(1, 'name a qrm command: features, fit, gate, score, eval, import or export'),
   handler: () => {},
 };
