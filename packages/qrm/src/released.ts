@@ -367,7 +367,7 @@ export async function runQrmImport(config: QrmImportConfig): Promise<void> {
   await initBackend('auto', { quiet: true });
   const qrm = importReleasedQrm(cfg.from);
   try {
-    qrm.save(cfg.out);
+    await qrm.save(cfg.out);
   } finally {
     qrm.dispose();
   }
