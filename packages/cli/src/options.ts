@@ -105,9 +105,16 @@ export function stageCommand<S extends ConfigSchema>(spec: StageCommandSpec<S>):
  * the same flags, --help and one-line errors as a `qrlhf` command.
  */
 export async function runProgram<S extends ConfigSchema>(spec: StageCommandSpec<S>): Promise<void> {
-  await yargs(hideBin(process.argv))
-    .scriptName(spec.command)
-    .command({ ...stageCommand(spec), command: '$0' })
+  await program(spec.command).command({ ...stageCommand(spec), command: '$0' }).parseAsync();
+}
+
+/**
+ * The yargs program every entry point starts from (the `qrlhf` bin and an experiment's runner):
+ * strict flags, generated --help, and a parse failure or user error as one `qrlhf: …` line, exit 1.
+ */
+export function program(name: string): Argv {
+  return yargs(hideBin(process.argv))
+    .scriptName(name)
     .parserConfiguration(PARSER_CONFIGURATION)
     .strict()
     .help()
@@ -117,6 +124,5 @@ export async function runProgram<S extends ConfigSchema>(spec: StageCommandSpec<
       if (err) reportAndExit(err);
       process.stderr.write(`qrlhf: ${msg} (see --help)\n`);
       process.exit(1);
-    })
-    .parseAsync();
+    });
 }
