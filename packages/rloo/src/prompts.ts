@@ -22,6 +22,9 @@ export interface PromptSet {
   read: number;
   /** Prompts dropped for being longer than the limit (or too long to leave room for a response). */
   filtered: number;
+  /** The limit applied, in tokens (BOS included), and where it came from, for the run's one line. */
+  limit: number;
+  limitSource: string;
 }
 
 /** Reads the prompt texts of a .jsonl(.gz) file: `prompt` field, or the prompt part of `chosen`. */
@@ -52,13 +55,16 @@ export function preparePrompts(
 ): PromptSet {
   const prompts: RlPrompt[] = [];
   let filtered = 0;
-  const limit = Math.min(o.maxPromptLength, o.contextLength - o.maxNewTokens);
+  const room = o.contextLength - o.maxNewTokens;
+  const limit = Math.min(o.maxPromptLength, room);
+  const limitSource =
+    room < o.maxPromptLength ? `the model's context of ${o.contextLength} less maxNewTokens ${o.maxNewTokens}` : 'maxPromptLength';
   for (const text of texts) {
     const ids = promptIds(tok, format, text, true);
     if (ids.length > limit) filtered++;
     else prompts.push({ text, ids });
   }
-  return { prompts, read: texts.length, filtered };
+  return { prompts, read: texts.length, filtered, limit, limitSource };
 }
 
 /** The prompts of step s: positions [s*B, (s+1)*B) of an endless stream of per-epoch shuffles. */

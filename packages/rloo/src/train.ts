@@ -247,7 +247,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
       tracker!.log(row);
       hooks.onMetrics?.(row);
     };
-    printLine(tracker, `rloo: ${pset.read} prompts read, ${pset.filtered} over ${cfg.maxPromptLength} tokens filtered out, ${pset.prompts.length} used; ` +
+    printLine(tracker, `rloo: ${pset.read} prompts read, ${pset.filtered} over ${pset.limit} tokens (${pset.limitSource}) filtered out, ${pset.prompts.length} used; ` +
         `${cfg.steps} steps of ${cfg.batchSize} prompts x ${cfg.k} responses; utility ${cfg.utility}` +
         (resumedFrom ? `; resuming at step ${resumedFrom}` : ''), hooks.quiet);
 

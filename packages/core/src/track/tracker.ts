@@ -50,6 +50,10 @@ export class Tracker implements MetricSink {
     const jsonl = o.dir
       ? new JsonlSink(join(o.dir, 'metrics.jsonl'), o.resume ? (o.keep ? { append: true, keep: o.keep } : { append: true }) : {})
       : null;
+    // W&B first: its start-up wait must not count in the progress bar's rate (the bar's clock
+    // starts when the console sink is made)
+    const wandb = o.wandb ? await WandbSink.create(o.wandb) : null;
+    if (wandb?.url) process.stderr.write(`qrlhf: wandb run: ${wandb.url}\n`);
     let con: ConsoleSink | null = null;
     if (o.console) {
       const copts: ConsoleSinkOptions = { label: o.label ?? 'train' };
@@ -59,8 +63,6 @@ export class Tracker implements MetricSink {
       if (o.start !== undefined) copts.start = o.start;
       con = new ConsoleSink(copts);
     }
-    const wandb = o.wandb ? await WandbSink.create(o.wandb) : null;
-    if (wandb?.url) process.stderr.write(`qrlhf: wandb run: ${wandb.url}\n`);
     return new Tracker(jsonl, con, wandb, o.sinks ?? []);
   }
 
