@@ -5,9 +5,9 @@
  */
 import test from 'ava';
 import { join } from 'node:path';
-import { Rng, initBackend } from '@qrlhf/core';
-import { GateNetwork, QuantileRewardModel, taus as makeTaus } from '@qrlhf/qrm';
-import { tmp, writeTinyPolicy } from '../packages/rloo/test/fixture.js';
+import { initBackend } from '@qrlhf/core';
+import { QuantileRewardModel } from '@qrlhf/qrm';
+import { tmp, writeRandomQrm, writeTinyPolicy } from '../packages/rloo/test/fixture.js';
 import { call, startServe, type ServeProcess } from './engine-helpers.js';
 
 const dir = tmp('reward');
@@ -18,20 +18,7 @@ let qrm: QuantileRewardModel;
 test.before(async () => {
   await initBackend('cpu', { quiet: true });
   const policy = await writeTinyPolicy(join(dir, 'policy'));
-  const rng = new Rng(5);
-  const d = 16;
-  const M = 2;
-  const heads = {
-    weight: Float32Array.from({ length: M * K * d }, () => 0.3 * rng.normal()),
-    bias: Float32Array.from({ length: M * K }, (_, i) => 0.05 * (i % K)),
-    taus: makeTaus(K),
-    attributes: ['helpfulness', 'harmlessness'],
-    d,
-  };
-  const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, rng);
-  const q = new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: [0, 0], backbone: policy });
-  await q.save(join(dir, 'qrm'));
-  q.dispose();
+  await writeRandomQrm(join(dir, 'qrm'), policy, { K, seed: 5 });
   qrm = await QuantileRewardModel.load(join(dir, 'qrm'));
   server = await startServe(['--qrm', join(dir, 'qrm'), '--utility', 'exponential', '--lambda', '5']);
 });

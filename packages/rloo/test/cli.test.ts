@@ -7,9 +7,9 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Rng, repoRoot } from '@qrlhf/core';
-import { GateNetwork, QuantileRewardModel, taus as makeTaus } from '@qrlhf/qrm';
-import { tmp, writePrompts, writeTinyPolicy } from './fixture.js';
+import { repoRoot } from '@qrlhf/core';
+import { QuantileRewardModel, taus as makeTaus } from '@qrlhf/qrm';
+import { tmp, writePrompts, writeRandomQrm, writeTinyPolicy } from './fixture.js';
 
 interface Run { code: number | null; stdout: string; stderr: string }
 
@@ -29,20 +29,7 @@ const dir = tmp('cli');
 const K = 19;
 const setup = (async () => {
   const policy = await writeTinyPolicy(join(dir, 'policy'));
-  const rng = new Rng(3);
-  const d = 16;
-  const M = 2;
-  const heads = {
-    weight: Float32Array.from({ length: M * K * d }, () => 0.3 * rng.normal()),
-    bias: Float32Array.from({ length: M * K }, (_, i) => 0.05 * (i % K)),
-    taus: makeTaus(K),
-    attributes: ['helpfulness', 'harmlessness'],
-    d,
-  };
-  const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, rng);
-  const qrm = new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: [0, 0], backbone: policy });
-  await qrm.save(join(dir, 'qrm'));
-  qrm.dispose();
+  await writeRandomQrm(join(dir, 'qrm'), policy, { K, seed: 3 });
   writePrompts(join(dir, 'prompts.jsonl'), 6, { long: 1 });
   mkdirSync(join(dir, 'configs'));
   const cfg = {

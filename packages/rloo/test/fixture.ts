@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { LlamaModel, Rng, Tokenizer, llamaWeightShapes, saveHfFolder, type LlamaConfig } from '@qrlhf/core';
+import { GateNetwork, QuantileRewardModel, taus as makeTaus } from '@qrlhf/qrm';
 import { functionRewardSource, rlooDefaults, type RewardSource, type RlooConfig } from '../src/index.js';
 
 export const CHARS = ['\n', ' ', ':', '.', '?', 'H', 'A', ...'abcdefghijklmnopqrstuvwxyz'];
@@ -121,4 +122,28 @@ export function smallConfig(over: Partial<RlooConfig> & Pick<RlooConfig, 'policy
     checkpointEvery: 2,
     ...over,
   };
+}
+
+/**
+ * A random quantile reward model folder over `backbone` (the tiny policy, d = 16): two attributes
+ * (helpfulness, harmlessness), K levels, heads and a one-hidden-layer gate drawn from Rng(seed),
+ * no debiasing. Returns the folder.
+ */
+export async function writeRandomQrm(out: string, backbone: string, o: { K: number; seed: number }): Promise<string> {
+  const { K } = o;
+  const rng = new Rng(o.seed);
+  const d = 16;
+  const M = 2;
+  const heads = {
+    weight: Float32Array.from({ length: M * K * d }, () => 0.3 * rng.normal()),
+    bias: Float32Array.from({ length: M * K }, (_, i) => 0.05 * (i % K)),
+    taus: makeTaus(K),
+    attributes: ['helpfulness', 'harmlessness'],
+    d,
+  };
+  const gate = GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, rng);
+  const qrm = new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: [0, 0], backbone });
+  await qrm.save(out);
+  qrm.dispose();
+  return out;
 }
