@@ -335,12 +335,5 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   }
 }
 
-/** Reads a run folder's metrics.jsonl rows. */
-export function readRlooMetrics(outDir: string): Metrics[] {
-  const p = join(outDir, 'metrics.jsonl');
-  if (!existsSync(p)) return [];
-  return readFileSync(p, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as Metrics);
-}
+/** Reads a run folder's metrics.jsonl rows (core's readRunMetrics, under the name rloo has always exported). */
+export { readRunMetrics as readRlooMetrics } from '@qrlhf/core';

@@ -13,7 +13,7 @@
  * the adapter and the optimiser, so a run killed at any moment and resumed ends bit-identical to
  * an uninterrupted one.
  */
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -463,12 +463,5 @@ async function sampleMerged(model: LlamaModel, tok: Tokenizer, format: DialogueF
 }
 
 
-/** Reads a run folder's metrics.jsonl rows (for tests and reports). */
-export function readMetrics(outDir: string): Metrics[] {
-  const p = join(outDir, 'metrics.jsonl');
-  if (!existsSync(p)) return [];
-  return readFileSync(p, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as Metrics);
-}
+/** Reads a run folder's metrics.jsonl rows (core's readRunMetrics, under the name sft has always exported). */
+export { readRunMetrics as readMetrics } from '@qrlhf/core';

@@ -1,5 +1,6 @@
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
+import { QrlhfError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { MetricSink, Metrics } from './sink.js';
 
@@ -63,4 +64,30 @@ export class JsonlSink implements MetricSink {
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
   }
+}
+
+/** Reads a metrics.jsonl file into its rows; a line that is not a JSON object is an error naming the file and line. */
+export function readMetricsFile(path: string): Metrics[] {
+  if (!existsSync(path)) throw new QrlhfError(`${path}: no such metrics file`);
+  const rows: Metrics[] = [];
+  readFileSync(path, 'utf8')
+    .split('\n')
+    .forEach((line, i) => {
+      if (!line.trim()) return;
+      let row: unknown;
+      try {
+        row = JSON.parse(line);
+      } catch {
+        row = null;
+      }
+      if (!row || typeof row !== 'object' || Array.isArray(row)) throw new QrlhfError(`${path}:${i + 1}: not a JSON object`);
+      rows.push(row as Metrics);
+    });
+  return rows;
+}
+
+/** A run folder's metrics.jsonl rows ([] while the run has logged nothing). */
+export function readRunMetrics(outDir: string): Metrics[] {
+  const p = join(outDir, 'metrics.jsonl');
+  return existsSync(p) ? readMetricsFile(p) : [];
 }

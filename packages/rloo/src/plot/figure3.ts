@@ -1,6 +1,3 @@
-import { readFileSync, existsSync } from 'node:fs';
-import { QrlhfError } from '@qrlhf/core';
-
 /**
  * The paper's Figure 3 as a grid of line panels: one panel per metric (the left-tail quantiles and
  * the expectation) against the RL step, one line per run (mean over seeds) with a band (the mean
@@ -23,23 +20,7 @@ export interface Aggregate {
   hi: number[];
 }
 
-/** Reads a metrics.jsonl file into rows; a bad line is an error naming the file and line. */
-export function readMetricsFile(path: string): Record<string, unknown>[] {
-  if (!existsSync(path)) throw new QrlhfError(`${path}: no such metrics file`);
-  const rows: Record<string, unknown>[] = [];
-  readFileSync(path, 'utf8')
-    .split('\n')
-    .forEach((line, i) => {
-      if (!line.trim()) return;
-      try {
-        const row = JSON.parse(line) as unknown;
-        if (row && typeof row === 'object' && !Array.isArray(row)) rows.push(row as Record<string, unknown>);
-      } catch {
-        throw new QrlhfError(`${path}:${i + 1}: not a JSON object`);
-      }
-    });
-  return rows;
-}
+export { readMetricsFile } from '@qrlhf/core';
 
 /** Trailing moving average over `window` points (window 1 leaves the series as it is). */
 export function movingAverage(xs: number[], window: number): number[] {
