@@ -7,6 +7,7 @@
 import { join } from 'node:path';
 import { QrlhfError, Rng, defineConfig, parseConfig, seedField, writeFileAtomic, type ConfigOf } from '@qrlhf/core';
 import { ATTRIBUTES, type Attribute } from './spec.js';
+import { ASSISTANT_TAG, HUMAN_TAG } from './text.js';
 import type { World } from './world.js';
 
 /**
@@ -22,7 +23,11 @@ export const WORLD_DATA_SCHEMA = defineConfig({
   missingRate: { type: 'number', default: 0.05, min: 0, max: 1, doc: 'probability that one attribute label of a rating row is missing (null)' },
   pairs: { type: 'int', default: 4000, min: 0, doc: 'preference pairs for the gate' },
   prompts: { type: 'int', default: 2000, min: 0, doc: 'RL training prompts' },
-  evalPrompts: { type: 'int', default: 200, min: 0, doc: 'held-out evaluation prompts' },
+  evalPrompts: { type: 'int', default: 200, min: 0, doc: 'held-out evaluation prompts, disjoint from the RL prompts (promptBucket)' },
+  evalShare: {
+    type: 'number', default: 0.25, min: 0.01, max: 0.99,
+    doc: 'share of the final questions reserved for evaluation: evalPrompts are drawn only from them, prompts only from the rest',
+  },
 });
 export type WorldDataConfig = ConfigOf<typeof WORLD_DATA_SCHEMA>;
 /** What writeWorldData takes: any subset of WORLD_DATA_SCHEMA (the rest at its defaults; a seed must be the world's). */
@@ -103,6 +108,36 @@ export function sampleSftDialogues(world: World, rng: Rng, n: number): { chosen:
   return out;
 }
 
+/**
+ * Which side of the RL / evaluation split a prompt is on: 'eval' or 'rl'. The key is the prompt's
+ * last human turn (the question the response answers: template, verb and object, or the follow-up
+ * of a two-turn prompt), so two prompts that end on the same question are always on the same side
+ * and no evaluation prompt is ever an RL prompt. The side is a uniform draw seeded by the world's
+ * seed and that key: u < evalShare → 'eval'. A function of (world seed, evalShare, prompt) only,
+ * never of the dataset sizes.
+ */
+export function promptBucket(worldSeed: number, evalShare: number, prompt: string): 'eval' | 'rl' {
+  const h = prompt.lastIndexOf(HUMAN_TAG);
+  const a = prompt.lastIndexOf(ASSISTANT_TAG);
+  const question = h >= 0 && a > h ? prompt.slice(h + HUMAN_TAG.length, a).trim() : prompt;
+  return new Rng(`${worldSeed}:prompt-split:${question}`).next() < evalShare ? 'eval' : 'rl';
+}
+
+/** `n` prompts from the world's prompt distribution restricted to one side of the split (rejection sampling). */
+export function samplePromptsIn(world: World, rng: Rng, n: number, side: 'eval' | 'rl', evalShare: number): { prompt: string }[] {
+  const out: { prompt: string }[] = [];
+  const sideOf = new Map<string, 'eval' | 'rl'>();
+  let tries = 0;
+  while (out.length < n) {
+    if (++tries > 1000 * (n + 10)) throw new QrlhfError(`writeWorldData: found no ${side} prompts (evalShare ${evalShare})`);
+    const prompt = world.samplePrompt(rng);
+    let b = sideOf.get(prompt);
+    if (b === undefined) sideOf.set(prompt, (b = promptBucket(world.seed, evalShare, prompt)));
+    if (b === side) out.push({ prompt });
+  }
+  return out;
+}
+
 /** Writes every dataset of the world into `dir` (each file atomically). Deterministic in world.seed. */
 export async function writeWorldData(world: World, dir: string, sizes: WorldDataSizes = {}): Promise<WorldFiles> {
   const { seed, ...z } = parseConfig(WORLD_DATA_SCHEMA, sizes, 'writeWorldData: sizes');
@@ -139,9 +174,9 @@ export async function writeWorldData(world: World, dir: string, sizes: WorldData
   writeFileAtomic(files.sft, jsonl(sampleSftDialogues(world, streams.sft, z.sft)));
   writeFileAtomic(files.ratings, jsonl(sampleRatingRows(world, streams.ratings, z.ratings, z.ratersPerResponse, z.missingRate)));
   writeFileAtomic(files.pairs, jsonl(samplePreferencePairs(world, streams.pairs, z.pairs)));
-  const prompts = (rng: Rng, n: number) => Array.from({ length: n }, () => ({ prompt: world.samplePrompt(rng) }));
-  writeFileAtomic(files.prompts, jsonl(prompts(streams.prompts, z.prompts)));
-  writeFileAtomic(files.evalPrompts, jsonl(prompts(streams.evalPrompts, z.evalPrompts)));
+  // RL and evaluation prompts from the two sides of one split (promptBucket): disjoint by construction
+  writeFileAtomic(files.prompts, jsonl(samplePromptsIn(world, streams.prompts, z.prompts, 'rl', z.evalShare)));
+  writeFileAtomic(files.evalPrompts, jsonl(samplePromptsIn(world, streams.evalPrompts, z.evalPrompts, 'eval', z.evalShare)));
   writeFileAtomic(files.tokenizer, JSON.stringify(world.tokenizerJson()));
   writeFileAtomic(files.tokenizerConfig, JSON.stringify(world.tokenizerConfigJson(), null, 2) + '\n');
   writeFileAtomic(

@@ -2,8 +2,8 @@ import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QrlhfError } from '@qrlhf/core';
-import { ASSISTANT_TAG, HUMAN_TAG, createWorld, writeWorldData, type WorldFiles } from '../src/index.js';
+import { QrlhfError, Rng } from '@qrlhf/core';
+import { ASSISTANT_TAG, HUMAN_TAG, createWorld, promptBucket, writeWorldData, type WorldFiles } from '../src/index.js';
 
 const world = createWorld(7);
 const SIZES = { pretrain: 300, sft: 600, ratings: 300, ratersPerResponse: 3, missingRate: 0.05, pairs: 600, prompts: 100, evalPrompts: 20 };
@@ -123,6 +123,35 @@ test('prompts end on the assistant tag; pretraining texts are whole dialogues', 
     const { prompt, response } = split(r.text as string);
     t.true(prompt.startsWith(HUMAN_TAG) && response.length > 1);
   }
+});
+
+test('evaluation prompts never appear among the RL prompts; the split depends on the world seed and evalShare only', async (t) => {
+  const rl = readRows(files.prompts).map((r) => r.prompt as string);
+  const ev = readRows(files.evalPrompts).map((r) => r.prompt as string);
+  t.is(rl.length, SIZES.prompts);
+  t.is(ev.length, SIZES.evalPrompts);
+  const rlSet = new Set(rl);
+  t.deepEqual(ev.filter((p) => rlSet.has(p)), []);
+  // Disjoint on the question answered too (the last human turn), not only on the whole text.
+  const lastQuestion = (p: string) => p.slice(p.lastIndexOf(HUMAN_TAG), p.lastIndexOf(ASSISTANT_TAG));
+  const rlQ = new Set(rl.map(lastQuestion));
+  t.deepEqual(ev.map(lastQuestion).filter((q) => rlQ.has(q)), []);
+  t.true(ev.some((p) => p.split(HUMAN_TAG).length > 2), 'two-turn prompts are in the evaluation file too');
+  // Every prompt is on its file's side; the sides hold about evalShare / 1 − evalShare of fresh draws.
+  for (const p of rl) t.is(promptBucket(world.seed, 0.25, p), 'rl');
+  for (const p of ev) t.is(promptBucket(world.seed, 0.25, p), 'eval');
+  const rng = new Rng('split-test');
+  let nEval = 0;
+  const N = 2000;
+  for (let i = 0; i < N; i++) if (promptBucket(world.seed, 0.25, world.samplePrompt(rng)) === 'eval') nEval++;
+  t.true(Math.abs(nEval / N - 0.25) < 0.06, `eval share of fresh prompts ${nEval / N}`);
+  // Other sizes draw each file from the same side: the larger file extends the smaller one.
+  const bigger = await writeWorldData(world, join(dir, 'split'), { ...SIZES, prompts: 150, evalPrompts: 40 });
+  t.deepEqual(readRows(bigger.prompts).slice(0, SIZES.prompts).map((r) => r.prompt), rl);
+  t.deepEqual(readRows(bigger.evalPrompts).slice(0, SIZES.evalPrompts).map((r) => r.prompt), ev);
+  // Another world seed splits the questions otherwise.
+  const sides = (seed: number) => rl.concat(ev).map((p) => promptBucket(seed, 0.25, p)).join();
+  t.not(sides(8), sides(world.seed));
 });
 
 test('writing is deterministic in the seed and each file has its own stream', async (t) => {
