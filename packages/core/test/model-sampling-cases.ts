@@ -4,13 +4,15 @@
  */
 import type { TestFn } from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { QrlhfError, Rng, generate, sequenceLogProbs, type LlamaModel } from '@qrlhf/core';
+import { QrlhfError, Rng, generate, sequenceLogProbs, tokenLogProbsAndEntropy, type LlamaModel } from '@qrlhf/core';
 import {
   loraFactors,
   mergedWeights,
   modelFrom,
   randomWeights,
   referenceLogProbs,
+  referenceLogits,
+  logSoftmax,
   relErr,
   smallConfig,
   type LoraFactors,
@@ -126,6 +128,43 @@ export function defineSamplingTests(test: TestFn, label: string): void {
     t.true(got.every((x, i) => (targets.flat()[i] ? x < 0 : x === 0)));
     // A mask aligned with ids (first column dropped) means the same.
     t.deepEqual(run(targets.map((r) => [1, ...r])), got);
+    model.dispose();
+  });
+
+  test.serial(`${label}: tokenLogProbsAndEntropy: its log-probs are sequenceLogProbs' bit for bit, its entropy the float64 one, at temperature 0.7`, (t) => {
+    const w = randomWeights(c, 36);
+    const model = modelFrom(c, w);
+    const ids = [
+      [1, 7, 3, 8, 2, 0, 0],
+      [1, 4, 9, 12, 5, 20, 6],
+    ];
+    const mask = [
+      [1, 1, 1, 1, 1, 0, 0],
+      [1, 1, 1, 1, 1, 1, 1],
+    ];
+    const targets = [
+      [0, 0, 1, 1, 0, 0],
+      [0, 1, 1, 1, 1, 1],
+    ];
+    const temperature = 0.7;
+    const [lp, both] = tf.tidy(() => {
+      const [x, m, tm] = [tf.tensor2d(ids, undefined, 'int32'), tf.tensor2d(mask), tf.tensor2d(targets)];
+      return [sequenceLogProbs(model, x, m, tm, { temperature }), tokenLogProbsAndEntropy(model, x, m, tm, { temperature })];
+    }) as [tf.Tensor2D, { logp: tf.Tensor2D; entropy: tf.Tensor2D }];
+    t.deepEqual(Array.from(both.logp.dataSync()), Array.from(lp.dataSync()));
+    const logits = referenceLogits(c, w, ids, mask);
+    const ref = ids.flatMap((row, b) =>
+      row.slice(1).map((_, i) => {
+        if (!targets[b]![i]) return 0;
+        const ls = logSoftmax(logits[b]![i]!.map((z) => z / temperature));
+        return -ls.reduce((a, l) => a + Math.exp(l) * l, 0);
+      }),
+    );
+    const got = Array.from(both.entropy.dataSync());
+    t.deepEqual(both.entropy.shape, [2, 6]);
+    t.true(relErr(got, ref) < 1e-4, `relative error ${relErr(got, ref)}`);
+    t.true(got.every((x, i) => (targets.flat()[i] ? x > 0 : x === 0)));
+    tf.dispose([lp, both.logp, both.entropy]);
     model.dispose();
   });
 

@@ -195,6 +195,33 @@ export function sequenceLogProbs(
   targetsMask: tf.Tensor2D,
   opts: LogProbOptions = {},
 ): tf.Tensor2D {
+  return targetLogProbs(model, ids, mask, targetsMask, opts, false).logp;
+}
+
+/**
+ * sequenceLogProbs and, from the same logits, the entropy of each next-token distribution at
+ * the temperature, H_t = -Σ_v p_v log p_v with log p = z/T - logsumexp(z/T); both [B, T-1], zero
+ * off the targets mask. The log-probs are sequenceLogProbs' to the bit (one computation).
+ */
+export function tokenLogProbsAndEntropy(
+  model: LlamaModel,
+  ids: tf.Tensor2D,
+  mask: tf.Tensor2D,
+  targetsMask: tf.Tensor2D,
+  opts: LogProbOptions = {},
+): { logp: tf.Tensor2D; entropy: tf.Tensor2D } {
+  const r = targetLogProbs(model, ids, mask, targetsMask, opts, true);
+  return { logp: r.logp, entropy: r.entropy! };
+}
+
+function targetLogProbs(
+  model: LlamaModel,
+  ids: tf.Tensor2D,
+  mask: tf.Tensor2D,
+  targetsMask: tf.Tensor2D,
+  opts: LogProbOptions,
+  withEntropy: boolean,
+): { logp: tf.Tensor2D; entropy?: tf.Tensor2D } {
   const [B, T] = ids.shape;
   const d = model.config.hiddenSize;
   if (T < 2) throw new QrlhfError(`sequenceLogProbs: sequences need at least 2 tokens, got ${T}`);
@@ -214,9 +241,14 @@ export function sequenceLogProbs(
       logits = tf.div(logits, temp);
       targetLogit = tf.div(targetLogit, temp);
     }
-    const lp = tf.sub(targetLogit, logSumExpRows(logits)).reshape([B, T - 1]);
-    const tm = mt === T ? targetsMask.slice([0, 1], [B, T - 1]) : targetsMask;
-    return tf.mul(lp, tf.cast(tm, 'float32')) as tf.Tensor2D;
+    const lse = logSumExpRows(logits);
+    const lp = tf.sub(targetLogit, lse).reshape([B, T - 1]);
+    const tm = tf.cast(mt === T ? targetsMask.slice([0, 1], [B, T - 1]) : targetsMask, 'float32');
+    const logp = tf.mul(lp, tm) as tf.Tensor2D;
+    if (!withEntropy) return { logp };
+    const logSm = tf.sub(logits, lse.reshape([-1, 1]));
+    const ent = tf.neg(tf.sum(tf.mul(tf.exp(logSm), logSm), 1)).reshape([B, T - 1]);
+    return { logp, entropy: tf.mul(ent, tm) as tf.Tensor2D };
   });
 }
 
