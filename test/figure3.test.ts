@@ -1,6 +1,6 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { repoRoot } from '@qrlhf/core';
@@ -47,8 +47,17 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   t.regex(second.stderr, /qrm: starting/);
   for (const f of ['figure3.png', 'figure3.svg', 'summary.md', 'summary.json']) t.true(existsSync(join(out, f)), f);
 
+  type Iv = { value: number; ci: [number, number] };
+  type Sides<T> = { estimated: Record<string, T>; true: Record<string, T> };
   const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8')) as {
-    runs: Record<string, { final: { estimated: Record<string, number>; true: Record<string, number> }; seeds: unknown[]; qrm_mae: Record<string, number> }>;
+    runs: Record<string, {
+      final: Sides<number>; start: Sides<number>; seeds: { seed: number; true: Record<string, number>; start: { true: Record<string, number> } }[]; qrm_mae: Record<string, number>;
+      qrm_mae_start: Record<string, number>; ci: { final: Sides<[number, number]>; gain: Sides<Iv> };
+    }>;
+    difference: { runs: string[] } & Sides<Iv>;
+    claims: { id: string; pass: boolean | null; text: string }[];
+    lambda: { rule: string; lambda: number };
+    qrm: { beta: number; debiasPenalties: number[]; attributes: string[]; gateWeights: { final: Record<string, number> } };
   };
   const keys = ['q0.05', 'q0.10', 'q0.15', 'q0.20', 'q0.25', 'expectation'];
   t.deepEqual(Object.keys(summary.runs).sort(), ['risk-aware', 'risk-neutral']);
@@ -63,6 +72,45 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
       if (i > 0) t.true(r.final.true[keys[i]!]! >= r.final.true[keys[i - 1]!]! - 1e-9);
     }
   }
+  // The SFT policy's values beside the final ones, and intervals around every difference.
+  const within = (x: number, c: [number, number]) => c[0] <= x + 1e-9 && x <= c[1] + 1e-9;
+  for (const r of Object.values(summary.runs)) {
+    t.deepEqual(Object.keys(r.start.true).sort(), [...keys].sort());
+    t.deepEqual(Object.keys(r.qrm_mae_start).sort(), [...keys].sort());
+    t.is(typeof r.seeds[0]!.start.true['q0.05'], 'number');
+    for (const k of keys) {
+      t.true(within(r.final.true[k]!, r.ci.final.true[k]!), `final ${k} inside its interval`);
+      const g = r.ci.gain.true[k]!;
+      t.true(Math.abs(g.value - (r.final.true[k]! - r.start.true[k]!)) < 1e-9, `gain ${k} = final − start`);
+      t.true(within(g.value, g.ci));
+    }
+  }
+  // both runs start from the same SFT policy, evaluated once per seed
+  t.deepEqual(summary.runs['risk-aware']!.start, summary.runs['risk-neutral']!.start);
+  t.deepEqual(summary.difference.runs, ['risk-aware', 'risk-neutral']);
+  for (const k of [...keys, 'q0.50', 'q0.95']) {
+    const d = summary.difference.true[k]!;
+    if (k !== 'q0.50' && k !== 'q0.95') t.true(Math.abs(d.value - (summary.runs['risk-aware']!.final.true[k]! - summary.runs['risk-neutral']!.final.true[k]!)) < 1e-9, k);
+    t.true(within(d.value, d.ci), `difference ${k} inside its interval`);
+  }
+  // the claims are computed from those intervals and end summary.md
+  const claim = (id: string) => summary.claims.find((c) => c.id === id)!;
+  const gainE = Object.values(summary.runs).map((r) => r.ci.gain.true['expectation']!);
+  t.is(claim('a').pass, gainE.every((g) => g.ci[0] > 0));
+  t.is(claim('b').pass, summary.difference.true['q0.05']!.ci[0] > 0 && summary.difference.true['q0.10']!.ci[0] > 0);
+  t.is(claim('c').pass, Math.abs(summary.difference.true['expectation']!.value) / summary.runs['risk-neutral']!.final.true['expectation']! <= 0.03);
+  const md = readFileSync(join(out, 'summary.md'), 'utf8');
+  for (const id of ['a', 'b', 'c']) t.true(md.includes(`- ${claim(id).pass ? 'PASS' : 'FAIL'} ${claim(id).text}`), `claim ${id} in summary.md`);
+  t.regex(md, /## Claims\n\n(- .*\n)+$/);
+  t.regex(md, /true q0\.95: risk-aware − risk-neutral/);
+  t.deepEqual(summary.lambda, { rule: 'fixed', lambda: 5 });
+  t.is(summary.qrm.debiasPenalties.length, summary.qrm.attributes.length);
+  t.true(Math.abs(summary.qrm.beta - Object.values(summary.qrm.gateWeights.final).reduce((a, b) => a + b, 0)) < 1e-9);
+  // the evaluation prompts are not RL prompts
+  const promptsOf = (f: string) => readFileSync(join(out, 'data', f), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { prompt: string }).prompt);
+  const rl = new Set(promptsOf('prompts.jsonl'));
+  t.deepEqual(promptsOf('eval_prompts.jsonl').filter((p) => rl.has(p)), []);
+
   // The per-step metrics carry the QRM's quantiles and the world's true ones.
   const metrics = readFileSync(join(out, 'rl', 'risk-aware-seed1', 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.true(metrics.length >= 1);
@@ -74,6 +122,22 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   const third = await runner(out);
   t.is(third.code, 0, third.stderr);
   t.notRegex(third.stderr, /: starting/);
+
+  // The RL jobs ran in 2 worker processes (the default `parallel`), their lines prefixed with the
+  // job; the same jobs in this process (parallel 1) give the same numbers, step by step.
+  t.regex(second.stderr, /2 worker processes side by side/);
+  t.regex(second.stderr, /\[risk-aware seed 1\] \[figure3\] rloo risk-aware seed 1: starting/);
+  const serial = join(out, '..', 'serial');
+  for (const d of ['data', 'pretrain', 'base', 'sft', 'qrm', 'lambda']) cpSync(join(out, d), join(serial, d), { recursive: true });
+  const fifth = await runner(serial, { extra: ['--parallel', '1'] });
+  t.is(fifth.code, 0, fifth.stderr);
+  t.notRegex(fifth.stderr, /worker processes/);
+  const s1 = JSON.parse(readFileSync(join(serial, 'summary.json'), 'utf8')) as typeof summary;
+  t.deepEqual(s1.runs, summary.runs);
+  t.deepEqual(s1.difference, summary.difference);
+  const steps = (dir: string) => readFileSync(join(dir, 'rl', 'risk-aware-seed1', 'metrics.jsonl'), 'utf8').trim().split('\n')
+    .map((l) => Object.fromEntries(Object.entries(JSON.parse(l) as Record<string, unknown>).filter(([k]) => !/time|sec|per_s|it_s/i.test(k))));
+  t.deepEqual(steps(serial), steps(out));
 
   // every value a stage used is in the run folder's config.json, under its stage's own key
   const used = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { rloo: Record<string, unknown>; sft: Record<string, unknown>; pretrain: Record<string, unknown> };

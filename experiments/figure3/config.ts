@@ -13,6 +13,7 @@ import { RLOO_SCHEMA } from '@qrlhf/rloo';
 import { SFT_SCHEMA } from '@qrlhf/sft';
 import { WORLD_DATA_SCHEMA } from '@qrlhf/world';
 import { PRETRAIN_SCHEMA } from './pretrain.js';
+import { LAMBDA_RULES } from './lambda.js';
 
 /** Keys every stage gets from the pipeline: one process, one backend. */
 const PIPELINE = ['backend'] as const;
@@ -20,7 +21,17 @@ const PIPELINE = ['backend'] as const;
 export const FIGURE3_SCHEMA = defineConfig({
   out: outField('runs/figure3', 'run folder (every stage keeps its outputs here; a rerun skips finished stages)'),
   ...RUN_FIELDS,
-  seeds: { type: 'number[]', default: [1, 2], min: 0, doc: 'RLOO seeds: each utility is trained once per seed' },
+  seeds: { type: 'number[]', default: [1, 2, 3, 4, 5], min: 0, doc: 'RLOO seeds: each utility is trained once per seed (and the SFT policy evaluated once per seed)' },
+  parallel: {
+    type: 'int', default: 2, min: 1, max: 64,
+    doc: 'RL jobs (each utility × seed with its evaluation, and the SFT evaluations) run this many at a time in worker processes with one wasm thread each; 1 runs them in this process. Results do not depend on it',
+  },
+  lambdaRule: {
+    type: 'string', default: 'fixed', choices: LAMBDA_RULES,
+    doc: "how the risk-aware run's lambda is chosen: 'fixed' = rloo.lambda; 'ce-q25' = the lambda whose certainty equivalent of the QRM's estimated rewards of SFT responses to RL prompts equals their mean estimated q0.25 (lambda.ts; never the truth)",
+  },
+  lambdaPrompts: { type: 'int', default: 200, min: 1, doc: "RL prompts (the first ones of prompts.jsonl) the SFT policy answers for lambdaRule 'ce-q25'" },
+  bootstrapResamples: { type: 'int', default: 10000, min: 100, doc: 'resamples of the two-level bootstrap (seeds, then evaluation prompts; stats.ts) behind every 95 % interval of the summary' },
   world: { type: 'group', schema: WORLD_DATA_SCHEMA, doc: "the synthetic world's seed and datasets (@qrlhf/world)" },
   pretrain: { type: 'group', schema: PRETRAIN_SCHEMA, doc: 'the tiny base model, trained from random weights (pretrain.ts)' },
   sft: {

@@ -12,95 +12,31 @@
  * fills in. Every stage keeps its outputs under the run folder and marks itself done (`.done`); a
  * rerun skips finished stages, and an interrupted SFT or RLOO run resumes from its last checkpoint.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import {
-  QrlhfError,
-  claimRunFolder,
-  Rng,
-  generate,
-  initBackend,
-  loadLoraAdapter,
-  loadModel,
-  repoRoot,
-  writeFileAtomic,
-} from '@qrlhf/core';
+import { QrlhfError, claimRunFolder, Rng, initBackend, loadModel, repoRoot, writeFileAtomic } from '@qrlhf/core';
 import { runProgram } from '@qrlhf/cli';
-import { createWorld, writeWorldData, parseResponse, type World, type WorldFiles } from '@qrlhf/world';
+import { createWorld, writeWorldData, type WorldFiles } from '@qrlhf/world';
 import { runSft } from '@qrlhf/sft';
 import { QuantileRewardModel, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
 import { figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
 import { FIGURE3_SCHEMA, type Figure3Config } from './config.js';
 import { pretrainBase } from './pretrain.js';
-import { meanAbsError, meanOver, meanQuantiles, summaryMarkdown, SUMMARY_KEYS, type RunSummary } from './summary.js';
-import { NormalisedQrm, runRlStage, RUNS } from './rl.js';
-
-function log(msg: string): void {
-  process.stderr.write(`[figure3] ${msg}\n`);
-}
-
-/**
- * Runs `fn` unless `dir/.done` exists; marks the stage done with its inputs (the settings it and
- * the stages before it depend on) and what fn returned. A finished stage whose inputs differ from
- * the current settings is an error, not silently reused: its outputs belong to another experiment.
- */
-const stageSeconds: Record<string, number> = {};
-
-async function stage<T>(name: string, dir: string, inputs: Record<string, unknown>, fn: () => Promise<T>): Promise<T> {
-  const marker = join(dir, '.done');
-  if (existsSync(marker)) {
-    const done = JSON.parse(readFileSync(marker, 'utf8')) as { inputs?: Record<string, unknown>; result: T; seconds?: number };
-    const changed = Object.keys({ ...inputs, ...done.inputs }).filter(
-      (k) => JSON.stringify(done.inputs?.[k]) !== JSON.stringify(inputs[k]),
-    );
-    if (changed.length) {
-      throw new QrlhfError(
-        `${name}: ${dir} was made with other settings (${changed
-          .map((k) => `${k}: ${JSON.stringify(done.inputs?.[k])} then, ${JSON.stringify(inputs[k])} now`)
-          .join('; ')}); use another --out, or delete that folder to redo it and what follows`,
-      );
-    }
-    log(`${name}: done already (${dir}), skipped`);
-    stageSeconds[name] = done.seconds ?? NaN;
-    return done.result;
-  }
-  const t0 = Date.now();
-  log(`${name}: starting`);
-  mkdirSync(dir, { recursive: true });
-  const result = await fn();
-  const seconds = (Date.now() - t0) / 1000;
-  writeFileAtomic(marker, JSON.stringify({ inputs, result, seconds }, null, 2) + '\n');
-  stageSeconds[name] = seconds;
-  log(`${name}: done in ${seconds.toFixed(1)} s`);
-  return result;
-}
-
-/** A config block as dotted keys ({"rloo.lambda": 5, ...}): stage markers compare and name them one by one. */
-function flatten(o: object, prefix: string): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) {
-    if (v !== null && typeof v === 'object' && !Array.isArray(v)) Object.assign(out, flatten(v as object, `${prefix}${k}.`));
-    else out[`${prefix}${k}`] = v;
-  }
-  return out;
-}
-
-/** The settings each stage depends on: its own block and those of the stages before it. */
-function stageInputs(cfg: Figure3Config) {
-  const pick = (...blocks: ('world' | 'pretrain' | 'sft' | 'qrm' | 'rloo')[]) => Object.assign({}, ...blocks.map((b) => flatten(cfg[b], `${b}.`))) as Record<string, unknown>;
-  return {
-    data: pick('world'),
-    pretrain: pick('world', 'pretrain'),
-    sft: pick('world', 'pretrain', 'sft'),
-    qrm: pick('world', 'pretrain', 'qrm'),
-    rl: pick('world', 'pretrain', 'sft', 'qrm', 'rloo'),
-  };
-}
+import {
+  checkClaims, meanOver, promptValues, summaryIntervals, summaryMarkdown, SUMMARY_KEYS, UPPER_KEYS, tauKey,
+  type EvalMeans, type PromptValues, type RunSummary,
+} from './summary.js';
+import { NormalisedQrm, RUNS } from './rl.js';
+import { log, stage, stageInputs, stageSeconds } from './stage.js';
+import { paths, readEvalRecords, readPrompts, runJobs, sampleResponses, type EvalResult, type Job } from './jobs.js';
+import { ceQ25Lambda } from './lambda.js';
+import { BOOTSTRAP_DEFAULTS } from './stats.js';
 
 /** The whole experiment, from its resolved config (see config.ts). */
 async function runFigure3(cfg: Figure3Config): Promise<void> {
   const out = resolve(cfg.out);
   mkdirSync(out, { recursive: true });
+  if (cfg.seeds.length === 0) throw new QrlhfError('figure3: seeds is empty (expected at least one RLOO seed)');
   writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
   await initBackend(cfg.backend);
   const t0 = Date.now();
@@ -154,112 +90,115 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
     };
   });
 
-  // 5. RLOO: each utility, each seed.
-  const qrm = new NormalisedQrm(await QuantileRewardModel.load(qrmModelDir), cfg.rloo.rewardBatchSize);
+  // 5. lambda of the risk-aware run, by the configured rule (never from the truth).
+  const lambda = await stage('lambda', join(out, 'lambda'), { ...inputs.sftEval, lambdaRule: cfg.lambdaRule, lambdaPrompts: cfg.lambdaPrompts, 'rloo.lambda': cfg.rloo.lambda }, () =>
+    chooseLambda(cfg, out, files),
+  );
+  const rlCfg: Figure3Config = { ...cfg, rloo: { ...cfg.rloo, lambda: lambda.lambda } };
+
+  // 6. RLOO: each utility, each seed, with its final evaluation; and the SFT policy's evaluation per
+  // seed. The longest jobs first; `parallel` of them side by side (jobs.ts).
+  const jobs: Job[] = [
+    ...cfg.seeds.flatMap((seed) => RUNS.map((r): Job => ({ kind: 'rl', run: r.name, seed }))),
+    ...cfg.seeds.map((seed): Job => ({ kind: 'start', seed })),
+  ];
+  const tJobs = Date.now();
+  await runJobs(rlCfg, out, jobs, cfg.parallel);
+  const jobsMinutes = (Date.now() - tJobs) / 60000;
+
+  // 7. The summary: means, the SFT values, bootstrap intervals, the claims.
+  const p = paths(out);
+  const marker = <T,>(dir: string) => (JSON.parse(readFileSync(join(dir, '.done'), 'utf8')) as { result: T }).result;
+  const qrmModel = await QuantileRewardModel.load(p.qrmModel);
+  const taus = qrmModel.taus;
+  const keys = [...SUMMARY_KEYS, ...UPPER_KEYS.filter((k) => Array.from(taus).some((t) => tauKey(t) === k))];
+  const startEvals = cfg.seeds.map((seed) => marker<EvalResult>(p.start(seed)));
+  const startValues = cfg.seeds.map((seed) => promptValues(readEvalRecords(p.start(seed)), taus, keys));
+  const finalValues: Record<string, PromptValues[]> = {};
+  const finalEvals: Record<string, EvalResult[]> = {};
+  for (const run of RUNS) {
+    finalEvals[run.name] = cfg.seeds.map((seed) => marker<EvalResult>(join(p.rl(run.name, seed), 'eval')));
+    finalValues[run.name] = cfg.seeds.map((seed) => promptValues(readEvalRecords(join(p.rl(run.name, seed), 'eval')), taus, keys));
+  }
+  const boot = { ...BOOTSTRAP_DEFAULTS, resamples: cfg.bootstrapResamples };
+  const iv = summaryIntervals(finalValues, startValues, ['risk-aware', 'risk-neutral'], keys, boot);
+  const means = (e: EvalResult): EvalMeans => ({ estimated: e.estimated, true: e.true, qrm_mae: e.qrm_mae, moves: e.moves });
   const summaries: Record<string, RunSummary> = {};
   for (const run of RUNS) {
-    const perSeed: RunSummary['seeds'] = [];
-    for (const seed of cfg.seeds) {
-      const runDir = join(out, 'rl', `${run.name}-seed${seed}`);
-      claimRunFolder(runDir, 'rloo'); // before its stage markers go in: the folder is an rloo run's
-      await stage(`rloo ${run.name} seed ${seed}`, join(runDir, 'stage'), { ...inputs.rl, seed, utility: run.utility }, () =>
-        runRlStage({ cfg, world, qrm, policyDir, prompts: files.prompts, out: runDir, seed, utility: run.utility }),
-      );
-      const ev = await stage(`final evaluation ${run.name} seed ${seed}`, join(runDir, 'eval'), { ...inputs.rl, seed, utility: run.utility }, () =>
-        evaluatePolicy({ cfg, world, qrm, policyDir, adapterDir: join(runDir, 'adapter'), prompts: files.evalPrompts, seed }),
-      );
-      perSeed.push({ seed, ...ev });
-    }
+    const ev = finalEvals[run.name]!;
     summaries[run.name] = {
-      final: { estimated: meanOver(perSeed.map((s) => s.estimated)), true: meanOver(perSeed.map((s) => s.true)) },
-      qrm_mae: meanOver(perSeed.map((s) => s.qrm_mae)),
-      seeds: perSeed,
+      final: { estimated: meanOver(ev.map((s) => s.estimated)), true: meanOver(ev.map((s) => s.true)) },
+      start: { estimated: meanOver(startEvals.map((s) => s.estimated)), true: meanOver(startEvals.map((s) => s.true)) },
+      qrm_mae: meanOver(ev.map((s) => s.qrm_mae)),
+      qrm_mae_start: meanOver(startEvals.map((s) => s.qrm_mae)),
+      seeds: cfg.seeds.map((seed, i) => ({ seed, ...means(ev[i]!), start: means(startEvals[i]!) })),
+      ci: { final: iv.final[run.name]!, gain: iv.gain[run.name]! },
     };
   }
-  qrm.dispose();
+  const claims = checkClaims(summaries, iv.gain, iv.difference, boot.level);
+  const meanGate = (es: EvalResult[]) => {
+    const g: Record<string, number> = {};
+    for (const a of qrmModel.attributes) g[a] = es.reduce((acc, e) => acc + (e.gate?.[a] ?? NaN), 0) / es.length;
+    return g;
+  };
+  const allFinal = Object.values(finalEvals).flat();
+  const gateFinal = meanGate(allFinal);
+  const qrmInfo = {
+    attributes: qrmModel.attributes,
+    debiasPenalties: qrmModel.debiasPenalties,
+    // the gate's weights sum to beta (the Bradley-Terry scale): their mean sum over the final evaluations
+    beta: Object.values(gateFinal).reduce((a, b) => a + b, 0),
+    gateWeights: { start: meanGate(startEvals), final: gateFinal },
+    mae: { start: meanOver(startEvals.map((s) => s.qrm_mae)), final: meanOver(allFinal.map((s) => s.qrm_mae)) },
+  };
+  qrmModel.dispose();
 
-  // 6. The figure and the summary.
-  const svg = figure3Svg(
-    RUNS.map((run) => ({
-      label: run.name,
-      seeds: cfg.seeds.map((seed) => readMetricsFile(join(out, 'rl', `${run.name}-seed${seed}`, 'metrics.jsonl'))),
-    })),
-    { title: 'QRM quantile estimates of the sampled responses during RLOO', smooth: 5 },
-  );
+  // 8. The figures.
+  const series = RUNS.map((run) => ({ label: run.name, seeds: cfg.seeds.map((seed) => readMetricsFile(join(p.rl(run.name, seed), 'metrics.jsonl'))) }));
+  const svg = figure3Svg(series, { title: 'QRM quantile estimates of the sampled responses during RLOO', smooth: 5 });
   writeFileAtomic(join(out, 'figure3.svg'), svg);
   writeFileAtomic(join(out, 'figure3.png'), await svgToPng(svg));
-  const trueSvg = figure3Svg(
-    RUNS.map((run) => ({
-      label: run.name,
-      seeds: cfg.seeds.map((seed) => readMetricsFile(join(out, 'rl', `${run.name}-seed${seed}`, 'metrics.jsonl'))),
-    })),
-    { title: 'True quantiles of the sampled responses during RLOO', smooth: 5, keys: SUMMARY_KEYS.map((k) => `true/${k}`), panelTitle: (k) => `true ${k.slice(5)}` },
-  );
+  const trueSvg = figure3Svg(series, { title: 'True quantiles of the sampled responses during RLOO', smooth: 5, keys: SUMMARY_KEYS.map((k) => `true/${k}`), panelTitle: (k) => `true ${k.slice(5)}` });
   writeFileAtomic(join(out, 'figure3-true.svg'), trueSvg);
   writeFileAtomic(join(out, 'figure3-true.png'), await svgToPng(trueSvg));
   const minutes = Object.values(stageSeconds).reduce((a, x) => a + x, 0) / 60;
   const note =
-    `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies evaluated on ${cfg.world.evalPrompts} held-out prompts ` +
-    `(one response each, temperature ${cfg.rloo.temperature}); "QRM estimate" is the quantile reward model's mixed quantile ` +
-    `(eq. 3 with mean-pooled features; gate weights normalised over the attributes kept by debiasing), ` +
+    `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies, and of the SFT policy (step 0), evaluated on ${cfg.world.evalPrompts} evaluation prompts ` +
+    `disjoint from the RL prompts (one response each, temperature ${cfg.rloo.temperature}, the same rng stream per seed for the SFT and both final policies); ` +
+    `"QRM estimate" is the quantile reward model's mixed quantile (eq. 3, gate weights normalised over the attributes kept by debiasing), ` +
     `"true" the world's exact quantile of the response's reward under the rater population. ` +
-    `risk-aware: exponential utility, lambda ${cfg.rloo.lambda}. The stages took ${minutes.toFixed(1)} minutes in all ` +
-    `(${Object.entries(stageSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}).`;
-  writeFileAtomic(join(out, 'summary.json'), JSON.stringify({ runs: summaries, config: cfg, stage_seconds: stageSeconds }, null, 2) + '\n');
-  writeFileAtomic(join(out, 'summary.md'), summaryMarkdown(summaries, note));
+    `Intervals: ${Math.round(boot.level * 100)} % two-level percentile bootstrap (${boot.resamples} resamples: seeds with replacement, then the evaluation prompts within each seed; ` +
+    `differences paired by seed and prompt). ` +
+    `risk-aware: exponential utility, lambda ${lambda.lambda.toFixed(3)} (rule ${cfg.lambdaRule}). The stages took ${minutes.toFixed(1)} minutes of work in all ` +
+    `(${Object.entries(stageSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}); the RL jobs ${jobsMinutes.toFixed(1)} min of wall time, ${cfg.parallel} at a time.`;
+  writeFileAtomic(
+    join(out, 'summary.json'),
+    JSON.stringify(
+      { runs: summaries, difference: iv.difference, claims, lambda: { rule: cfg.lambdaRule, ...lambda }, qrm: qrmInfo, bootstrap: { ...boot, unit: 'seeds, then evaluation prompts within each seed; paired by seed and prompt' }, config: cfg, stage_seconds: stageSeconds },
+      null,
+      2,
+    ) + '\n',
+  );
+  writeFileAtomic(join(out, 'summary.md'), summaryMarkdown(summaries, iv.difference, claims, note));
   log(`wrote ${join(out, 'figure3.png')}, figure3.svg, summary.json, summary.md (stages: ${minutes.toFixed(1)} min; this process: ${((Date.now() - t0) / 60000).toFixed(1)} min)`);
   process.stdout.write(readFileSync(join(out, 'summary.md'), 'utf8'));
 }
 
-/** Samples one response per held-out prompt from the final policy and scores it with the QRM and the truth. */
-async function evaluatePolicy(o: {
-  cfg: Figure3Config;
-  world: World;
-  qrm: NormalisedQrm;
-  policyDir: string;
-  adapterDir: string;
-  prompts: string;
-  seed: number;
-}): Promise<Omit<RunSummary['seeds'][number], 'seed'>> {
-  const { model, tokenizer } = await loadModel(o.policyDir);
+/** The risk-aware run's lambda by cfg.lambdaRule (lambda.ts): 'fixed', or 'ce-q25' from the QRM's estimates of SFT responses to RL prompts. */
+async function chooseLambda(cfg: Figure3Config, out: string, files: WorldFiles): Promise<{ lambda: number; target?: number; meanEstimate?: number; prompts?: number }> {
+  if (cfg.lambdaRule === 'fixed') return { lambda: cfg.rloo.lambda };
+  const prompts = readPrompts(files.prompts).slice(0, cfg.lambdaPrompts);
+  const qrm = new NormalisedQrm(await QuantileRewardModel.load(paths(out).qrmModel), cfg.rloo.rewardBatchSize);
+  const { model, tokenizer } = await loadModel(paths(out).policy);
   try {
-    loadLoraAdapter(o.adapterDir, model);
-    model.mergeLora();
-    const prompts = readFileSync(o.prompts, 'utf8')
-      .split('\n')
-      .filter((l) => l.trim())
-      .map((l) => (JSON.parse(l) as { prompt: string }).prompt);
-    const rng = new Rng(`eval-${o.seed}`);
-    const responses: string[] = [];
-    // sampled as RLOO samples: its decoding batch, response length and temperature
-    const { generationBatchSize: batch, maxNewTokens, temperature } = o.cfg.rloo;
-    for (let i = 0; i < prompts.length; i += batch) {
-      const chunk = prompts.slice(i, i + batch);
-      const res = await generate(
-        model,
-        chunk.map((p) => [tokenizer.bosId, ...tokenizer.encode(p)]),
-        { maxNewTokens, temperature, rng, eosTokenId: tokenizer.eosId },
-      );
-      // As RLOO decodes its rollouts: special tokens (EOS, a stray pad) are not text.
-      for (const t of res.tokens) responses.push(tokenizer.decode(t, { skipSpecial: true }));
-    }
-    const items = prompts.map((prompt, i) => ({ prompt, response: responses[i]! }));
-    const est = await o.qrm.quantiles(items);
-    const taus = o.qrm.taus;
-    const truth = items.map((it) => o.world.trueQuantiles(it.prompt, it.response, taus).reward);
-    const trueE = items.map((it) => o.world.trueExpectation(it.prompt, it.response));
-    const moves: Record<string, number> = {};
-    for (const it of items) {
-      for (const m of new Set(parseResponse(it.response).map((p) => p.id))) moves[m] = (moves[m] ?? 0) + 1 / items.length;
-    }
-    return {
-      estimated: meanQuantiles(est, taus),
-      true: meanQuantiles(truth, taus, trueE),
-      qrm_mae: meanAbsError(est, truth, taus, trueE),
-      moves,
-    };
+    const responses = await sampleResponses(model, tokenizer, prompts, cfg, new Rng('lambda-rule'));
+    const est = await qrm.quantiles(prompts.map((prompt, i) => ({ prompt, response: responses[i]! })));
+    const r = ceQ25Lambda(est, qrm.taus);
+    log(`lambda (rule ce-q25): ${r.lambda.toFixed(3)} (mean estimate ${r.meanEstimate.toFixed(4)}, mean estimated q0.25 ${r.target.toFixed(4)}, ${prompts.length} RL prompts)`);
+    return { ...r, prompts: prompts.length };
   } finally {
     model.dispose();
+    qrm.dispose();
   }
 }
 
