@@ -40,6 +40,10 @@ export function lambdaForCertaintyEquivalent(quantiles: readonly Float32Array[],
   const lo0 = opts.lo ?? 1e-3;
   const hi0 = opts.hi ?? 1e3;
   const f = (l: number) => pooledCertaintyEquivalent(quantiles, l) - target;
+  let min = Infinity;
+  let max = -Infinity;
+  for (const q of quantiles) for (const v of q) [min, max] = [Math.min(min, v), Math.max(max, v)];
+  if (!(max > min)) throw new QrlhfError(`lambdaRule: every estimated quantile is ${min}: the QRM's estimates have no spread, no lambda reaches the target ${target.toFixed(4)}`);
   if (!(f(lo0) > 0)) throw new QrlhfError(`lambdaRule: the target ${target.toFixed(4)} is not below the certainty equivalent at lambda ${lo0} (${(f(lo0) + target).toFixed(4)}): the QRM's estimates have no spread`);
   if (!(f(hi0) < 0)) throw new QrlhfError(`lambdaRule: the certainty equivalent stays above the target ${target.toFixed(4)} up to lambda ${hi0}`);
   let a = Math.log(lo0);
