@@ -49,3 +49,31 @@ test('chooseToken at temperature 0 takes the first largest logit and draws nothi
   t.is(chooseToken(Float32Array.from(logits), { temperature: 0, rng }), 2);
   t.is(JSON.stringify(rng.state()), state);
 });
+
+test('chooseToken over the whole vocabulary is the inverse-CDF draw of the same uniform (float64 reference)', (t) => {
+  // The untruncated path works on a typed scratch array; the token must be the one whose
+  // cumulative-probability interval holds the draw, for rows of a real vocabulary's size.
+  const gen = new Rng('rows');
+  for (const temperature of [1, 0.6, 1.7]) {
+    const rng = new Rng(`full-${temperature}`);
+    const twin = new Rng(`full-${temperature}`);
+    for (let n = 0; n < 300; n++) {
+      const row = Float32Array.from({ length: 768 }, () => 3 * gen.normal());
+      const tok = chooseToken(row, { temperature, rng });
+      const top = Math.max(...row);
+      const w = Array.from(row, (x) => Math.exp((x - top) / temperature));
+      const u = twin.next() * w.reduce((a, b) => a + b, 0);
+      let acc = 0;
+      let want = w.length - 1;
+      for (let j = 0; j < w.length; j++) {
+        acc += w[j]!;
+        if (u < acc) {
+          want = j;
+          break;
+        }
+      }
+      if (tok !== want) return t.fail(`T ${temperature}, draw ${n}: token ${tok}, expected ${want}`);
+    }
+  }
+  t.pass();
+});

@@ -138,6 +138,7 @@ export function chooseToken(row: Float32Array, o: Pick<GenerateOptions, 'tempera
   const V = row.length;
   const k = o.topK !== undefined && o.topK < V ? o.topK : V;
   const p = o.topP ?? 1;
+  if (k === V && p >= 1) return drawFull(row, o.temperature, o.rng);
   // Candidates in order of decreasing logit (ties by index); the full vocabulary only when needed.
   let cand: number[];
   const byLogit = (a: number, b: number) => row[b]! - row[a]! || a - b;
@@ -170,6 +171,34 @@ export function chooseToken(row: Float32Array, o: Pick<GenerateOptions, 'tempera
     if (u < 0) return cand[j]!;
   }
   return cand[cand.length - 1]!;
+}
+
+/** drawFull's weights, reused across calls (sampling runs once per row per token: RLOO draws ~1,500 a step). */
+let scratch = new Float64Array(0);
+
+/**
+ * A draw from the whole vocabulary at `temperature`: chooseToken's general path with every token
+ * a candidate (its weights exp((x - max) / T), their sum from the left, the walk down the
+ * cumulative sum) in the same float64 operations and order, so it picks the same token for the
+ * same row and draw, on a typed array instead of candidate and weight arrays built per call.
+ */
+function drawFull(row: Float32Array, temperature: number, rng: Rng): number {
+  const V = row.length;
+  if (scratch.length < V) scratch = new Float64Array(V);
+  const w = scratch;
+  const top = row[argmax(row)]!;
+  let total = 0;
+  for (let i = 0; i < V; i++) {
+    const x = Math.exp((row[i]! - top) / temperature);
+    w[i] = x;
+    total += x;
+  }
+  let u = rng.next() * total;
+  for (let j = 0; j < V; j++) {
+    u -= w[j]!;
+    if (u < 0) return j;
+  }
+  return V - 1;
 }
 
 export interface LogProbOptions {
