@@ -157,7 +157,7 @@ export const QRM_FIT_SCHEMA = defineConfig({
   maxRows: { type: 'int', default: 60000, min: 1, doc: 'labelled rows per attribute at most, a seeded random subset' },
   seed: seedField('seed of the row subsampling'),
   labelScale: { type: 'string', default: 'minmax', choices: ['minmax', 'none'], doc: "'minmax' scales each attribute's labels to [0, 1]; 'none' takes them as they are (they must lie in [0, 1])" },
-  timeLimit: { type: 'number', default: null, nullable: true, min: 0, doc: 'seconds per attribute for the first-order phase (null = none)' },
+  timeLimit: { type: 'number', default: null, nullable: true, min: 0, doc: 'seconds per attribute for the first-order phase (null = none: the heads are then a function of the features and this config alone; a limit makes them depend on the machine)' },
   tolerance: { type: 'number', default: 1e-4, min: 0, max: 1, doc: 'a level stops once its certified relative gap is below this' },
   lpMaxCells: { type: 'int', default: 2e6, min: 0, doc: 'finish with the exact LP when rows x (d+1) is at most this (0 = never)' },
 });

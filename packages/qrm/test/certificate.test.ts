@@ -101,7 +101,7 @@ test.serial('solver certificates: every lower bound is below the exact LP optimu
   for (const [n, d] of [[400, 6], [600, 20]] as const) {
     const { x, y } = makeData(`conv-${n}-${d}`, n, d);
     const ts = Array.from(DEFAULT_TAUS);
-    const fit = await solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0, tolerance: 1e-5, stallTolerance: 1e-9, stallWindow: 100, certifyEvery: 5, certifyTimeLimit: Infinity });
+    const fit = await solveQuantileLevels(x, n, d, y, { alpha: 0.003, taus: ts, lpMaxCells: 0, tolerance: 1e-5, stallTolerance: 1e-9, stallWindow: 100, certifyEvery: 5, certifyWork: Infinity });
     let worst = 0;
     for (let k = 0; k < ts.length; k++) {
       const lp = quantileLP(x, n, d, y, ts[k]!, 0.003);

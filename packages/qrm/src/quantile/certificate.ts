@@ -26,7 +26,33 @@
  * one feasible λ). The combination found becomes one column of the next pool, so the bound never
  * decreases. `margin` (default 1e-5) absorbs the float32 rounding of the products that gave g_t.
  */
-import { solveBoundedLP } from './lp.js';
+import { solveBoundedLP, type LPResult } from './lp.js';
+
+/**
+ * Work done by the certificates, counted in a unit that does not depend on the clock: the tableau
+ * cells a simplex touches, iterations · m · (N + m) per solve (an upper bound: a bound flip costs
+ * less). A budget in this unit makes how much certification is done, and so every bound and every
+ * decision taken on one, a function of the inputs alone (the same heads on a loaded machine). An
+ * explicit wall-clock deadline can be added (opt-in: `deadline`, performance.now() time).
+ */
+export class WorkMeter {
+  spent = 0;
+  constructor(
+    /** Cells after which no new simplex round starts (the last finished round is used). */
+    public limit = Infinity,
+    /** performance.now() after which no new round starts (Infinity: none, the default). */
+    public deadline = Infinity,
+  ) {}
+
+  /** Counts one solve of an m-row, N-column LP. */
+  count(res: Pick<LPResult, 'iterations'>, m: number, N: number): void {
+    this.spent += res.iterations * m * (N + m);
+  }
+
+  get exhausted(): boolean {
+    return this.spent > this.limit || (this.deadline !== Infinity && performance.now() > this.deadline);
+  }
+}
 
 export class DualPool {
   /** Best certified lower bound so far. */
@@ -73,8 +99,8 @@ export class DualPool {
   }
 
   /** Solves the master LP over the pool; updates and returns the best bound. No new round starts
-   *  after `deadline` (performance.now() time; the last solved round is used). */
-  improve(maxRounds = 20, addPerRound = 8, deadline = Infinity): number {
+   *  once `meter` is exhausted (the last solved round is used); its work is counted there. */
+  improve(maxRounds = 20, addPerRound = 8, meter: WorkMeter = new WorkMeter()): number {
     const m = this.g.length;
     if (m === 0) return this.best;
     const d = this.d;
@@ -85,7 +111,7 @@ export class DualPool {
     const have = new Set(rows.map((r) => r.j * 2 + (r.s > 0 ? 0 : 1)));
     let solved = false;
     for (let round = 0; round < maxRounds; round++) {
-      if (round > 0 && performance.now() > deadline) break;
+      if (round > 0 && meter.exhausted) break;
       const R = rows.length + 1;
       const N = m + R; // λ, then one slack per row
       const A = new Float64Array(R * N);
@@ -104,6 +130,7 @@ export class DualPool {
         { A, m: R, N, b, c: cost, lower: new Float64Array(N), upper: new Float64Array(N).fill(Infinity) },
         { maxIterations: 20 * (R + N) + 200 },
       );
+      meter.count(res, R, N);
       if (res.status !== 'optimal') break;
       lambda = res.x.slice(0, m);
       solved = true;
@@ -187,8 +214,8 @@ export function basisDual(p: {
   weight: ArrayLike<number>;
   h0: Float64Array;
   maxSupport?: number;
-  /** performance.now() after which no new simplex round starts (the last finished round is used). */
-  deadline?: number;
+  /** Where the work is counted; no new simplex round starts once it is exhausted (the last finished round is used). */
+  meter?: WorkMeter;
 }): { g: Float64Array; c: number } | null {
   const { x, n, d, y, tau, nAlpha, mean, live, resid, weight, h0 } = p;
   let support = 0;
@@ -234,7 +261,7 @@ export function basisDual(p: {
   let best: Float64Array | null = null;
   const h = new Float64Array(d);
   for (let round = 0; round < 30; round++) {
-    if (best && performance.now() > (p.deadline ?? Infinity)) break;
+    if (best && p.meter?.exhausted) break;
     const R = rows.length + 1;
     const N = nF + rows.length;
     const A = new Float64Array(R * N);
@@ -260,6 +287,7 @@ export function basisDual(p: {
     const startAtUpper = new Uint8Array(N);
     for (let f = 0; f < nF; f++) startAtUpper[f] = best ? (best[f]! - lo > 0.5 ? 1 : 0) : resid[F[f]!]! > 0 ? 1 : 0;
     const res = solveBoundedLP({ A, m: R, N, b, c, lower: new Float64Array(N), upper }, { maxIterations: 20 * (R + N) + 500, startAtUpper });
+    p.meter?.count(res, R, N);
     if (res.status !== 'optimal') return null;
     best = Float64Array.from(res.x.subarray(0, nF), (u) => Math.min(1, Math.max(0, u)) + lo);
     h.set(hN);

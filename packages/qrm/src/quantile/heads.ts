@@ -85,13 +85,15 @@ export interface FitQuantileHeadsOptions {
   rng?: Rng;
   /** 'minmax' (default): scale each attribute's labels to [0, 1]; 'none': labels must be in [0, 1]. */
   labelScale?: 'minmax' | 'none';
-  /** Solver knobs (see solver.ts): relative tolerance, iteration and time budget per attribute, LP finish size. */
+  /** Solver knobs (see solver.ts): relative tolerance, iteration budget and opt-in time limit per attribute, LP finish size. */
   tolerance?: number;
   maxIterations?: number;
   timeLimit?: number;
   lpMaxCells?: number;
-  /** Seconds per attribute for the crossover certificate at the end (see certificate.ts). Default 10. */
+  /** Opt-in seconds per attribute for the certificates at the end (default: none; see solver.ts). */
   certifyTimeLimit?: number;
+  /** Work per attribute for the certificates at the end, in simplex tableau cells (default 3e8; see solver.ts). */
+  certifyWork?: number;
   onProgress?: (info: { attribute: string; index: number; iteration: number; active: number; worstGap: number }) => void;
 }
 
@@ -197,6 +199,7 @@ export async function fitQuantileHeads(
       timeLimit: opts.timeLimit,
       lpMaxCells: opts.lpMaxCells,
       certifyTimeLimit: opts.certifyTimeLimit,
+      certifyWork: opts.certifyWork,
       onProgress: opts.onProgress ? (p) => opts.onProgress!({ attribute: name, index: m, ...p }) : undefined,
     });
     for (let k = 0; k < K; k++) {

@@ -26,9 +26,19 @@
  *  - Finish: the best point's intercept is set to the exact tau-quantile of its residuals (the
  *    optimal intercept for those weights), and, when n·(d+1) is small enough, the exact LP (the
  *    dual simplex of lp.ts, warm-started from the first-order solution) makes the optimum exact.
+ *  - Determinism: the result is a function of the inputs and options alone. How much work goes to
+ *    the certificates is budgeted in counted units, not seconds: during the iterations the master
+ *    LP is solved every `certifyEvery` iterations unless the simplex work so far (tableau cells,
+ *    see WorkMeter) exceeds CERTIFY_SHARE per multiply-add of the first-order products (about a
+ *    tenth of the time on the machines measured; it never binds on the Figure 3 fits, where the
+ *    certificates take under 1 % of the time), and the final certificates stop after
+ *    `certifyWork` cells. Earlier, both were wall-clock budgets, and a loaded machine skipped
+ *    certificates that moved the smoothing schedule and the stopping iteration, so two runs of the
+ *    same config gave different heads. `timeLimit` and `certifyTimeLimit` remain, as opt-in
+ *    deadlines that make the result depend on the machine's speed.
  */
 import * as tf from '@tensorflow/tfjs';
-import { DualPool, basisDual } from './certificate.js';
+import { DualPool, WorkMeter, basisDual } from './certificate.js';
 import { pinball, quantileLP } from './lp.js';
 
 export interface SolveOptions {
@@ -38,7 +48,8 @@ export interface SolveOptions {
   tolerance?: number;
   /** Maximal number of first-order iterations (each: two products). Default 3000. */
   maxIterations?: number;
-  /** Wall-clock budget of the first-order phase, seconds. Default Infinity. */
+  /** Wall-clock budget of the first-order phase, seconds. Default Infinity (none). Opt-in: with a
+   *  limit the result depends on the machine's speed and load, not only on the inputs. */
   timeLimit?: number;
   /** Exact LP finish when n·(d+1) ≤ lpMaxCells (default 2e6); 0 disables it. */
   lpMaxCells?: number;
@@ -48,9 +59,12 @@ export interface SolveOptions {
   stallWindow?: number;
   /** Solve the dual pool's master LP every this many iterations (default 20; see certificate.ts). */
   certifyEvery?: number;
-  /** Seconds for the certificates at the end (the master LP and the crossover of certificate.ts);
-   *  default min(10, timeLimit / 10). During the iterations the master LP is skipped whenever it has
-   *  taken more than a tenth of the time so far, so certification never costs much of the budget. */
+  /** Work for the certificates at the end (the master LP and the crossover of certificate.ts), in
+   *  simplex tableau cells (WorkMeter); default 3e8, about 10 s on the project's shared 2-core test machine. During the
+   *  iterations the master LP is skipped whenever its work exceeds CERTIFY_SHARE of the products'. */
+  certifyWork?: number;
+  /** Opt-in wall-clock cap, seconds, on the certificates at the end (default: none, or
+   *  timeLimit / 10 when a timeLimit is given); like timeLimit it makes the result machine-dependent. */
   certifyTimeLimit?: number;
   onProgress?: (info: { iteration: number; active: number; worstGap: number; products?: number; smoothing?: number; bestObjective?: number }) => void;
 }
@@ -71,6 +85,14 @@ export interface SolveResult {
   finish: ('lp' | 'gap' | 'stall' | 'limit')[];
 }
 
+/**
+ * Simplex tableau cells (WorkMeter) allowed per multiply-add of the first-order products before the
+ * master LP is skipped during the iterations. Measured on this machine (2 shared cores, wasm): a
+ * cell costs ~30 ns and a product multiply-add, with the JS loops around it, ~3 ns, so 0.01 is about
+ * a tenth of the time, the old wall-clock rule; the Figure 3 fits use 2.5e-4 to 6e-4 of it.
+ */
+export const CERTIFY_SHARE = 0.01;
+
 /** x: [n, d] row-major float32 (the rows to fit); y: the n labels. */
 export async function solveQuantileLevels(x: Float32Array, n: number, d: number, y: ArrayLike<number>, opts: SolveOptions): Promise<SolveResult> {
   const K = opts.taus.length;
@@ -78,7 +100,7 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
   const alpha = opts.alpha;
   const tol = opts.tolerance ?? 1e-4;
   const maxIter = opts.maxIterations ?? 3000;
-  const deadline = performance.now() + 1000 * (opts.timeLimit ?? Infinity);
+  const deadline = opts.timeLimit === undefined || opts.timeLimit === Infinity ? Infinity : performance.now() + 1000 * opts.timeLimit;
   const lpMaxCells = opts.lpMaxCells ?? 2e6;
   const stallTolerance = opts.stallTolerance ?? 1e-6;
 
@@ -183,11 +205,12 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
       u >= tau * m ? tau * u - (tau * tau * m) / 2 : u <= (tau - 1) * m ? (tau - 1) * u - ((tau - 1) * (tau - 1) * m) / 2 : (u * u) / (2 * m);
 
     const certEvery = opts.certifyEvery ?? 20;
-    const loopStart = performance.now();
-    let certSpent = 0;
+    // the certificates' work during the iterations, against the products' multiply-adds (foWork)
+    const certMeter = new WorkMeter(Infinity, deadline);
+    let foWork = 0;
     let iter = 0;
     let totalTrials = 0;
-    for (; iter < maxIter && performance.now() < deadline; iter++) {
+    for (; iter < maxIter && (deadline === Infinity || performance.now() < deadline); iter++) {
       const active: number[] = [];
       for (let k = 0; k < K; k++) if (!done[k]) active.push(k);
       if (active.length === 0) break;
@@ -252,10 +275,11 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
         }
       }
       const G = await matmulData(XT, Psi, n, A);
+      foWork += n * d * A;
       // dual points and gradients
       const grad = Array.from({ length: A }, () => new Float64Array(d));
       let worstGap = 0;
-      const improveNow = iter % certEvery === certEvery - 1 && certSpent <= 0.1 * (performance.now() - loopStart);
+      const improveNow = iter % certEvery === certEvery - 1 && certMeter.spent <= CERTIFY_SHARE * foWork;
       for (let a = 0; a < A; a++) {
         const k = active[a]!;
         const tau = taus[k]!;
@@ -272,11 +296,7 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
           g[j] = -gj / (sd[j]! * n);
         }
         pools[k]!.add(ga, (theta * (psiY[a]! - pbar * ySum)) / n);
-        if (improveNow) {
-          const t0 = performance.now();
-          pools[k]!.improve(20, 8, deadline);
-          certSpent += performance.now() - t0;
-        }
+        if (improveNow) pools[k]!.improve(20, 8, certMeter);
         bestD[k] = pools[k]!.best;
         const relGap = (bestP[k]! - bestD[k]!) / Math.max(bestP[k]!, 1e-12);
         worstGap = Math.max(worstGap, relGap);
@@ -314,6 +334,7 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
           bn[p] = toOriginal(nv, newC[a]!, Wn, P, p).b;
         }
         const Q = await matmulData(X, Wn, d, P);
+        foWork += n * d * P;
         const failed: number[] = [];
         for (let p = 0; p < P; p++) {
           const a = pending[p]!;
@@ -438,7 +459,8 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
     }
     // last dual points, at the returned heads (the smoothed derivative of their residuals at three
     // smoothings: one product for all), then the pool's master LP once more
-    const certDeadline = performance.now() + 1000 * (opts.certifyTimeLimit ?? Math.min(10, (opts.timeLimit ?? Infinity) / 10));
+    const certSeconds = opts.certifyTimeLimit ?? (deadline === Infinity ? Infinity : Math.min(10, opts.timeLimit! / 10));
+    const finalMeter = new WorkMeter(opts.certifyWork ?? 3e8, certSeconds === Infinity ? Infinity : performance.now() + 1000 * certSeconds);
     const uncertified: number[] = [];
     for (let k = 0; k < K; k++) if ((obj0[k]! - bestD[k]!) > tol * Math.max(obj0[k]!, 1e-12)) uncertified.push(k);
     if (uncertified.length > 0) {
@@ -487,8 +509,8 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
         if (theta === 0) {
           // the sign point: Xcᵀa⁰ for the crossover dual
           for (let j = 0; j < d; j++) if (live[j]) ga[j] = G[j * C + col]! - mean[j]! * sum;
-          if (performance.now() > certDeadline) return;
-          const bd = basisDual({ x, n, d, y: yArr, tau: taus[k]!, nAlpha: n * alpha, mean, live, resid: resid[k]!, weight: bestW[k]!, h0: ga, deadline: certDeadline });
+          if (finalMeter.exhausted) return;
+          const bd = basisDual({ x, n, d, y: yArr, tau: taus[k]!, nAlpha: n * alpha, mean, live, resid: resid[k]!, weight: bestW[k]!, h0: ga, meter: finalMeter });
           if (bd) pools[k]!.add(bd.g, bd.c);
           return;
         }
@@ -496,7 +518,7 @@ export async function solveQuantileLevels(x: Float32Array, n: number, d: number,
         pools[k]!.add(ga, c);
       });
       for (const k of uncertified) {
-        pools[k]!.improve(20, 8, certDeadline);
+        pools[k]!.improve(20, 8, finalMeter);
         bestD[k] = pools[k]!.best;
       }
     }
