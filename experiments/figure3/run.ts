@@ -91,7 +91,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   });
 
   // 5. lambda of the risk-aware run, by the configured rule (never from the truth).
-  const lambda = await stage('lambda', join(out, 'lambda'), { ...inputs.sftEval, lambdaRule: cfg.lambdaRule, lambdaPrompts: cfg.lambdaPrompts, 'rloo.lambda': cfg.rloo.lambda }, () =>
+  const lambda = await stage('lambda', join(out, 'lambda'), { ...inputs.sftEval, lambdaRule: cfg.lambdaRule, ...(cfg.lambdaRule === 'fixed' ? { 'rloo.lambda': cfg.rloo.lambda } : { lambdaPrompts: cfg.lambdaPrompts }) }, () =>
     chooseLambda(cfg, out, files),
   );
   const rlCfg: Figure3Config = { ...cfg, rloo: { ...cfg.rloo, lambda: lambda.lambda } };
@@ -105,6 +105,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   const tJobs = Date.now();
   await runJobs(rlCfg, out, jobs, cfg.parallel);
   const jobsMinutes = (Date.now() - tJobs) / 60000;
+  log(`RL jobs: ${jobs.length} done in ${(jobsMinutes * 60).toFixed(1)} s of wall time, ${cfg.parallel} at a time`);
 
   // 7. The summary: means, the SFT values, bootstrap intervals, the claims.
   const p = paths(out);
@@ -155,10 +156,11 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
 
   // 8. The figures.
   const series = RUNS.map((run) => ({ label: run.name, seeds: cfg.seeds.map((seed) => readMetricsFile(join(p.rl(run.name, seed), 'metrics.jsonl'))) }));
-  const svg = figure3Svg(series, { title: 'QRM quantile estimates of the sampled responses during RLOO', smooth: 5 });
+  // bands: from the lowest to the highest seed's curve (each smoothed over 5 steps), every seed shown
+  const svg = figure3Svg(series, { title: 'QRM quantile estimates of the sampled responses during RLOO', smooth: 5, band: 'min-max' });
   writeFileAtomic(join(out, 'figure3.svg'), svg);
   writeFileAtomic(join(out, 'figure3.png'), await svgToPng(svg));
-  const trueSvg = figure3Svg(series, { title: 'True quantiles of the sampled responses during RLOO', smooth: 5, keys: SUMMARY_KEYS.map((k) => `true/${k}`), panelTitle: (k) => `true ${k.slice(5)}` });
+  const trueSvg = figure3Svg(series, { title: 'True quantiles of the sampled responses during RLOO', smooth: 5, band: 'min-max', keys: SUMMARY_KEYS.map((k) => `true/${k}`), panelTitle: (k) => `true ${k.slice(5)}` });
   writeFileAtomic(join(out, 'figure3-true.svg'), trueSvg);
   writeFileAtomic(join(out, 'figure3-true.png'), await svgToPng(trueSvg));
   const minutes = Object.values(stageSeconds).reduce((a, x) => a + x, 0) / 60;
@@ -168,7 +170,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
     `"QRM estimate" is the quantile reward model's mixed quantile (eq. 3, gate weights normalised over the attributes kept by debiasing), ` +
     `"true" the world's exact quantile of the response's reward under the rater population. ` +
     `Intervals: ${Math.round(boot.level * 100)} % two-level percentile bootstrap (${boot.resamples} resamples: seeds with replacement, then the evaluation prompts within each seed; ` +
-    `differences paired by seed and prompt). ` +
+    `differences paired by seed and prompt). The figures' bands run from the lowest to the highest seed's curve (each smoothed over 5 steps). ` +
     `risk-aware: exponential utility, lambda ${lambda.lambda.toFixed(3)} (rule ${cfg.lambdaRule}). The stages took ${minutes.toFixed(1)} minutes of work in all ` +
     `(${Object.entries(stageSeconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(', ')}); the RL jobs ${jobsMinutes.toFixed(1)} min of wall time, ${cfg.parallel} at a time.`;
   writeFileAtomic(

@@ -14,6 +14,20 @@ test('aggregateSeeds: mean and sample sd over seeds, on the steps all seeds shar
   t.true(Math.abs(a.lo[1]! - (4 - Math.sqrt(8))) < 1e-12);
 });
 
+test('aggregateSeeds bands: min-max of the seeds, and the 95 % t-interval of the seed mean', (t) => {
+  const seeds = [[{ step: 0, x: 1 }], [{ step: 0, x: 4 }], [{ step: 0, x: 7 }]];
+  const mm = aggregateSeeds(seeds, 'x', 1, 'min-max');
+  t.deepEqual([mm.lo[0], mm.mean[0], mm.hi[0]], [1, 4, 7]);
+  // sd of {1, 4, 7} is 3; t_{0.975, 2} = 4.303: 4 ± 4.303 · 3 / √3
+  const ti = aggregateSeeds(seeds, 'x', 1, 't95');
+  t.true(Math.abs(ti.hi[0]! - (4 + (4.303 * 3) / Math.sqrt(3))) < 1e-9);
+  t.true(Math.abs(ti.lo[0]! - (4 - (4.303 * 3) / Math.sqrt(3))) < 1e-9);
+  // one seed: the band is the line
+  const one = aggregateSeeds([[{ step: 0, x: 2 }]], 'x', 1, 't95');
+  t.deepEqual([one.lo[0], one.hi[0]], [2, 2]);
+  t.regex(figure3Svg([{ label: 'r', seeds }], { keys: ['x'], band: 'min-max' }), /band min–max of seeds/);
+});
+
 test('movingAverage is a trailing mean', (t) => {
   t.deepEqual(movingAverage([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5]);
   t.deepEqual(movingAverage([5, 7], 1), [5, 7]);

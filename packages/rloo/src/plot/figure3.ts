@@ -1,8 +1,23 @@
 /**
  * The paper's Figure 3 as a grid of line panels: one panel per metric (the left-tail quantiles and
- * the expectation) against the RL step, one line per run (mean over seeds) with a band (the mean
- * plus and minus one standard deviation over seeds). Pure string SVG; PNG through resvg.
+ * the expectation) against the RL step, one line per run (mean over seeds) with a band of the seeds'
+ * spread, `band`:
+ *   'sd'       mean ± s, s the sample standard deviation over the S seeds (the default);
+ *   'min-max'  from the lowest to the highest seed curve at each step;
+ *   't95'      mean ± t_{0.975, S−1} s / √S, the 95 % t-interval of the seed mean.
+ * With one seed every band is the line itself. Pure string SVG; PNG through resvg.
  */
+
+export type BandKind = 'sd' | 'min-max' | 't95';
+export const BAND_KINDS: readonly BandKind[] = ['sd', 'min-max', 't95'];
+
+/** t_{0.975, df} for df = 1 … 30 (table values), then the normal 1.96. */
+const T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131, 2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042];
+export function t975(df: number): number {
+  return df >= 1 ? (T975[df - 1] ?? 1.96) : NaN;
+}
+
+const BAND_LEGEND: Record<BandKind, string> = { sd: 'band ±1 sd', 'min-max': 'band min–max of seeds', t95: 'band 95 % t-interval of the mean' };
 
 export const FIGURE3_KEYS = ['q0.05', 'q0.10', 'q0.15', 'q0.20', 'q0.25', 'expectation'] as const;
 
@@ -38,7 +53,7 @@ export function movingAverage(xs: number[], window: number): number[] {
  * Mean and band over seeds of one key, on the steps every seed logged. Each seed's curve is
  * smoothed first (so the band shows seed-to-seed spread, not step noise).
  */
-export function aggregateSeeds(seeds: Record<string, unknown>[][], key: string, smooth = 1): Aggregate {
+export function aggregateSeeds(seeds: Record<string, unknown>[][], key: string, smooth = 1, band: BandKind = 'sd'): Aggregate {
   const perSeed = seeds.map((rows) => {
     const pts = rows
       .filter((r) => typeof r['step'] === 'number' && typeof r[key] === 'number' && Number.isFinite(r[key]))
@@ -60,8 +75,14 @@ export function aggregateSeeds(seeds: Record<string, unknown>[][], key: string, 
     const mu = v.reduce((a, b) => a + b, 0) / v.length;
     const sd = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mu) ** 2, 0) / (v.length - 1)) : 0;
     mean.push(mu);
-    lo.push(mu - sd);
-    hi.push(mu + sd);
+    if (band === 'min-max') {
+      lo.push(Math.min(...v));
+      hi.push(Math.max(...v));
+    } else {
+      const half = band === 't95' ? (v.length > 1 ? (t975(v.length - 1) * sd) / Math.sqrt(v.length) : 0) : sd;
+      lo.push(mu - half);
+      hi.push(mu + half);
+    }
   }
   return { steps, mean, lo, hi };
 }
@@ -93,6 +114,8 @@ export interface Figure3Options {
   title?: string;
   smooth?: number;
   cols?: number;
+  /** What the band around each run's mean shows (see the header); default 'sd'. */
+  band?: BandKind;
   /** Panel titles per key; defaults to "quantile τ=0.05" etc. */
   panelTitle?: (key: string) => string;
 }
@@ -123,7 +146,7 @@ export function figure3Svg(runs: RunSeries[], opts: Figure3Options = {}): string
   keys.forEach((key, idx) => {
     const ox = 10 + (idx % cols) * pw;
     const oy = top + Math.floor(idx / cols) * ph;
-    const aggs = runs.map((r) => aggregateSeeds(r.seeds, key, opts.smooth ?? 1));
+    const aggs = runs.map((r) => aggregateSeeds(r.seeds, key, opts.smooth ?? 1, opts.band ?? 'sd'));
     const allX = aggs.flatMap((a) => a.steps);
     const allY = aggs.flatMap((a) => [...a.lo, ...a.hi]);
     const x0 = allX.length ? Math.min(...allX) : 0;
@@ -175,11 +198,12 @@ export function figure3Svg(runs: RunSeries[], opts: Figure3Options = {}): string
   runs.forEach((r, ri) => {
     const c = COLORS[ri % COLORS.length]!;
     const n = r.seeds.length;
+    const text = `${r.label} (mean of ${n} seed${n === 1 ? '' : 's'}, ${BAND_LEGEND[opts.band ?? 'sd']})`;
     out.push(
       `<line x1="${lx}" x2="${lx + 24}" y1="${ly}" y2="${ly}" stroke="${c}" stroke-width="3"/>`,
-      `<text x="${lx + 30}" y="${ly}" font-size="12" dominant-baseline="middle">${esc(r.label)} (mean of ${n} seed${n === 1 ? '' : 's'}, band ±1 sd)</text>`,
+      `<text x="${lx + 30}" y="${ly}" font-size="12" dominant-baseline="middle">${esc(text)}</text>`,
     );
-    lx += 40 + 9 * (r.label.length + 28);
+    lx += 50 + 6.8 * text.length;
   });
   out.push('</svg>');
   return out.join('\n');
