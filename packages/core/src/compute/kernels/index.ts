@@ -10,18 +10,19 @@ import { unsortedSegmentSumConfig } from './UnsortedSegmentSum.js';
 import { splitVConfig } from './SplitV.js';
 import { concatConfig } from './Concat.js';
 import { identityConfig } from './Identity.js';
+import { gatherV2Config } from './GatherV2.js';
 import { captureStock } from './stock.js';
 import { decodeAttentionCanRun, decodeAttentionConfig } from './DecodeAttention.js';
 import { registerOpKernel } from '../ops.js';
 
 export const WASM_KERNELS: readonly tf.KernelConfig[] = [
-  batchMatMulConfig, fusedMatMulConfig, unsortedSegmentSumConfig, splitVConfig, concatConfig, identityConfig,
+  batchMatMulConfig, fusedMatMulConfig, unsortedSegmentSumConfig, splitVConfig, concatConfig, identityConfig, gatherV2Config,
 ];
 
 /** Kernels of tfjs's wasm backend that qrlhf's kernels call (captured before any replacement). */
 const STOCK_USED = [
   'BatchMatMul', '_FusedMatMul', 'Transpose', 'Add', 'Relu', 'Relu6', 'Elu', 'Sigmoid', 'LeakyRelu', 'Prelu',
-  'SplitV', 'Concat', 'Identity',
+  'SplitV', 'Concat', 'Identity', 'GatherV2',
 ];
 
 let registered = false;
