@@ -131,6 +131,45 @@ export function defineSamplingTests(test: TestFn, label: string): void {
     model.dispose();
   });
 
+  test.serial(`${label}: sequenceLogProbs on a sparse targets mask (head only at its rows) gives the full computation's values bit for bit`, (t) => {
+    const w = randomWeights(c, 37);
+    const model = modelFrom(c, w);
+    const a = model.addLora({ r: 2, alpha: 4, dropout: 0, targetModules: ['q_proj', 'v_proj', 'up_proj'] }, new Rng(2));
+    randomize(a.variables, 'lora_B', 3);
+    const ids = [
+      [1, 7, 3, 8, 2, 0, 0, 0],
+      [1, 4, 9, 12, 5, 20, 6, 3],
+      [0, 0, 1, 5, 5, 9, 2, 7],
+    ];
+    const mask = [
+      [1, 1, 1, 1, 1, 0, 0, 0],
+      [1, 1, 1, 1, 1, 1, 1, 1],
+      [0, 0, 1, 1, 1, 1, 1, 1],
+    ];
+    // 6 of 21 positions: targetRows picks them; all ones (21 of 21): the full head runs
+    const sparse = [
+      [0, 0, 1, 1, 0, 0, 0],
+      [0, 0, 0, 0, 1, 1, 0],
+      [0, 0, 0, 0, 0, 0, 1],
+    ];
+    const full = sparse.map((r) => r.map(() => 1));
+    for (const temperature of [1, 0.7]) {
+      const run = (tm: number[][]) =>
+        tf.tidy(() => {
+          const [x, m, tt] = [tf.tensor2d(ids, undefined, 'int32'), tf.tensor2d(mask), tf.tensor2d(tm)];
+          const r = tokenLogProbsAndEntropy(model, x, m, tt, { temperature });
+          return [Array.from(r.logp.dataSync()), Array.from(r.entropy.dataSync())];
+        });
+      const [lpS, entS] = run(sparse);
+      const [lpF, entF] = run(full);
+      const keep = sparse.flat();
+      t.deepEqual(lpS, lpF!.map((x, i) => (keep[i] ? x : 0)), `log-probs at T ${temperature}`);
+      t.deepEqual(entS, entF!.map((x, i) => (keep[i] ? x : 0)), `entropy at T ${temperature}`);
+      t.true(lpS!.some((x) => x < 0));
+    }
+    model.dispose();
+  });
+
   test.serial(`${label}: tokenLogProbsAndEntropy: its log-probs are sequenceLogProbs' bit for bit, its entropy the float64 one, at temperature 0.7`, (t) => {
     const w = randomWeights(c, 36);
     const model = modelFrom(c, w);

@@ -262,8 +262,16 @@ function targetLogProbs(
   if (!(temp > 0)) throw new QrlhfError(`sequenceLogProbs: temperature must be > 0, got ${temp}`);
   return tf.tidy(() => {
     const h = model.hidden(ids, { mask, training: opts.training ?? false });
-    const hp = h.slice([0, 0, 0], [B, T - 1, d]).reshape([B * (T - 1), d]);
-    const targets = tf.cast(ids.slice([0, 1], [B, T - 1]), 'int32').reshape([-1]);
+    const tm = tf.cast(mt === T ? targetsMask.slice([0, 1], [B, T - 1]) : targetsMask, 'float32');
+    let hp = h.slice([0, 0, 0], [B, T - 1, d]).reshape([B * (T - 1), d]);
+    let targets = tf.cast(ids.slice([0, 1], [B, T - 1]), 'int32').reshape([-1]);
+    // The head and the softmax over the vocabulary only at the mask's positions (targetRows).
+    const rows = targetRows(tm as tf.Tensor2D);
+    const spread = (x: tf.Tensor) => (rows ? rows.spread(x as tf.Tensor1D) : x).reshape([B, T - 1]);
+    if (rows) {
+      hp = tf.gather(hp, rows.picked);
+      targets = tf.gather(targets, rows.picked);
+    }
     let logits = model.head(hp);
     let targetLogit = tf.sum(tf.mul(hp, tf.gather(model.headWeight(), targets)), 1);
     if (temp !== 1) {
@@ -271,14 +279,42 @@ function targetLogProbs(
       targetLogit = tf.div(targetLogit, temp);
     }
     const lse = logSumExpRows(logits);
-    const lp = tf.sub(targetLogit, lse).reshape([B, T - 1]);
-    const tm = tf.cast(mt === T ? targetsMask.slice([0, 1], [B, T - 1]) : targetsMask, 'float32');
+    const lp = spread(tf.sub(targetLogit, lse));
     const logp = tf.mul(lp, tm) as tf.Tensor2D;
     if (!withEntropy) return { logp };
     const logSm = tf.sub(logits, lse.reshape([-1, 1]));
-    const ent = tf.neg(tf.sum(tf.mul(tf.exp(logSm), logSm), 1)).reshape([B, T - 1]);
+    const ent = spread(tf.neg(tf.sum(tf.mul(tf.exp(logSm), logSm), 1)));
     return { logp, entropy: tf.mul(ent, tm) as tf.Tensor2D };
   });
+}
+
+/**
+ * The positions of a [B, T-1] targets mask worth a head: the head product and the log-softmax
+ * over the vocabulary cost about as much per row as a layer of a small model, and in RLOO about
+ * half the rows are prompt positions that the mask zeroes anyway. `picked` are the flat indices
+ * of the nonzero entries; spread(x) puts per-picked-row values x [n] back as [B·(T-1)] with zeros
+ * elsewhere (a gather from [x; 0], so gradients flow back to the picked rows only, as the mask's
+ * multiply sent them before). Every row is computed as on the full matrix, so the values are the
+ * same. Null (the full computation runs) when under a quarter of the rows would be skipped, or
+ * when the mask cannot be read synchronously (a tensor already on a GPU).
+ */
+export function targetRows(tm: tf.Tensor2D): { picked: tf.Tensor1D; spread: (x: tf.Tensor1D) => tf.Tensor1D } | null {
+  let v: ArrayLike<number>;
+  try {
+    v = tm.dataSync();
+  } catch {
+    return null;
+  }
+  const n = v.length;
+  const picked: number[] = [];
+  for (let i = 0; i < n; i++) if (v[i] !== 0) picked.push(i);
+  if (picked.length === 0 || picked.length > 0.75 * n) return null;
+  const back = new Int32Array(n).fill(picked.length);
+  picked.forEach((p, j) => (back[p] = j));
+  return {
+    picked: tf.tensor1d(picked, 'int32'),
+    spread: (x) => tf.gather(tf.concat([x, tf.zeros([1])]), tf.tensor1d(back, 'int32')) as tf.Tensor1D,
+  };
 }
 
 /**
