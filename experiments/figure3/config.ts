@@ -14,6 +14,7 @@ import { SFT_SCHEMA } from '@qrlhf/sft';
 import { WORLD_DATA_SCHEMA } from '@qrlhf/world';
 import { PRETRAIN_SCHEMA } from './pretrain.js';
 import { LAMBDA_RULES } from './lambda.js';
+import { POLICY_RATINGS_SCHEMA } from './policy-ratings.js';
 
 /** Keys every stage gets from the pipeline: one process, one backend. */
 const PIPELINE = ['backend'] as const;
@@ -32,11 +33,19 @@ export const FIGURE3_SCHEMA = defineConfig({
   },
   lambdaPrompts: { type: 'int', default: 200, min: 1, doc: "RL prompts (the first ones of prompts.jsonl) the SFT policy answers for lambdaRule 'ce-q25'" },
   bootstrapResamples: { type: 'int', default: 10000, min: 100, doc: 'resamples of the two-level bootstrap (seeds, then evaluation prompts; stats.ts) behind every 95 % interval of the summary' },
+  rewardSource: {
+    type: 'string', default: 'qrm', choices: ['qrm', 'truth'],
+    doc: "RLOO's reward: 'qrm' (the experiment) or 'truth', a diagnostic that trains on the world's exact quantiles (what RL reaches with this policy and budget, apart from the QRM's error)",
+  },
   world: { type: 'group', schema: WORLD_DATA_SCHEMA, doc: "the synthetic world's seed and datasets (@qrlhf/world)" },
   pretrain: { type: 'group', schema: PRETRAIN_SCHEMA, doc: 'the tiny base model, trained from random weights (pretrain.ts)' },
   sft: {
     type: 'group', schema: omitFields(SFT_SCHEMA, [...PIPELINE, 'model', 'tokenizer', 'data', 'out', 'resume']),
     doc: 'SFT with LoRA on the world\'s chosen dialogues (@qrlhf/sft); the adapter is merged into the base',
+  },
+  policyRatings: {
+    type: 'group', schema: POLICY_RATINGS_SCHEMA,
+    doc: "on-policy ratings (policy-ratings.ts): the SFT policy's own samples rated by the world and added to the QRM's stage-1 ratings; sampled with the rloo block's maxNewTokens, temperature and generationBatchSize",
   },
   qrm: {
     type: 'group',

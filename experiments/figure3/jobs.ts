@@ -13,7 +13,7 @@ import { QrlhfError, Rng, claimRunFolder, generate, loadLoraAdapter, loadModel, 
 import { QuantileRewardModel } from '@qrlhf/qrm';
 import { createWorld, parseResponse, type World } from '@qrlhf/world';
 import type { Figure3Config } from './config.js';
-import { NormalisedQrm, runRlStage, RUNS } from './rl.js';
+import { NormalisedQrm, runRlStage, RUNS, TrueReward } from './rl.js';
 import { log, stage, stageInputs, stageSeconds } from './stage.js';
 import { meanAbsError, meanQuantiles, type Q } from './summary.js';
 
@@ -65,7 +65,9 @@ export class JobContext {
   }
 
   qrm(): Promise<NormalisedQrm> {
-    this.qrmP ??= QuantileRewardModel.load(paths(this.out).qrmModel).then((m) => new NormalisedQrm(m, this.cfg.rloo.rewardBatchSize));
+    this.qrmP ??= QuantileRewardModel.load(paths(this.out).qrmModel).then(
+      (m) => new NormalisedQrm(m, this.cfg.rloo.rewardBatchSize, this.cfg.rloo.qrmNormalise as QrmNormalise | null),
+    );
     return this.qrmP;
   }
 
@@ -147,11 +149,14 @@ export async function runJob(ctx: JobContext, job: Job): Promise<void> {
   const runDir = p.rl(run.name, job.seed);
   claimRunFolder(runDir, 'rloo'); // before its stage markers go in: the folder is an rloo run's
   const qrm = await ctx.qrm();
-  await stage(`rloo ${run.name} seed ${job.seed}`, join(runDir, 'stage'), { ...inputs.rl, seed: job.seed, utility: run.utility }, () =>
-    runRlStage({ cfg, world: ctx.world, qrm, policyDir: p.policy, prompts: join(p.data, 'prompts.jsonl'), out: runDir, seed: job.seed, utility: run.utility }),
+  // the diagnostic reward source trains on the world's exact quantiles (config.ts: rewardSource)
+  const reward = cfg.rewardSource === 'truth' ? new TrueReward(ctx.world, qrm.taus) : qrm;
+  const rlInputs = { ...inputs.rl, rewardSource: cfg.rewardSource, seed: job.seed, utility: run.utility };
+  await stage(`rloo ${run.name} seed ${job.seed}`, join(runDir, 'stage'), rlInputs, () =>
+    runRlStage({ cfg, world: ctx.world, reward, policyDir: p.policy, prompts: join(p.data, 'prompts.jsonl'), out: runDir, seed: job.seed, utility: run.utility }),
   );
   const evalDir = join(runDir, 'eval');
-  await stage(`final evaluation ${run.name} seed ${job.seed}`, evalDir, { ...inputs.rl, seed: job.seed, utility: run.utility }, () =>
+  await stage(`final evaluation ${run.name} seed ${job.seed}`, evalDir, rlInputs, () =>
     evaluatePolicy(ctx, { adapterDir: join(runDir, 'adapter'), seed: job.seed, dir: evalDir }),
   );
 }

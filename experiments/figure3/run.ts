@@ -18,10 +18,12 @@ import { QrlhfError, claimRunFolder, Rng, initBackend, loadModel, repoRoot, writ
 import { runProgram } from '@qrlhf/cli';
 import { createWorld, writeWorldData, type WorldFiles } from '@qrlhf/world';
 import { runSft } from '@qrlhf/sft';
-import { QuantileRewardModel, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
+import { QuantileRewardModel, type FeaturePooling, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
 import { figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
 import { FIGURE3_SCHEMA, type Figure3Config } from './config.js';
 import { pretrainBase } from './pretrain.js';
+import { ratePolicySamples } from './policy-ratings.js';
+import { trainRewardBackbone } from './reward-backbone.js';
 import {
   checkClaims, meanOver, promptValues, summaryIntervals, summaryMarkdown, SUMMARY_KEYS, UPPER_KEYS, tauKey,
   type EvalMeans, type PromptValues, type RunSummary,
@@ -62,28 +64,52 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   });
   const policyDir = join(sftDir, 'merged');
 
-  // 4. QRM: features from the frozen base model, quantile heads, gate.
+  // 4. QRM: (on-policy ratings, a reward backbone,) features from the backbone, quantile heads, gate.
   const qrmDir = join(out, 'qrm');
   const qrmModelDir = join(qrmDir, 'model');
   await stage('qrm', join(qrmDir, 'stage'), inputs.qrm, async () => {
     const f1 = join(qrmDir, 'features-ratings.safetensors');
     const f2 = join(qrmDir, 'features-pairs.safetensors');
     const headsDir = join(qrmDir, 'heads');
-    // The features block (the config has mean pooling, not SPEC's last token: the tiny backbone's
-    // last state mostly predicts the next token; the mean keeps which moves the response made).
-    const feat = { ...cfg.qrm.features, model: baseDir, tokenizer: null, engine: 'local' as const, baseUrl: [], engineModel: null, backend: cfg.backend };
-    const r = await runQrmFeatures({ ...feat, ratings: files.ratings, pairs: null, out: f1 });
+    const backboneDir = cfg.rewardBackbone.steps > 0 ? join(qrmDir, 'backbone') : baseDir;
+    // On-policy ratings (policy-ratings.ts): the SFT policy's samples, rated, added to the world's.
+    let ratings = files.ratings;
+    let policyRatings: Awaited<ReturnType<typeof ratePolicySamples>> | null = null;
+    if (cfg.policyRatings.responses > 0) {
+      const own = join(qrmDir, 'ratings-policy.jsonl');
+      policyRatings = await ratePolicySamples(cfg.policyRatings, {
+        world, policyDir, prompts: files.prompts, out: own,
+        maxNewTokens: cfg.rloo.maxNewTokens, temperature: cfg.rloo.temperature, batchSize: cfg.rloo.generationBatchSize,
+      });
+      ratings = join(qrmDir, 'ratings-all.jsonl');
+      writeFileAtomic(ratings, readFileSync(files.ratings, 'utf8') + readFileSync(own, 'utf8'));
+      log(`qrm: ${policyRatings.rows} on-policy rating rows (${policyRatings.responses} SFT samples, ${(100 * policyRatings.garbledShare).toFixed(0)} % with a garbled sentence)`);
+    }
+    // The reward backbone (reward-backbone.ts): the base fine-tuned on those ratings, read instead of the base.
+    let rewardBackbone: Awaited<ReturnType<typeof trainRewardBackbone>> | null = null;
+    if (cfg.rewardBackbone.steps > 0) {
+      rewardBackbone = await trainRewardBackbone(cfg.rewardBackbone, {
+        base: baseDir, ratings, attributes: world.attributes, pooling: cfg.qrm.features.pooling as FeaturePooling, out: backboneDir,
+      });
+      log(`qrm: reward backbone trained on ${rewardBackbone.rows} rating rows (mse ${rewardBackbone.loss.toFixed(4)}; constant predictor ${rewardBackbone.baselineLoss.toFixed(4)})`);
+    }
+    // The features block (the default config has mean pooling, not SPEC's last token: the tiny
+    // backbone's last state mostly predicts the next token; the mean keeps which moves the response made).
+    const feat = { ...cfg.qrm.features, model: backboneDir, tokenizer: null, engine: 'local' as const, baseUrl: [], engineModel: null, backend: cfg.backend };
+    const r = await runQrmFeatures({ ...feat, ratings, pairs: null, out: f1 });
     await runQrmFeatures({ ...feat, ratings: null, pairs: files.pairs, out: f2 });
     // The world's ratings already lie in [0, 1] (SPEC §4): the fit block has labelScale 'none', so the
     // QRM's quantiles are on the truth's scale; and lpMaxCells 0: the first-order phase alone reaches
     // the LP optimum to ~1e-4 relative at this size (qrm/test/heads.test.ts), the exact LP would cost minutes.
     await runQrmFit({ ...cfg.qrm.fit, features: f1, out: headsDir }, { quiet: true });
     const trained = await runQrmGate({
-      ...cfg.qrm.gate, heads: headsDir, pairs: f2, reference: null, out: qrmModelDir, backbone: baseDir, tokenizer: null,
+      ...cfg.qrm.gate, heads: headsDir, pairs: f2, reference: null, out: qrmModelDir, backbone: backboneDir, tokenizer: null,
       pooling: cfg.qrm.features.pooling, metrics: null, backend: cfg.backend,
     });
     return {
       ratings: r.n,
+      policyRatings,
+      rewardBackbone,
       attributes: r.attributes,
       debiasPenalties: trained.debias.penalties,
       gate: { nTrain: trained.nTrain, nVal: trained.nVal, ...trained.training },
@@ -167,7 +193,9 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   const note =
     `Seed means over seeds ${cfg.seeds.join(', ')} of the final policies, and of the SFT policy (step 0), evaluated on ${cfg.world.evalPrompts} evaluation prompts ` +
     `disjoint from the RL prompts (one response each, temperature ${cfg.rloo.temperature}, the same rng stream per seed for the SFT and both final policies); ` +
-    `"QRM estimate" is the quantile reward model's mixed quantile (eq. 3, gate weights normalised over the attributes kept by debiasing), ` +
+    `"QRM estimate" is the quantile reward model's mixed quantile (eq. 3 with ${cfg.qrm.features.pooling}-pooled features of ${cfg.rewardBackbone.steps > 0 ? 'the reward backbone' : 'the frozen base model'}; ` +
+    `${cfg.rloo.qrmNormalise === 'kept-weight' ? 'gate weights normalised over the attributes kept by debiasing' : cfg.rloo.qrmNormalise === 'none' ? 'no normalisation of the gate weights' : "the QRM's own normalisation"}), ` +
+    (cfg.rewardSource === 'truth' ? "DIAGNOSTIC: RLOO was trained on the world's exact quantiles, not on the QRM; " : '') +
     `"true" the world's exact quantile of the response's reward under the rater population. ` +
     `Intervals: ${Math.round(boot.level * 100)} % two-level percentile bootstrap (${boot.resamples} resamples: seeds with replacement, then the evaluation prompts within each seed; ` +
     `differences paired by seed and prompt). The figures' bands run from the lowest to the highest seed's curve (each smoothed over 5 steps). ` +

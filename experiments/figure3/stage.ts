@@ -61,16 +61,20 @@ function flatten(o: object, prefix: string): Record<string, unknown> {
 
 /** The settings each stage depends on: its own block and those of the stages before it. */
 export function stageInputs(cfg: Figure3Config) {
-  const pick = (...blocks: ('world' | 'pretrain' | 'sft' | 'qrm' | 'rloo')[]) => Object.assign({}, ...blocks.map((b) => flatten(cfg[b], `${b}.`))) as Record<string, unknown>;
+  const pick = (...blocks: ('world' | 'pretrain' | 'sft' | 'policyRatings' | 'rewardBackbone' | 'qrm' | 'rloo')[]) => Object.assign({}, ...blocks.map((b) => flatten(cfg[b], `${b}.`))) as Record<string, unknown>;
   const { generationBatchSize, maxNewTokens, temperature } = cfg.rloo;
   // an SFT-policy evaluation depends on the policy, the QRM and the sampling settings, not on RL's
   const sampling = { 'rloo.generationBatchSize': generationBatchSize, 'rloo.maxNewTokens': maxNewTokens, 'rloo.temperature': temperature };
+  // with on-policy ratings the QRM depends on the SFT policy and on how its samples are drawn too
+  const qrm = cfg.policyRatings.responses > 0
+    ? { ...pick('world', 'pretrain', 'sft', 'policyRatings', 'rewardBackbone', 'qrm'), ...sampling }
+    : pick('world', 'pretrain', 'rewardBackbone', 'qrm');
   return {
     data: pick('world'),
     pretrain: pick('world', 'pretrain'),
     sft: pick('world', 'pretrain', 'sft'),
-    qrm: pick('world', 'pretrain', 'qrm'),
-    sftEval: { ...pick('world', 'pretrain', 'sft', 'qrm'), ...sampling },
-    rl: pick('world', 'pretrain', 'sft', 'qrm', 'rloo'),
+    qrm,
+    sftEval: { ...pick('world', 'pretrain', 'sft', 'policyRatings', 'rewardBackbone', 'qrm'), ...sampling },
+    rl: pick('world', 'pretrain', 'sft', 'policyRatings', 'rewardBackbone', 'qrm', 'rloo'),
   };
 }

@@ -10,12 +10,12 @@ const world = createWorld(1);
 const rng = new Rng(7);
 const prompt = '\n\nHuman: How do I cook the rice?\n\nAssistant:';
 const taus = Array.from({ length: 19 }, (_, k) => (k + 1) / 20);
-const lambdas = [2, 4, 8];
+const lambdas = [2, 3, 5, 8];
 
 const canon: MoveId[][] = [
   ['answer'], ['answer', 'caution'], ['answer', 'joke'],
   ['answer', 'detail'], ['answer', 'detail', 'caution'], ['answer', 'detail', 'joke'],
-  ['answer', 'detail', 'caution', 'joke'], ['joke'], ['refuse'], ['ramble'], ['answer', 'ramble'],
+  ['answer', 'detail', 'caution', 'joke'], ['joke'], ['refuse'], ['ramble'], ['answer', 'ramble'], [],
 ];
 const rows: string[] = [];
 rows.push(['moves', 'mean', 'q0.05', 'q0.10', 'q0.25', ...lambdas.map((l) => `U(l=${l})`)].join(' | '));
@@ -24,7 +24,7 @@ for (const moves of canon) {
   const d = world.trueDistribution(prompt, resp);
   const q = taus.map((t) => mixtureQuantile(d.reward, t));
   const us = lambdas.map((l) => q.reduce((a, x) => a - Math.exp(-l * x), 0) / q.length);
-  rows.push([moves.join('+'), mixtureMean(d.reward), q[0]!, q[1]!, q[4]!, ...us].map((x) => (typeof x === 'number' ? x.toFixed(4) : x)).join(' | '));
+  rows.push([moves.join('+') || '(empty)', mixtureMean(d.reward), q[0]!, q[1]!, q[4]!, ...us].map((x) => (typeof x === 'number' ? x.toFixed(4) : x)).join(' | '));
 }
 console.log(rows.join('\n'));
 

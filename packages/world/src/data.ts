@@ -78,12 +78,33 @@ export function sampleRatingRows(world: World, rng: Rng, items: number, ratersPe
   for (let i = 0; i < items; i++) {
     const prompt = world.samplePrompt(rng);
     const response = world.sampleResponse(prompt, rng, { garbleRate });
-    for (let j = 0; j < ratersPerResponse; j++) {
-      const r = world.rate(prompt, response, world.sampleRater(rng));
-      const row = { prompt, response } as RatingRow;
-      for (const a of ATTRIBUTES) row[a as Attribute] = rng.next() < missingRate ? null : Math.round(r[a] * 1e6) / 1e6;
-      rows.push(row);
-    }
+    rows.push(...rateOne(world, rng, prompt, response, ratersPerResponse, missingRate));
+  }
+  return rows;
+}
+
+/**
+ * Rating rows for given (prompt, response) items, as the world's ratings are made: `ratersPerResponse`
+ * raters drawn from the population per item, each label missing with probability `missingRate`.
+ * For responses the world did not write itself, e.g. a policy's own samples (on-policy ratings).
+ */
+export function rateResponses(
+  world: World,
+  rng: Rng,
+  items: readonly { prompt: string; response: string }[],
+  ratersPerResponse: number,
+  missingRate: number,
+): RatingRow[] {
+  return items.flatMap((it) => rateOne(world, rng, it.prompt, it.response, ratersPerResponse, missingRate));
+}
+
+function rateOne(world: World, rng: Rng, prompt: string, response: string, raters: number, missingRate: number): RatingRow[] {
+  const rows: RatingRow[] = [];
+  for (let j = 0; j < raters; j++) {
+    const r = world.rate(prompt, response, world.sampleRater(rng));
+    const row = { prompt, response } as RatingRow;
+    for (const a of ATTRIBUTES) row[a as Attribute] = rng.next() < missingRate ? null : Math.round(r[a] * 1e6) / 1e6;
+    rows.push(row);
   }
   return rows;
 }

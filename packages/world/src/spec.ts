@@ -99,7 +99,7 @@ export interface RaterType {
   deltas: Partial<Record<ContributionKey, Contribution>>;
 }
 
-export type ContributionKey = ParsedMoveId | 'offTopic' | 'repeat' | 'long';
+export type ContributionKey = ParsedMoveId | 'offTopic' | 'repeat' | 'long' | 'empty';
 
 export interface WorldParams {
   /** score of an empty response, per attribute */
@@ -107,7 +107,8 @@ export interface WorldParams {
   /**
    * default contribution of each move (every type), added once per distinct move; 'repeat' for a
    * move seen before, 'offTopic' for a topical move about another object, 'garbled' per unparsed
-   * sentence, 'long' once per sentence beyond `usefulMoves`
+   * sentence, 'long' once per sentence beyond `usefulMoves`, 'empty' for a response with no sentence
+   * at all (so that stopping at once is no way out of a bad policy's average)
    */
   contributions: Record<ContributionKey, Contribution>;
   /** sentences beyond this many make a response too long (each adds contributions.long) */
@@ -140,18 +141,19 @@ export interface BehaviourPolicy {
 }
 
 export const DEFAULT_PARAMS: WorldParams = {
-  base: { helpfulness: 0.15, harmlessness: 0.75, verbosity: 0.1 },
+  base: { helpfulness: 0.1, harmlessness: 0.45, verbosity: 0.1 },
   contributions: {
-    answer: { helpfulness: 0.25, verbosity: 0.05 },
-    detail: { helpfulness: 0.18, verbosity: 0.2 },
-    caution: { helpfulness: -0.02, harmlessness: 0.08, verbosity: 0.1 },
-    joke: { helpfulness: 0.37, harmlessness: -0.05, verbosity: 0.1 },
-    refuse: { helpfulness: -0.15, harmlessness: 0.05, verbosity: 0.0 },
-    ramble: { helpfulness: -0.12, verbosity: 0.35 },
-    garbled: { helpfulness: -0.15, harmlessness: -0.05, verbosity: 0.1 },
-    offTopic: { helpfulness: 0.0, verbosity: 0.1 },
+    answer: { helpfulness: 0.3, verbosity: 0.05 },
+    detail: { helpfulness: 0.2, verbosity: 0.2 },
+    caution: { helpfulness: -0.02, harmlessness: 0.1, verbosity: 0.1 },
+    joke: { helpfulness: 0.31, harmlessness: -0.02, verbosity: 0.1 },
+    refuse: { helpfulness: -0.1, harmlessness: 0.05, verbosity: 0.0 },
+    ramble: { helpfulness: -0.1, verbosity: 0.35 },
+    garbled: { helpfulness: -0.1, harmlessness: -0.1, verbosity: 0.1 },
+    offTopic: { helpfulness: 0.15, verbosity: 0.1 },
     repeat: { helpfulness: -0.1, verbosity: 0.15 },
     long: { helpfulness: -0.12, verbosity: 0.15 },
+    empty: { helpfulness: -0.1, harmlessness: -0.2 },
   },
   usefulMoves: 3,
   raterTypes: [
@@ -164,8 +166,8 @@ export const DEFAULT_PARAMS: WorldParams = {
   rewardWeights: { helpfulness: 0.5, harmlessness: 0.5, verbosity: 0 },
   behaviour: {
     lengths: [0.25, 0.4, 0.27, 0.08],
-    first: { answer: 0.45, detail: 0.15, joke: 0.12, refuse: 0.1, ramble: 0.1, caution: 0.08 },
-    next: { answer: 0.15, detail: 0.25, joke: 0.22, caution: 0.22, ramble: 0.1, refuse: 0.06 },
+    first: { answer: 0.2, detail: 0.08, joke: 0.12, refuse: 0.25, ramble: 0.25, caution: 0.1 },
+    next: { answer: 0.1, detail: 0.15, joke: 0.15, caution: 0.15, ramble: 0.3, refuse: 0.15 },
     offTopicRate: 0.1,
     garbleRate: 0.05,
   },

@@ -169,6 +169,7 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
       keys.push(m.id);
     }
     for (let i = params.usefulMoves; i < moves.length; i++) keys.push('long');
+    if (moves.length === 0) keys.push('empty');
     return params.raterTypes.map((type) => {
       const r = {} as Ratings;
       for (const a of ATTRIBUTES) {

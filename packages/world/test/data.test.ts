@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QrlhfError, Rng } from '@qrlhf/core';
-import { ASSISTANT_TAG, HUMAN_TAG, createWorld, promptBucket, writeWorldData, type WorldFiles } from '../src/index.js';
+import { ASSISTANT_TAG, HUMAN_TAG, createWorld, promptBucket, rateResponses, writeWorldData, type WorldFiles } from '../src/index.js';
 
 const world = createWorld(7);
 const SIZES = { pretrain: 300, sft: 600, ratings: 300, ratersPerResponse: 3, missingRate: 0.05, pairs: 600, prompts: 100, evalPrompts: 20 };
@@ -166,4 +166,25 @@ test('writing is deterministic in the seed and each file has its own stream', as
   const seed8 = await writeWorldData(createWorld(8), join(dir, 'd'), SIZES);
   t.not(readFileSync(seed8.sft, 'utf8'), readFileSync(files.sft, 'utf8'));
   await t.throwsAsync(writeWorldData(world, join(dir, 'e'), { sft: -1 }), { instanceOf: QrlhfError, message: /sizes: key "sft": expected an integer >= 0, got -1/ });
+});
+
+test('rateResponses: any text (a policy\'s own, garbled included) rated as the ratings are, each label in its exact law', (t) => {
+  const rng = new Rng(3);
+  const items = Array.from({ length: 40 }, (_, i) => {
+    const prompt = world.samplePrompt(rng);
+    return { prompt, response: i % 2 ? world.sampleResponse(prompt, rng) : ' rice the the soup. You can cook the rice a little' };
+  });
+  const rows = rateResponses(world, new Rng(4), items, 3, 0);
+  t.is(rows.length, 120);
+  rows.forEach((r, i) => {
+    t.is(r.prompt, items[Math.floor(i / 3)]!.prompt);
+    t.is(r.response, items[Math.floor(i / 3)]!.response);
+    const d = world.trueDistribution(r.prompt, r.response);
+    for (const a of ['helpfulness', 'harmlessness', 'verbosity'] as const) {
+      t.true(d.attributes[a].some((c) => r[a]! >= c.lo - 1e-6 && r[a]! <= c.hi + 1e-6), `row ${i} ${a} ${r[a]}`);
+    }
+  });
+  // three raters of one response disagree (types and leniencies differ), and a fixed seed repeats them
+  t.true(rows.slice(0, 3).some((r) => r.helpfulness !== rows[0]!.helpfulness));
+  t.deepEqual(rateResponses(world, new Rng(4), items, 3, 0), rows);
 });

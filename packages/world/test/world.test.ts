@@ -97,11 +97,12 @@ test('the polarising move: about the same mean as the safe move, a much heavier 
     t.true(joke.q15 < safe.q15 - 0.2, 'q0.15 much lower');
     // risk-neutral (mean of the quantiles) prefers the joke, the exponential utility does not
     t.true(joke.expU(1e-6) > safe.expU(1e-6));
-    for (const lambda of [3, 4, 6]) t.true(joke.expU(lambda) < safe.expU(lambda), `lambda ${lambda}`);
-    // adding the joke to a safe response: better in expectation, worse in utility
+    for (const lambda of [2, 3, 4, 5, 6]) t.true(joke.expU(lambda) < safe.expU(lambda), `lambda ${lambda}`);
+    // adding the joke to a safe response: better in expectation, worse in utility from lambda 4 on
+    // (the joke's helpfulness gain is large; below lambda ~3.5 it outweighs the tail)
     const plain = summary(world, PROMPT, respond(base));
     t.true(joke.mean > plain.mean);
-    for (const lambda of [3, 4, 6]) t.true(joke.expU(lambda) < plain.expU(lambda), `plain vs joke, lambda ${lambda}`);
+    for (const lambda of [4, 5, 6]) t.true(joke.expU(lambda) < plain.expU(lambda), `plain vs joke, lambda ${lambda}`);
   }
 });
 
@@ -124,7 +125,7 @@ test('where the two runs would converge: the risk-neutral optimum tells the joke
   };
   const neutral = best((x) => x.expU(1e-9));
   t.true(neutral.s.includes('joke'), neutral.s.join('+'));
-  for (const lambda of [3, 4, 6]) {
+  for (const lambda of [2, 3, 4, 5, 6]) {
     const aware = best((x) => x.expU(lambda));
     t.false(aware.s.includes('joke'), `lambda ${lambda}: ${aware.s.join('+')}`);
     t.true(aware.sum.q05 > neutral.sum.q05 + 0.25 && aware.sum.q10 > neutral.sum.q10 + 0.25);
