@@ -45,6 +45,9 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   t.regex(second.stderr, /pretrain: done already/);
   t.regex(second.stderr, /sft: done already/);
   t.regex(second.stderr, /qrm: starting/);
+  // the smoke config turns on the QRM's on-policy ratings and its reward backbone
+  t.regex(second.stderr, /qrm: 48 on-policy rating rows \(16 SFT samples/);
+  t.regex(second.stderr, /qrm: reward backbone trained on \d+ rating rows/);
   for (const f of ['figure3.png', 'figure3.svg', 'summary.md', 'summary.json']) t.true(existsSync(join(out, f)), f);
 
   type Iv = { value: number; ci: [number, number] };

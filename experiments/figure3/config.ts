@@ -15,6 +15,7 @@ import { WORLD_DATA_SCHEMA } from '@qrlhf/world';
 import { PRETRAIN_SCHEMA } from './pretrain.js';
 import { LAMBDA_RULES } from './lambda.js';
 import { POLICY_RATINGS_SCHEMA } from './policy-ratings.js';
+import { REWARD_BACKBONE_SCHEMA } from './reward-backbone.js';
 
 /** Keys every stage gets from the pipeline: one process, one backend. */
 const PIPELINE = ['backend'] as const;
@@ -46,6 +47,10 @@ export const FIGURE3_SCHEMA = defineConfig({
   policyRatings: {
     type: 'group', schema: POLICY_RATINGS_SCHEMA,
     doc: "on-policy ratings (policy-ratings.ts): the SFT policy's own samples rated by the world and added to the QRM's stage-1 ratings; sampled with the rloo block's maxNewTokens, temperature and generationBatchSize",
+  },
+  rewardBackbone: {
+    type: 'group', schema: REWARD_BACKBONE_SCHEMA,
+    doc: "the QRM's backbone (reward-backbone.ts): with steps > 0 a copy of the base model fine-tuned on the ratings (on-policy ones included), whose features the QRM reads; 0 = the frozen base model",
   },
   qrm: {
     type: 'group',

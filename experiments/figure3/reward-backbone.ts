@@ -1,0 +1,140 @@
+/**
+ * A reward backbone for the QRM: a copy of the base model fine-tuned, every parameter, to predict
+ * the attribute ratings (the paper's QRM reads its features off a reward model, not off a plain
+ * language model). The frozen base model's hidden states are made to predict the next token: a
+ * garbled sentence that shares words with a good answer gets nearly the same mean-pooled feature,
+ * and RL finds those sentences. Fine-tuned on the rated responses (the world's and the SFT policy's
+ * own, garbled ones among them), the backbone's last layer is made to carry what the raters react
+ * to; the QRM's linear quantile heads and its gate are then fitted on its features as before, and
+ * it scores RL's responses with it.
+ *
+ * Objective: masked mean squared error of a linear read-out of the pooled feature against each
+ * row's attribute labels (a missing label is left out),
+ *   L = Σ_{i,m} o_{im} (w_m · f_i + b_m − y_{im})² / Σ_{i,m} o_{im},
+ * with f_i pooled as the QRM's features are ('mean' over the response's tokens, or the 'last'
+ * token). The read-out is thrown away: only the backbone is kept.
+ */
+import * as tf from '@tensorflow/tfjs';
+import {
+  AdamW,
+  Progress,
+  QrlhfError,
+  Rng,
+  clipGradNorm,
+  cosineSchedule,
+  defineConfig,
+  loadModel,
+  readJsonlAll,
+  saveHfFolder,
+  seedField,
+  type ConfigOf,
+} from '@qrlhf/core';
+import { encodePair, type FeaturePooling } from '@qrlhf/qrm';
+
+/** The reward-backbone stage (the experiment's `rewardBackbone` block). */
+export const REWARD_BACKBONE_SCHEMA = defineConfig({
+  steps: { type: 'int', default: 0, min: 0, doc: 'training steps; 0 = no reward backbone (the QRM reads the frozen base model, SPEC §4)' },
+  batchSize: { type: 'int', default: 32, min: 1, doc: 'rating rows per step' },
+  lr: { type: 'number', default: 1e-3, min: 0, minExclusive: true, doc: 'peak learning rate of the cosine schedule' },
+  warmupSteps: { type: 'int', default: 10, min: 0, doc: 'linear warm-up steps' },
+  weightDecay: { type: 'number', default: 0.01, min: 0, doc: "AdamW's decoupled weight decay" },
+  gradClip: { type: 'number', default: 1, min: 0, minExclusive: true, doc: 'clip the global gradient norm to this' },
+  seed: seedField('seed of the read-out init and of the batch order'),
+});
+export type RewardBackboneConfig = ConfigOf<typeof REWARD_BACKBONE_SCHEMA>;
+
+/**
+ * Fine-tunes the model in `base` on the rating rows of `ratings` (jsonl of {prompt, response,
+ * <attribute>: number | null}) and saves it as a Hugging Face folder at `out`. Returns the last
+ * smoothed loss and the loss of the constant predictor (each attribute's mean), for scale.
+ */
+export async function trainRewardBackbone(
+  cfg: RewardBackboneConfig,
+  o: { base: string; ratings: string; attributes: readonly string[]; pooling: FeaturePooling; out: string },
+): Promise<{ loss: number; baselineLoss: number; rows: number }> {
+  const { model, tokenizer } = await loadModel(o.base);
+  try {
+    const M = o.attributes.length;
+    const rows = await readJsonlAll(o.ratings, (row, where) => {
+      const r = row as Record<string, unknown>;
+      if (typeof r.prompt !== 'string' || typeof r.response !== 'string') throw new QrlhfError(`${where}: expected {"prompt": string, "response": string, ...}`);
+      const y = o.attributes.map((a) => {
+        const v = r[a];
+        if (v === null || v === undefined) return NaN;
+        if (typeof v !== 'number' || !Number.isFinite(v)) throw new QrlhfError(`${where}: "${a}" must be a finite number or null, got ${JSON.stringify(v)}`);
+        return v;
+      });
+      const enc = encodePair(tokenizer, r.prompt, r.response, model.config.maxPositionEmbeddings, where);
+      return { ids: enc.ids, promptEnd: enc.promptEnd, y };
+    });
+    if (rows.length === 0) throw new QrlhfError(`${o.ratings}: no rating rows`);
+    // the constant predictor's loss: the scale a trained read-out is measured against
+    const means = o.attributes.map((_, m) => {
+      const v = rows.map((r) => r.y[m]!).filter((x) => !Number.isNaN(x));
+      return v.reduce((a, x) => a + x, 0) / Math.max(1, v.length);
+    });
+    let sq = 0, cnt = 0;
+    for (const r of rows) r.y.forEach((v, m) => { if (!Number.isNaN(v)) { sq += (v - means[m]!) ** 2; cnt++; } });
+    const baselineLoss = sq / Math.max(1, cnt);
+
+    const d = model.config.hiddenSize;
+    const rng = new Rng(`reward-backbone-${cfg.seed}`);
+    const w = tf.variable(tf.zeros([d, M]), true, 'reward_readout_w');
+    const b = tf.variable(tf.tensor1d(means), true, 'reward_readout_b');
+    for (const v of Object.values(model.weights)) v.trainable = true;
+    const vars: Record<string, tf.Variable> = { ...model.weights, reward_readout_w: w, reward_readout_b: b };
+    const opt = new AdamW(vars, { lr: cfg.lr, weightDecay: cfg.weightDecay });
+    const schedule = cosineSchedule({ lr: cfg.lr, warmupSteps: Math.min(cfg.warmupSteps, cfg.steps), totalSteps: cfg.steps, minLr: cfg.lr / 10 });
+    const progress = new Progress(cfg.steps, 'reward backbone');
+    let order: number[] = [];
+    let smoothed = NaN;
+    for (let step = 1; step <= cfg.steps; step++) {
+      if (order.length < cfg.batchSize) order = order.concat(rng.shuffle(rows.map((_, i) => i)));
+      const batch = order.splice(0, cfg.batchSize).map((i) => rows[i]!);
+      const B = batch.length;
+      const T = Math.max(...batch.map((r) => r.ids.length));
+      const ids = new Int32Array(B * T).fill(tokenizer.padId);
+      const mask = new Float32Array(B * T);
+      const pool = new Float32Array(B * T); // row b: the weights of its pooled tokens
+      const y = new Float32Array(B * M);
+      const seen = new Float32Array(B * M);
+      batch.forEach((r, i) => {
+        ids.set(r.ids, i * T);
+        mask.fill(1, i * T, i * T + r.ids.length);
+        if (o.pooling === 'mean') {
+          const from = Math.min(r.promptEnd + 1, r.ids.length - 1);
+          pool.fill(1 / (r.ids.length - from), i * T + from, i * T + r.ids.length);
+        } else pool[i * T + r.ids.length - 1] = 1;
+        r.y.forEach((v, m) => { if (!Number.isNaN(v)) { y[i * M + m] = v; seen[i * M + m] = 1; } });
+      });
+      const count = seen.reduce((a, x) => a + x, 0);
+      const idsT = tf.tensor2d(ids, [B, T], 'int32');
+      const maskT = tf.tensor2d(mask, [B, T]);
+      const poolT = tf.tensor3d(pool, [B, 1, T]);
+      const yT = tf.tensor2d(y, [B, M]);
+      const seenT = tf.tensor2d(seen, [B, M]);
+      const { value, grads } = tf.variableGrads(() => {
+        const h = model.hidden(idsT, { mask: maskT });
+        const f = tf.matMul(poolT, h).reshape([B, d]);
+        const pred = tf.add(tf.matMul(f, w), b);
+        return tf.div(tf.sum(tf.mul(seenT, tf.square(tf.sub(pred, yT)))), Math.max(1, count)) as tf.Scalar;
+      }, Object.values(vars));
+      const named: Record<string, tf.Tensor> = {};
+      for (const [name, v] of Object.entries(vars)) named[name] = grads[v.name]!;
+      const clipped = await clipGradNorm(named, cfg.gradClip);
+      opt.step(clipped.grads, schedule(step));
+      const loss = (await value.data())[0]!;
+      tf.dispose([idsT, maskT, poolT, yT, seenT, value, ...Object.values(grads), ...Object.values(clipped.grads)]);
+      if (!Number.isFinite(loss)) throw new QrlhfError(`reward backbone: the loss is not finite at step ${step} (lower lr)`);
+      smoothed = Number.isNaN(smoothed) ? loss : 0.9 * smoothed + 0.1 * loss;
+      progress.tick(1, `mse ${smoothed.toFixed(4)} (constant: ${baselineLoss.toFixed(4)})`);
+    }
+    progress.done();
+    for (const v of Object.values(model.weights)) v.trainable = false;
+    tf.dispose([w, b]);
+    await saveHfFolder(o.out, model, tokenizer);
+    return { loss: smoothed, baselineLoss, rows: rows.length };
+  } finally {
+    model.dispose();
+  }
+}
