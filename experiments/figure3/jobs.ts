@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { QrlhfError, Rng, claimRunFolder, generate, loadLoraAdapter, loadModel, writeFileAtomic, type LlamaModel, type Tokenizer } from '@qrlhf/core';
-import { QuantileRewardModel } from '@qrlhf/qrm';
+import { QuantileRewardModel, type QrmNormalise } from '@qrlhf/qrm';
 import { createWorld, parseResponse, type World } from '@qrlhf/world';
 import type { Figure3Config } from './config.js';
 import { NormalisedQrm, runRlStage, RUNS, TrueReward } from './rl.js';

@@ -18,7 +18,7 @@ import { QrlhfError, claimRunFolder, Rng, initBackend, loadModel, repoRoot, writ
 import { runProgram } from '@qrlhf/cli';
 import { createWorld, writeWorldData, type WorldFiles } from '@qrlhf/world';
 import { runSft } from '@qrlhf/sft';
-import { QuantileRewardModel, type FeaturePooling, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
+import { QuantileRewardModel, type FeaturePooling, type QrmNormalise, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
 import { figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
 import { FIGURE3_SCHEMA, type Figure3Config } from './config.js';
 import { pretrainBase } from './pretrain.js';
@@ -218,7 +218,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
 async function chooseLambda(cfg: Figure3Config, out: string, files: WorldFiles): Promise<{ lambda: number; target?: number; meanEstimate?: number; prompts?: number }> {
   if (cfg.lambdaRule === 'fixed') return { lambda: cfg.rloo.lambda };
   const prompts = readPrompts(files.prompts).slice(0, cfg.lambdaPrompts);
-  const qrm = new NormalisedQrm(await QuantileRewardModel.load(paths(out).qrmModel), cfg.rloo.rewardBatchSize);
+  const qrm = new NormalisedQrm(await QuantileRewardModel.load(paths(out).qrmModel), cfg.rloo.rewardBatchSize, cfg.rloo.qrmNormalise as QrmNormalise | null);
   const { model, tokenizer } = await loadModel(paths(out).policy);
   try {
     const responses = await sampleResponses(model, tokenizer, prompts, cfg, new Rng('lambda-rule'));

@@ -136,6 +136,30 @@ test('where the two runs would converge: the risk-neutral optimum tells the joke
   }
 });
 
+test('headroom: the behaviour policy is far below the best response; garbled, off-topic and empty answers cost', (t) => {
+  const rng = new Rng(11);
+  let behaviour = 0;
+  const n = 2000;
+  for (let i = 0; i < n; i++) {
+    const p = world.samplePrompt(rng);
+    behaviour += world.trueExpectation(p, world.sampleResponse(p, rng)) / n;
+  }
+  const E = (r: string) => world.trueExpectation(PROMPT, r);
+  const best = E(respond(['answer', 'detail', 'caution']));
+  t.log(`behaviour E ${behaviour.toFixed(4)}, best risk-aware response ${best.toFixed(4)}`);
+  t.true(best - behaviour > 0.15, 'RL has room to improve the truth');
+  // a garbled sentence lowers the reward of a good response
+  const good = respond(['answer', 'detail']);
+  t.true(E(good + ' rice the the soup.') < E(good) - 0.05);
+  // an answer about another object: worth less than one on topic, more than a ramble or a refusal
+  const on = E(' You can cook the rice a little at a time.');
+  const off = E(' You can cook the bread a little at a time.');
+  t.true(off < on - 0.05 && off > E(respond(['ramble'])) && off > E(respond(['refuse'])), `on ${on} off ${off}`);
+  // stopping at once is the worst answer of all, so it is no way out of a bad policy's average
+  for (const m of ['answer', 'detail', 'caution', 'joke', 'refuse', 'ramble'] as MoveId[]) t.true(E('') < E(respond([m])), m);
+  t.true(E('') < behaviour - 0.1);
+});
+
 test('equation (3) of the true attribute laws has the true expectation and stays close to the rater reward', (t) => {
   for (const moves of [['answer', 'joke'], ['answer', 'detail', 'caution'], ['ramble', 'refuse']] as MoveId[][]) {
     const r = respond(moves);
