@@ -8,10 +8,11 @@ import * as tf from '@tensorflow/tfjs';
 import {
   AdamW,
   QrlhfError,
+  accumulateGradients,
+  applyGradients,
   checkField,
-  clipGradNorm,
-  globalNorm,
   sequenceLogProbs,
+  tokenLogProbsAndEntropy,
   withLoraDisabled,
   type LlamaModel,
   type Metrics,
@@ -118,37 +119,6 @@ function disposeSeq(s: SeqTensors): void {
   tf.dispose([s.ids, s.attn, s.targets]);
 }
 
-/**
- * Per-token log pi(target) and per-token entropy of the model at `temperature`, [n, T-1] each,
- * zero off the targets mask; the log-prob is computed as sequenceLogProbs computes it.
- */
-export function tokenLogProbsAndEntropy(
-  model: LlamaModel,
-  ids: tf.Tensor2D,
-  attn: tf.Tensor2D,
-  targets: tf.Tensor2D,
-  temperature: number,
-): { logp: tf.Tensor2D; entropy: tf.Tensor2D } {
-  const [B, T] = ids.shape;
-  const d = model.config.hiddenSize;
-  return tf.tidy(() => {
-    const h = model.hidden(ids, { mask: attn, training: false });
-    const hp = h.slice([0, 0, 0], [B, T - 1, d]).reshape([B * (T - 1), d]);
-    const tgt = tf.cast(ids.slice([0, 1], [B, T - 1]), 'int32').reshape([-1]);
-    let logits = model.head(hp);
-    let targetLogit = tf.sum(tf.mul(hp, tf.gather(model.headWeight(), tgt)), 1);
-    if (temperature !== 1) {
-      logits = tf.div(logits, temperature);
-      targetLogit = tf.div(targetLogit, temperature);
-    }
-    const lse = tf.logSumExp(logits, 1);
-    const lp = tf.sub(targetLogit, lse).reshape([B, T - 1]);
-    const logSm = tf.sub(logits, lse.reshape([-1, 1]));
-    const ent = tf.neg(tf.sum(tf.mul(tf.exp(logSm), logSm), 1)).reshape([B, T - 1]);
-    return { logp: tf.mul(lp, targets) as tf.Tensor2D, entropy: tf.mul(ent, targets) as tf.Tensor2D };
-  });
-}
-
 /** Rows in micro-batches of similar total length (less padding); a fixed order. */
 function microBatches(batch: Pick<RolloutBatch, 'prompts' | 'k' | 'responses'>, size: number): number[][] {
   const n = batch.responses.length;
@@ -235,7 +205,7 @@ export class RlooLearner {
     const entropySum = new Float64Array(n);
     for (const mb of microBatches(partial, this.settings.microBatchSize)) {
       const s = seqTensors(partial, mb, this.pad);
-      const pol = tokenLogProbsAndEntropy(this.model, s.ids, s.attn, s.targets, this.settings.temperature);
+      const pol = tokenLogProbsAndEntropy(this.model, s.ids, s.attn, s.targets, { temperature: this.settings.temperature });
       const ref = withLoraDisabled(this.model, () => tf.tidy(() => sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { temperature: this.settings.temperature })));
       const [lpA, entA, refA] = (await Promise.all([pol.logp.data(), pol.entropy.data(), ref.data()])) as Float32Array[];
       tf.dispose([pol.logp, pol.entropy, ref]);
@@ -258,64 +228,27 @@ export class RlooLearner {
 
   /**
    * The gradient of the batch's loss with respect to the adapter's variables (keyed like
-   * adapter.variables), summed over micro-batches; `ppo` uses the clipped-ratio loss against the
-   * batch's sampling log-probs. The caller disposes the gradients.
+   * adapter.variables), summed over micro-batches (core's accumulateGradients); `ppo` uses the
+   * clipped-ratio loss against the batch's sampling log-probs. The caller disposes the gradients.
    */
   async gradients(batch: RolloutBatch, opts: { ppo?: boolean; training?: boolean } = {}): Promise<{ grads: Record<string, tf.Tensor>; loss: number }> {
-    const adapter = this.model.lora!;
-    const keyOf = new Map(Object.entries(adapter.variables).map(([key, v]) => [v.name, key]));
-    const vars = Object.values(adapter.variables);
     const N = batch.responses.length;
-    let acc: Record<string, tf.Tensor> | null = null;
-    let loss = 0;
-    for (const mb of microBatches(batch, this.settings.microBatchSize)) {
+    return await accumulateGradients(microBatches(batch, this.settings.microBatchSize), (mb) => {
       const s = seqTensors(batch, mb, this.pad);
       const adv = tf.tensor1d(mb.map((r) => batch.advantages[r]!), 'float32');
-      let old: tf.Tensor2D | null = null;
-      if (opts.ppo) {
-        const o = new Float32Array(mb.length * (s.T - 1));
-        mb.forEach((r, i) => o.set(batch.logp[r]!, i * (s.T - 1) + s.start[i]!));
-        old = tf.tensor2d(o, [mb.length, s.T - 1]);
-      }
-      const { value, grads } = tf.variableGrads(() => {
-        const lp = sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { training: opts.training ?? true, temperature: this.settings.temperature });
-        return old ? ppoClipLoss(lp, old, s.targets, adv, N, this.settings.clipRange) : reinforceLoss(lp, adv, N);
-      }, vars);
-      loss += (await value.data())[0]!;
-      tf.dispose([value, adv, ...(old ? [old] : [])]);
-      disposeSeq(s);
-      if (acc === null) {
-        acc = {};
-        for (const [name, g] of Object.entries(grads)) acc[keyOf.get(name)!] = g;
-      } else {
-        for (const [name, g] of Object.entries(grads)) {
-          const key = keyOf.get(name)!;
-          const prev = acc[key]!;
-          acc[key] = tf.add(prev, g);
-          tf.dispose([prev, g]);
-        }
-      }
-    }
-    return { grads: acc ?? {}, loss };
+      const lp = sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { training: opts.training ?? true, temperature: this.settings.temperature });
+      if (!opts.ppo) return reinforceLoss(lp, adv, N);
+      const o = new Float32Array(mb.length * (s.T - 1));
+      mb.forEach((r, i) => o.set(batch.logp[r]!, i * (s.T - 1) + s.start[i]!));
+      const old = tf.tensor2d(o, [mb.length, s.T - 1]);
+      return ppoClipLoss(lp, old, s.targets, adv, N, this.settings.clipRange);
+    }, this.model.lora!.variables);
   }
 
   /** One optimiser update from a batch's gradient; returns the loss and the gradient norm (before clipping). */
   async update(batch: RolloutBatch, lr: number, ppo: boolean): Promise<{ loss: number; gradNorm: number }> {
     const { grads, loss } = await this.gradients(batch, { ppo });
-    let norm: number;
-    try {
-      if (this.settings.gradClip > 0) {
-        const c = await clipGradNorm(grads, this.settings.gradClip);
-        norm = c.norm;
-        if (Number.isFinite(norm)) this.optimizer.step(c.grads, lr);
-        tf.dispose(Object.values(c.grads));
-      } else {
-        norm = await globalNorm(grads);
-        if (Number.isFinite(norm)) this.optimizer.step(grads, lr);
-      }
-    } finally {
-      tf.dispose(Object.values(grads));
-    }
+    const norm = await applyGradients(this.optimizer, grads, lr, this.settings.gradClip);
     if (!Number.isFinite(norm) || !Number.isFinite(loss)) {
       throw new QrlhfError(`rloo: the loss or the gradient is not finite (loss ${loss}, grad norm ${norm}); lower lr or betaKl, or check the reward source`);
     }

@@ -20,21 +20,21 @@ import {
   LoraAdapter,
   QrlhfError,
   Rng,
+  TrainingRun,
   Tracker,
   initBackend,
   loadModel,
   dialogueFormatFor,
-  loadTrainingState,
+  restoreOptimizer,
+  runTrainingLoop,
   saveLoraAdapter,
-  saveTrainingState,
   writeDirAtomic,
   writeFileAtomic,
   type BackendName,
+  type LlamaModel,
   type LoraConfig,
   type Metrics,
-  checkResumableConfig,
-  checkpointGuard,
-  openRunFolder,
+  type StepContext,
   printLine,
   parseConfig,
 } from '@qrlhf/core';
@@ -146,28 +146,20 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   await initBackend(cfg.backend as BackendName, { quiet: hooks.quiet ?? false });
 
   const out = cfg.out;
-  const ckptDir = join(out, 'checkpoints');
   const adapterDir = join(out, 'adapter');
   const samplesPath = join(out, 'samples.jsonl');
   // One run at a time in a folder of rloo runs (issue 12 items 12, 13), then the checkpoint guard.
-  const run = openRunFolder(out, 'rloo');
-  let texts: Awaited<ReturnType<typeof readPromptTexts>>;
-  let loaded: Awaited<ReturnType<typeof loadModel>>;
-  try {
-    checkpointGuard(out, ckptDir, cfg.resume);
-    texts = await readPromptTexts(cfg.prompts!, cfg.maxPrompts);
-    loaded = await loadModel(cfg.policy!, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
-  } catch (e) {
-    run.release();
-    throw e;
-  }
-  const model = loaded.model;
-  const tok = loaded.tokenizer;
+  const run = TrainingRun.open({ out, kind: 'rloo', resume: cfg.resume });
+  let model: LlamaModel | null = null;
   let qrm: QuantileRewardModel | null = null;
   let tracker: Tracker | null = null;
   let opt: AdamW | null = null;
   let engine: RolloutEngine | null = null;
   try {
+    const texts = await readPromptTexts(cfg.prompts!, cfg.maxPrompts);
+    const loaded = await loadModel(cfg.policy!, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+    model = loaded.model;
+    const tok = loaded.tokenizer;
     const format = dialogueFormatFor(cfg.chatTemplate, tok);
     const pset = preparePrompts(texts, tok, {
       maxPromptLength: cfg.maxPromptLength,
@@ -188,32 +180,34 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
 
     // The adapter, the optimiser and the Rng: fresh, or from the checkpoint.
     const lcfg = loraConfigOf(cfg);
-    const state = cfg.resume ? loadTrainingState(ckptDir) : null;
-    let rng: Rng;
-    let step = 0;
-    let adapter: LoraAdapter;
     if (model.lora) throw new QrlhfError(`${cfg.policy}: the policy already carries a LoRA adapter; merge it first (the SFT run's merged/ folder)`);
+    const state = run.restore(Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])));
+    let rng: Rng;
+    let adapter: LoraAdapter;
     if (state) {
-      checkResumableConfig(state.extra['config'], cfg, TRAJECTORY_KEYS, join(ckptDir, 'state.json'));
       rng = new Rng(cfg.seed, state.rng);
-      adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(ckptDir, 'state.json'), rng);
+      adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(run.checkpointDir, 'state.json'), rng);
       model.lora = adapter;
-      step = state.step;
     } else {
       rng = new Rng(`${cfg.seed}:rloo`);
       adapter = model.addLora(lcfg, rng);
     }
     opt = new AdamW(adapter.variables, { lr: cfg.lr, weightDecay: cfg.weightDecay });
-    if (state) {
-      opt.setState(state.optimizer);
-      for (const t of Object.values(state.optimizer.tensors)) t.dispose();
-    } else {
-      rmSync(ckptDir, { recursive: true, force: true });
-    }
-    const resumedFrom = step;
-    if (resumedFrom > cfg.steps) throw new QrlhfError(`${ckptDir}: the checkpoint is at step ${resumedFrom}, past this config's ${cfg.steps} steps`);
+    restoreOptimizer(opt, state);
+    const trained = { variables: adapter.variables, optimizer: opt, rng };
+    const resumedFrom = state?.step ?? 0;
+    if (resumedFrom > cfg.steps) throw new QrlhfError(`${run.checkpointDir}: the checkpoint is at step ${resumedFrom}, past this config's ${cfg.steps} steps`);
 
-    writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    const taus = reward.taus;
+    tracker = await run.track({
+      config: cfg,
+      start: resumedFrom,
+      total: cfg.steps,
+      label: `rloo ${cfg.utility.length > 24 ? 'custom' : cfg.utility}`,
+      keys: ['utility', 'expectation', quantileKey(taus[0] ?? 0.05), 'kl'],
+      console: !hooks.quiet,
+      wandbProject: cfg.wandbProject,
+    });
     // samples.jsonl: on resume keep the rows up to the checkpoint, as metrics.jsonl does
     if (resumedFrom > 0 && existsSync(samplesPath)) {
       const kept = readFileSync(samplesPath, 'utf8')
@@ -231,18 +225,6 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
     } else {
       rmSync(samplesPath, { force: true });
     }
-    const taus = reward.taus;
-    tracker = await Tracker.create({
-      dir: out,
-      console: !hooks.quiet,
-      label: `rloo ${cfg.utility.length > 24 ? 'custom' : cfg.utility}`,
-      total: cfg.steps,
-      start: resumedFrom,
-      keys: ['utility', 'expectation', quantileKey(taus[0] ?? 0.05), 'kl'],
-      resume: resumedFrom > 0,
-      keep: (row) => typeof row['step'] === 'number' && row['step'] <= resumedFrom,
-      wandb: cfg.wandbProject ? { project: cfg.wandbProject, config: { ...cfg } } : false,
-    });
     const log = (row: Metrics) => {
       tracker!.log(row);
       hooks.onMetrics?.(row);
@@ -264,57 +246,51 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
             },
           })
         : localEngine(model, cfg.generationBatchSize);
-    await engine.updatePolicy(step);
+    await engine.updatePolicy(resumedFrom);
     // A reply in a chat template ends with the template's end-of-turn token (Llama 3: <|eot_id|>,
     // whose id need not be the tokenizer's EOS): rollouts stop there and it counts as the EOS.
     const eot = format.endOfTurn === null ? undefined : tok.tokenToId(format.endOfTurn);
     const decoder = eot === undefined ? tok : { eosId: eot, decode: (ids: number[], o?: { skipSpecial?: boolean }) => tok.decode(ids, o) };
     const learner = new RlooLearner({ model, tokenizer: decoder, reward, utility, settings: cfg, rng, optimizer: opt, engine });
-    const saveCheckpoint = async (s: number) =>
-      await saveTrainingState(ckptDir, {
-        step: s,
-        variables: adapter.variables,
-        optimizer: opt!.getState(),
-        rng: rng.state(),
-        extra: { config: Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])) },
-      });
-    let last: Metrics | null = null;
-    let lastCkpt = resumedFrom;
-    while (step < cfg.steps) {
+
+    // One RLOO step (the learner's), then what the run adds to its row.
+    let batch: RolloutBatch | null = null;
+    const rlooStep = async ({ index, lastCheckpoint }: StepContext): Promise<Metrics> => {
       const t0 = performance.now();
-      const idx = stream.slice(step * cfg.batchSize, (step + 1) * cfg.batchSize);
+      const idx = stream.slice(index * cfg.batchSize, (index + 1) * cfg.batchSize);
       let stepped: Awaited<ReturnType<RlooLearner['step']>>;
       try {
         stepped = await learner.step(idx.map((i) => pset.prompts[i]!), cfg.lr);
       } catch (e) {
         if (e instanceof QrlhfError && e.message.startsWith('engine')) {
-          throw new QrlhfError(`${e.message}. The last checkpoint (step ${lastCkpt}, ${ckptDir}) is intact: start the servers and rerun with --resume`);
+          throw new QrlhfError(`${e.message}. The last checkpoint (step ${lastCheckpoint}, ${run.checkpointDir}) is intact: start the servers and rerun with --resume`);
         }
         throw e;
       }
-      const { batch, metrics } = stepped;
-      step++;
-      await engine.updatePolicy(step);
+      batch = stepped.batch;
+      const b = stepped.batch;
+      const step = index + 1;
+      await engine!.updatePolicy(step);
       let extra: Record<string, number> = {};
       if (hooks.extraMetrics) {
-        const items = batch.texts.map((response, i) => ({ prompt: batch.prompts[Math.floor(i / batch.k)]!.text, response, quantiles: batch.quantiles[i]! }));
+        const items = b.texts.map((response, i) => ({ prompt: b.prompts[Math.floor(i / b.k)]!.text, response, quantiles: b.quantiles[i]! }));
         extra = await hooks.extraMetrics(items, step);
       }
-      const row: Metrics = { step, ...metrics, lr: cfg.lr, step_time_s: (performance.now() - t0) / 1000, filtered_prompts: pset.filtered, ...extra };
-      if (step % cfg.logEvery === 0 || step === cfg.steps || step === 1) {
-        log(row);
-        last = row;
-      } else {
-        tracker.console?.progress.update(step);
-      }
-      if (cfg.sampleEvery > 0 && (step % cfg.sampleEvery === 0 || step === 1)) appendFileSync(samplesPath, sampleRows(batch, step, cfg.samplesPerLog, taus));
-      if ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || step === cfg.steps) {
-        await saveCheckpoint(step);
-        lastCkpt = step;
-      }
-      hooks.onStep?.(step);
-    }
-    if (lastCkpt !== step) await saveCheckpoint(step);
+      return { step, ...stepped.metrics, lr: cfg.lr, step_time_s: (performance.now() - t0) / 1000, filtered_prompts: pset.filtered, ...extra };
+    };
+    const { steps: step, last } = await runTrainingLoop({
+      start: resumedFrom,
+      total: cfg.steps,
+      step: rlooStep,
+      logEvery: cfg.logEvery,
+      log,
+      progress: (s) => tracker!.console?.progress.update(s),
+      after: (s) => {
+        if (cfg.sampleEvery > 0 && (s % cfg.sampleEvery === 0 || s === 1)) appendFileSync(samplesPath, sampleRows(batch!, s, cfg.samplesPerLog, taus));
+      },
+      checkpoint: { every: cfg.checkpointEvery, save: (s) => run.save(s, trained) },
+      ...(hooks.onStep ? { onStep: hooks.onStep } : {}),
+    });
     await writeDirAtomic(adapterDir, (tmp) => saveLoraAdapter(tmp, adapter, cfg.policy!));
     printLine(tracker, `rloo: done at step ${step}; adapter ${adapterDir}`, hooks.quiet);
     return {
@@ -328,7 +304,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
   } finally {
     await engine?.close();
     opt?.dispose();
-    model.dispose();
+    model?.dispose();
     qrm?.dispose();
     await tracker?.close();
     run.release();

@@ -13,7 +13,6 @@
  * the adapter and the optimiser, so a run killed at any moment and resumed ends bit-identical to
  * an uninterrupted one.
  */
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -21,20 +20,20 @@ import {
   LoraAdapter,
   QrlhfError,
   Rng,
+  TrainingRun,
   Tracker,
-  clipGradNorm,
+  accumulateGradients,
+  applyGradients,
   constantSchedule,
   cosineSchedule,
-  disposeTrainingState,
   generate,
-  globalNorm,
   initBackend,
   loadModel,
-  loadTrainingState,
   readSftExamples,
+  restoreOptimizer,
+  runTrainingLoop,
   saveHfFolder,
   saveLoraAdapter,
-  saveTrainingState,
   sequenceLogProbs,
   writeDirAtomic,
   writeFileAtomic,
@@ -43,10 +42,8 @@ import {
   type LlamaModel,
   type LoraConfig,
   type Metrics,
+  type StepContext,
   type Tokenizer,
-  checkResumableConfig,
-  checkpointGuard,
-  openRunFolder,
   checkTrainingMemory,
   gib,
   printLine,
@@ -196,31 +193,25 @@ function loraConfigOf(cfg: SftConfig): LoraConfig {
 /**
  * Runs SFT with LoRA as configured; see the file comment. The config is checked against SFT_SCHEMA
  * (checkSftConfig); its paths are used as given (loadConfig resolved those of a file and of flags).
+ * The run folder, checkpoints, metrics and the update loop are core's TrainingRun and
+ * runTrainingLoop; what is SFT's is the data, the loss and the evaluation.
  */
 export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<SftResult> {
   const cfg = checkSftConfig(config);
   await initBackend(cfg.backend, { quiet: hooks.quiet ?? false });
 
   const out = cfg.out;
-  const ckptDir = join(out, 'checkpoints');
   const adapterDir = join(out, 'adapter');
   const mergedDir = join(out, 'merged');
   // One run at a time in a folder of sft runs (issue 12 items 12, 13), then the checkpoint guard.
-  const run = openRunFolder(out, 'sft');
-  let hasCheckpoint: boolean;
-  let loaded: Awaited<ReturnType<typeof loadModel>>;
-  try {
-    hasCheckpoint = checkpointGuard(out, ckptDir, cfg.resume);
-    loaded = await loadModel(cfg.model, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
-  } catch (e) {
-    run.release();
-    throw e;
-  }
-  const model = loaded.model;
-  const tok = loaded.tokenizer;
+  const run = TrainingRun.open({ out, kind: 'sft', resume: cfg.resume });
+  let model: LlamaModel | null = null;
   let tracker: Tracker | null = null;
   let opt: AdamW | null = null;
   try {
+    const loaded = await loadModel(cfg.model, cfg.tokenizer ? { tokenizer: cfg.tokenizer } : {});
+    model = loaded.model;
+    const tok = loaded.tokenizer;
     // Positions past the model's context were never trained (and their attention alone can
     // outgrow the heap, issue 12): longer examples are filtered out like any over maxLength.
     const context = model.config.maxPositionEmbeddings;
@@ -239,32 +230,24 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
 
     // The adapter, the optimiser and the Rng: fresh, or from the checkpoint.
     const lcfg = loraConfigOf(cfg);
-    const state = cfg.resume ? loadTrainingState(ckptDir) : null;
+    const state = run.restore(Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])));
     let rng: Rng;
     let adapter: LoraAdapter;
-    let step = 0;
     if (state) {
-      checkResumableConfig(state.extra['config'], cfg, TRAJECTORY_KEYS, ckptDir);
       rng = new Rng(cfg.seed, state.rng);
-      adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(ckptDir, 'state.json'), rng);
+      adapter = LoraAdapter.fromTensors(model, lcfg, state.variables, join(run.checkpointDir, 'state.json'), rng);
       model.lora?.dispose();
       model.lora = adapter;
-      step = state.step;
     } else {
       rng = new Rng(`${cfg.seed}:sft`);
       adapter = model.addLora(lcfg, rng);
     }
     opt = new AdamW(adapter.variables, { lr: cfg.lr, weightDecay: cfg.weightDecay, beta1: cfg.beta1, beta2: cfg.beta2 });
-    if (state) {
-      opt.setState(state.optimizer);
-      for (const t of Object.values(state.optimizer.tensors)) t.dispose();
-      // state.variables were taken over by fromTensors
-    } else if (!cfg.resume || !hasCheckpoint) {
-      rmSync(ckptDir, { recursive: true, force: true });
-    }
-    const resumedFrom = step;
+    restoreOptimizer(opt, state); // state.variables were taken over by fromTensors
+    const trained = { variables: adapter.variables, optimizer: opt, rng };
+    const resumedFrom = state?.step ?? 0;
     if (resumedFrom > totalSteps) {
-      throw new QrlhfError(`${ckptDir}: the checkpoint is at step ${resumedFrom}, past this config's ${totalSteps} steps`);
+      throw new QrlhfError(`${run.checkpointDir}: the checkpoint is at step ${resumedFrom}, past this config's ${totalSteps} steps`);
     }
     const warmup = Math.min(cfg.warmupSteps, totalSteps);
     const flat = constantSchedule(cfg.lr);
@@ -275,22 +258,18 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
 
     // The run folder: the resolved config, then the metrics (on resume, without the rows a killed
     // run logged after its last checkpoint).
-    writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
     let evalLossBefore: number | null = null;
-    tracker = await Tracker.create({
-      dir: out,
-      console: !hooks.quiet,
-      label: 'sft',
-      total: totalSteps,
+    tracker = await run.track({
+      config: cfg,
       start: resumedFrom,
+      total: totalSteps,
+      label: 'sft',
       keys: ['loss', 'eval_loss', 'token_accuracy', 'lr'],
-      resume: resumedFrom > 0,
-      keep: (row) => {
-        const s = row['step'];
-        if (s === 0 && typeof row['eval_loss'] === 'number') evalLossBefore = row['eval_loss'];
-        return typeof s === 'number' && s <= resumedFrom;
+      console: !hooks.quiet,
+      wandbProject: cfg.wandbProject,
+      kept: (row) => {
+        if (row['step'] === 0 && typeof row['eval_loss'] === 'number') evalLossBefore = row['eval_loss'];
       },
-      wandb: cfg.wandbProject ? { project: cfg.wandbProject, config: { ...cfg } } : false,
     });
     const log = (row: Metrics) => {
       tracker!.log(row);
@@ -304,93 +283,52 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     let lastEval: { loss: number; accuracy: number } | null = null;
     const runEval = async (s: number) => {
       if (data.heldOut.length === 0) return;
-      const e = await evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
+      const e = await evaluateSft(model!, data.heldOut, cfg.microBatchSize, tok.padId);
       lastEval = e;
       if (s === 0) evalLossBefore = e.loss;
       // Every metrics line carries step, loss and lr (issue 4's contract): an evaluation line's loss
       // is the held-out loss, marked by split "eval"; lr is that of the next update.
       log({ step: s, split: 'eval', loss: e.loss, lr: schedule(s), eval_loss: e.loss, token_accuracy: e.accuracy, eval_tokens: e.tokens });
     };
-    const saveCheckpoint = async (s: number) =>
-      await saveTrainingState(ckptDir, {
-        step: s,
-        variables: adapter.variables,
-        optimizer: opt!.getState(),
-        rng: rng.state(),
-        extra: { position: s * effective, totalSteps, config: Object.fromEntries(TRAJECTORY_KEYS.map((k) => [k, cfg[k]])) },
-      });
+    if (resumedFrom === 0) await runEval(0);
 
-    if (step === 0) await runEval(0);
-
-    // Variables of the adapter by tfjs name → PEFT key (variableGrads keys its result by tfjs name).
-    const keyOf = new Map(Object.entries(adapter.variables).map(([k, v]) => [v.name, k]));
-    const varList = Object.values(adapter.variables);
-    let lastCkpt = resumedFrom;
-
-    while (step < totalSteps) {
+    // One update: the step's examples (sorted by length: less padding), the summed gradient of
+    // their mean response-token loss over micro-batches, clipped, AdamW.
+    const sftStep = async ({ index }: StepContext): Promise<Metrics> => {
       const t0 = performance.now();
-      const [a, b] = stepRange(step, effective, endPos);
+      const [a, b] = stepRange(index, effective, endPos);
       const idx = stream.slice(a, b).map((i) => data.train[i]!);
-      // Sorting the step's examples by length cuts padding; the loss is a sum over the whole step.
       idx.sort((x, y) => x.ids.length - y.ids.length);
       const groupTokens = idx.reduce((n, e) => n + lossTokenCount(e), 0);
-      let acc: Record<string, tf.Tensor> | null = null;
-      let lossSum = 0;
-      let tokens = 0;
-      for (let i = 0; i < idx.length; i += cfg.microBatchSize) {
-        const pb = padBatch(idx.slice(i, i + cfg.microBatchSize), tok.padId);
-        tokens += pb.tokens;
+      const micro: ReturnType<typeof padBatch>[] = [];
+      for (let i = 0; i < idx.length; i += cfg.microBatchSize) micro.push(padBatch(idx.slice(i, i + cfg.microBatchSize), tok.padId));
+      const { grads, loss } = await accumulateGradients(micro, (pb) => {
         const bt = batchTensors(pb);
-        const { value, grads } = tf.variableGrads(() => {
-          const lp = sequenceLogProbs(model, bt.ids, bt.mask, bt.loss, { training: true });
-          return tf.div(tf.neg(tf.sum(lp)), groupTokens) as tf.Scalar;
-        }, varList);
-        lossSum += (await value.data())[0]!;
-        value.dispose();
-        tf.dispose([bt.ids, bt.mask, bt.loss]);
-        if (acc === null) {
-          acc = {};
-          for (const [name, g] of Object.entries(grads)) acc[keyOf.get(name)!] = g;
-        } else {
-          for (const [name, g] of Object.entries(grads)) {
-            const k = keyOf.get(name)!;
-            const prev = acc[k]!;
-            acc[k] = tf.add(prev, g);
-            prev.dispose();
-            g.dispose();
-          }
-        }
+        const lp = sequenceLogProbs(model!, bt.ids, bt.mask, bt.loss, { training: true });
+        return tf.div(tf.neg(tf.sum(lp)), groupTokens) as tf.Scalar;
+      }, adapter.variables);
+      const lr = schedule(index);
+      const norm = await applyGradients(opt!, grads, lr, cfg.gradClip);
+      if (!Number.isFinite(norm) || !Number.isFinite(loss)) {
+        throw new QrlhfError(`sft: step ${index + 1}: the loss or the gradient is not finite (loss ${loss}, grad norm ${norm}); lower lr`);
       }
-      const lr = schedule(step);
-      let norm: number;
-      if (cfg.gradClip > 0) {
-        const c = await clipGradNorm(acc!, cfg.gradClip);
-        norm = c.norm;
-        if (Number.isFinite(norm)) opt.step(c.grads, lr);
-        tf.dispose(Object.values(c.grads));
-      } else {
-        norm = await globalNorm(acc!);
-        if (Number.isFinite(norm)) opt.step(acc!, lr);
-      }
-      tf.dispose(Object.values(acc!));
-      if (!Number.isFinite(norm) || !Number.isFinite(lossSum)) {
-        throw new QrlhfError(`sft: step ${step + 1}: the loss or the gradient is not finite (loss ${lossSum}, grad norm ${norm}); lower lr`);
-      }
-      step++;
+      const tokens = micro.reduce((n, pb) => n + pb.tokens, 0);
       const seconds = (performance.now() - t0) / 1000;
-      if (step % cfg.logEvery === 0 || step === totalSteps || step === 1) {
-        log({ step, loss: lossSum, lr, grad_norm: norm, tokens_per_s: tokens / seconds, epoch: Math.min(b, endPos) / nTrain });
-      } else {
-        tracker.console?.progress.update(step);
-      }
-      if ((cfg.evalEvery > 0 && step % cfg.evalEvery === 0) || step === totalSteps) await runEval(step);
-      if ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || step === totalSteps) {
-        await saveCheckpoint(step);
-        lastCkpt = step;
-      }
-      hooks.onStep?.(step);
-    }
-    if (lastCkpt !== step) await saveCheckpoint(step);
+      return { step: index + 1, loss, lr, grad_norm: norm, tokens_per_s: tokens / seconds, epoch: Math.min(b, endPos) / nTrain };
+    };
+    const { steps: step } = await runTrainingLoop({
+      start: resumedFrom,
+      total: totalSteps,
+      step: sftStep,
+      logEvery: cfg.logEvery,
+      log,
+      progress: (s) => tracker!.console?.progress.update(s),
+      after: async (s) => {
+        if ((cfg.evalEvery > 0 && s % cfg.evalEvery === 0) || s === totalSteps) await runEval(s);
+      },
+      checkpoint: { every: cfg.checkpointEvery, save: (s) => run.save(s, trained, { position: s * effective, totalSteps }) },
+      ...(hooks.onStep ? { onStep: hooks.onStep } : {}),
+    });
     if (lastEval === null && data.heldOut.length > 0) {
       // a resumed run that had already finished: evaluate what it ends with
       const e = await evaluateSft(model, data.heldOut, cfg.microBatchSize, tok.padId);
@@ -421,7 +359,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
     };
   } finally {
     opt?.dispose();
-    model.dispose();
+    model?.dispose();
     await tracker?.close();
     run.release();
   }
