@@ -2,7 +2,8 @@
  * The tiny base model of the Figure 3 world: a Llama trained from random weights, every parameter,
  * with the next-token loss on whole dialogues of the world's pretraining corpus. The paper starts
  * from a pretrained Llama; here nothing can be downloaded, so the base model is made in a minute or
- * two, then goes through the same SFT / QRM / RLOO code as a real checkpoint would.
+ * two, then goes through the same SFT / QRM / RLOO code as a real checkpoint would. The update
+ * loop, gradient and clipped AdamW step are core's training scaffold (train/loop.ts), as in SFT and RLOO.
  */
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -12,15 +13,19 @@ import {
   QrlhfError,
   Rng,
   Tokenizer,
-  clipGradNorm,
+  accumulateGradients,
+  applyGradients,
   cosineSchedule,
   readJsonlAll,
+  runTrainingLoop,
   saveHfFolder,
   sequenceLogProbs,
   defineConfig,
   seedField,
   type ConfigOf,
   type LlamaConfig,
+  type Metrics,
+  type StepContext,
 } from '@qrlhf/core';
 
 /** The pretraining stage: the base model's shape and its training (an experiment's `pretrain` block is a partial of this). */
@@ -93,7 +98,9 @@ export async function pretrainBase(cfg: PretrainConfig, o: PretrainFiles): Promi
   let order: number[] = [];
   let smoothed = NaN;
   let tokens = 0;
-  for (let step = 1; step <= cfg.steps; step++) {
+  // One update: the next batchSize dialogues of a reshuffled-per-epoch order, the mean next-token
+  // loss over their tokens (every parameter trained), clipped, AdamW on the cosine schedule.
+  const pretrainStep = async ({ index }: StepContext): Promise<Metrics> => {
     if (order.length < cfg.batchSize) order = order.concat(rng.shuffle(seqs.map((_, i) => i)));
     const batch = order.splice(0, cfg.batchSize).map((i) => seqs[i]!);
     const T = Math.max(...batch.map((s) => s.length));
@@ -105,22 +112,20 @@ export async function pretrainBase(cfg: PretrainConfig, o: PretrainFiles): Promi
     });
     const count = mask.reduce((a, x) => a + x, 0) - batch.length;
     tokens += count;
-    const idsT = tf.tensor2d(ids, [batch.length, T], 'int32');
-    const maskT = tf.tensor2d(mask, [batch.length, T]);
-    const { value, grads } = tf.variableGrads(
-      () => tf.neg(tf.div(tf.sum(sequenceLogProbs(model, idsT, maskT, maskT)), count)) as tf.Scalar,
-      Object.values(model.weights),
-    );
-    const named: Record<string, tf.Tensor> = {};
-    for (const [name, v] of Object.entries(model.weights)) named[name] = grads[v.name]!;
-    const clipped = await clipGradNorm(named, cfg.gradClip);
-    const lr = schedule(step);
-    opt.step(clipped.grads, lr);
-    const loss = (await value.data())[0]!;
-    tf.dispose([idsT, maskT, value, ...Object.values(grads), ...Object.values(clipped.grads)]);
+    const { grads, loss } = await accumulateGradients([{ ids, mask }], (mb) => {
+      const idsT = tf.tensor2d(mb.ids, [batch.length, T], 'int32');
+      const maskT = tf.tensor2d(mb.mask, [batch.length, T]);
+      return tf.neg(tf.div(tf.sum(sequenceLogProbs(model, idsT, maskT, maskT)), count)) as tf.Scalar;
+    }, model.weights);
+    const lr = schedule(index + 1);
+    const norm = await applyGradients(opt, grads, lr, cfg.gradClip);
+    if (!Number.isFinite(norm) || !Number.isFinite(loss)) {
+      throw new QrlhfError(`pretrain: step ${index + 1}: the loss or the gradient is not finite (loss ${loss}, grad norm ${norm}); lower lr`);
+    }
     smoothed = Number.isNaN(smoothed) ? loss : 0.95 * smoothed + 0.05 * loss;
-    progress.tick(1, `loss ${smoothed.toFixed(3)}`);
-  }
+    return { step: index + 1, loss, lr, grad_norm: norm };
+  };
+  await runTrainingLoop({ start: 0, total: cfg.steps, step: pretrainStep, logEvery: 1, log: () => progress.tick(1, `loss ${smoothed.toFixed(3)}`) });
   progress.done();
   for (const v of Object.values(model.weights)) v.trainable = false;
   await saveHfFolder(o.out, model, tok);
