@@ -52,7 +52,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   // 2. A tiny base model, pretrained on the world's dialogues.
   const baseDir = join(out, 'base');
   await stage('pretrain', join(out, 'pretrain'), inputs.pretrain, async () =>
-    pretrainBase(cfg.pretrain, { corpus: files.pretrain, tokenizer: files.tokenizer, out: baseDir }),
+    pretrainBase(cfg.pretrain, { corpus: files.pretrain, tokenizer: files.tokenizer, out: baseDir, run: join(out, 'pretrain') }),
   );
 
   // 3. SFT with LoRA on the chosen dialogues; the adapter merged into the base.
