@@ -5,7 +5,7 @@ import test from 'ava';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QrlhfError, parseConfig } from '@qrlhf/core';
+import { QrlhfError, initBackend, parseConfig } from '@qrlhf/core';
 import { createWorld, writeWorldData } from '@qrlhf/world';
 import { PRETRAIN_SCHEMA, pretrainBase } from '../experiments/figure3/pretrain.js';
 
@@ -19,6 +19,7 @@ const cfg = parseConfig(PRETRAIN_SCHEMA, {
 const rows = (run: string) => readFileSync(join(run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
 
 test('pretraining stopped after step 3 and continued from its step-2 checkpoint ends bit-identical; another lr is refused', async (t) => {
+  await initBackend('auto', { quiet: true });
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-pretrain-'));
   const files = await writeWorldData(createWorld(1), join(dir, 'data'), { pretrain: 20, sft: 0, ratings: 0, pairs: 0, prompts: 0, evalPrompts: 0 });
   const io = (name: string) => ({ corpus: files.pretrain, tokenizer: files.tokenizer, out: join(dir, name, 'base'), run: join(dir, name, 'run') });
