@@ -39,7 +39,7 @@ test.serial('qrm features --engine openai equals the in-process features within 
     const viaEngine = join(dir, `engine${flag}.safetensors`);
     let r = await qrlhf(['qrm', 'features', '--model', policy, flag, file, '--out', local, '--backend', 'cpu', '--batch-size', '3']);
     t.is(r.code, 0, r.stderr);
-    r = await qrlhf(['qrm', 'features', '--model', policy, flag, file, '--out', viaEngine, '--engine', 'openai', '--base-url', server!.url, '--batch-size', '3']);
+    r = await qrlhf(['qrm', 'features', '--model', policy, flag, file, '--out', viaEngine, '--engine.kind', 'openai', '--engine.base-url', server!.url, '--batch-size', '3']);
     t.is(r.code, 0, r.stderr);
     if (flag === '--ratings') {
       const [a, b] = [readRatingFeatures(local), readRatingFeatures(viaEngine)];
@@ -57,7 +57,7 @@ test.serial('qrm features --engine openai equals the in-process features within 
     t.is(meta['engine_urls'], server!.url);
     t.is(meta['backbone'], policy);
   }
-  const r = await qrlhf(['qrm', 'features', '--model', policy, '--ratings', ratings, '--out', join(dir, 'x.safetensors'), '--engine', 'openai', '--base-url', server!.url, '--pooling', 'mean']);
+  const r = await qrlhf(['qrm', 'features', '--model', policy, '--ratings', ratings, '--out', join(dir, 'x.safetensors'), '--engine.kind', 'openai', '--engine.base-url', server!.url, '--pooling', 'mean']);
   t.is(r.code, 1);
   t.regex(r.stderr, /pooling "mean" has no engine counterpart/);
 });

@@ -56,7 +56,7 @@ export const FIGURE3_SCHEMA = defineConfig({
     type: 'group',
     doc: 'the quantile reward model on the frozen base model (@qrlhf/qrm stages)',
     schema: defineConfig({
-      features: { type: 'group', schema: omitFields(QRM_FEATURES_SCHEMA, [...PIPELINE, 'model', 'tokenizer', 'ratings', 'pairs', 'out', 'engine', 'baseUrl', 'engineModel']), doc: 'stage-1 and stage-2 features' },
+      features: { type: 'group', schema: omitFields(QRM_FEATURES_SCHEMA, [...PIPELINE, 'model', 'tokenizer', 'ratings', 'pairs', 'out', 'engine']), doc: 'stage-1 and stage-2 features' },
       fit: { type: 'group', schema: omitFields(QRM_FIT_SCHEMA, ['features', 'out']), doc: 'the quantile heads (stage 1)' },
       gate: { type: 'group', schema: omitFields(QRM_GATE_SCHEMA, [...PIPELINE, 'heads', 'pairs', 'reference', 'out', 'backbone', 'tokenizer', 'pooling', 'metrics']), doc: 'the gate (stage 2)' },
     }),

@@ -14,11 +14,11 @@
  */
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { QrlhfError, claimRunFolder, Rng, initBackend, loadModel, repoRoot, writeFileAtomic } from '@qrlhf/core';
+import { QrlhfError, claimRunFolder, Rng, defaultConfig, initBackend, loadModel, repoRoot, writeFileAtomic } from '@qrlhf/core';
 import { runProgram } from '@qrlhf/cli';
 import { createWorld, writeWorldData, type WorldFiles } from '@qrlhf/world';
 import { runSft } from '@qrlhf/sft';
-import { QuantileRewardModel, type FeaturePooling, type QrmNormalise, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
+import { FEATURE_ENGINE_SCHEMA, QuantileRewardModel, type FeaturePooling, type QrmNormalise, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
 import { figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
 import { FIGURE3_SCHEMA, type Figure3Config } from './config.js';
 import { pretrainBase } from './pretrain.js';
@@ -95,7 +95,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
     }
     // The features block (the default config has mean pooling, not SPEC's last token: the tiny
     // backbone's last state mostly predicts the next token; the mean keeps which moves the response made).
-    const feat = { ...cfg.qrm.features, model: backboneDir, tokenizer: null, engine: 'local' as const, baseUrl: [], engineModel: null, backend: cfg.backend };
+    const feat = { ...cfg.qrm.features, model: backboneDir, tokenizer: null, engine: defaultConfig(FEATURE_ENGINE_SCHEMA), backend: cfg.backend };
     const r = await runQrmFeatures({ ...feat, ratings, pairs: null, out: f1 });
     await runQrmFeatures({ ...feat, ratings: null, pairs: files.pairs, out: f2 });
     // The world's ratings already lie in [0, 1] (SPEC §4): the fit block has labelScale 'none', so the
@@ -104,7 +104,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
     await runQrmFit({ ...cfg.qrm.fit, features: f1, out: headsDir }, { quiet: true });
     const trained = await runQrmGate({
       ...cfg.qrm.gate, heads: headsDir, pairs: f2, reference: null, out: qrmModelDir, backbone: backboneDir, tokenizer: null,
-      pooling: cfg.qrm.features.pooling, metrics: null, backend: cfg.backend,
+      pooling: null, metrics: null, backend: cfg.backend, // pooling: read from the features' record
     });
     return {
       ratings: r.n,

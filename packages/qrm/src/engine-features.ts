@@ -9,8 +9,25 @@
  *     that token in the full pass sees the prompt only, so it is the prefix's own last state).
  * 'mean' pooling has no engine counterpart and is refused.
  */
-import { EnginePool, QrlhfError, type Tokenizer } from '@qrlhf/core';
+import { EnginePool, QrlhfError, defineConfig, type ConfigOf, type Tokenizer } from '@qrlhf/core';
 import { encodeDialogue, type FeatureSource, type PromptResponseItem } from './features.js';
+
+/**
+ * The `engine` block of `qrm features` (flags --engine.kind, --engine.base-url, ...): the same keys
+ * as RLOO's rollout engine block where they mean the same, plus the model's name on the server.
+ */
+export const FEATURE_ENGINE_SCHEMA = defineConfig({
+  kind: { type: 'string', default: 'local', choices: ['local', 'openai'], doc: 'local: the backbone in this process | openai: POST /v1/embeddings on the server(s) (the model folder then gives only the tokenizer and config)' },
+  baseUrl: { type: 'string', default: null, nullable: true, doc: 'openai: the embedding server, e.g. http://127.0.0.1:8000/v1' },
+  baseUrls: { type: 'string[]', default: [], doc: 'openai: several servers sharing the requests (comma-separated as a flag); with baseUrl, all of them' },
+  model: { type: 'string', default: null, nullable: true, doc: "openai: the model's name on the server (null = the model folder's name)" },
+  concurrency: { type: 'int', default: 4, min: 1, doc: 'openai: requests in flight per server' },
+  timeoutMs: { type: 'int', default: 120000, min: 1, doc: 'openai: a request with no answer after this is abandoned and retried elsewhere' },
+  retries: { type: 'int', default: 4, min: 0, doc: 'openai: failed attempts per request (across servers) before the run fails' },
+  backoffMs: { type: 'int', default: 500, min: 0, doc: 'openai: wait after every server has failed, doubling each time' },
+  apiKey: { type: 'string', default: null, nullable: true, doc: 'openai: bearer token (null = none; also from QRLHF_ENGINE_API_KEY)' },
+});
+export type FeatureEngineConfig = ConfigOf<typeof FEATURE_ENGINE_SCHEMA>;
 
 export interface EngineFeatureOptions {
   baseUrls: string[];

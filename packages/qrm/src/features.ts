@@ -28,6 +28,7 @@ import {
   type RawTensor,
   type Tokenizer,
 } from '@qrlhf/core';
+import { parseProvenance, type FeatureProvenance } from './provenance.js';
 
 /** A frozen backbone: the model and its tokenizer. */
 export interface Backbone {
@@ -312,6 +313,8 @@ export interface ExtractOptions extends FeatureOptions {
   source?: FeatureSource;
   /** Recorded in the file's metadata and the resume fingerprint (e.g. the model path). */
   backboneRef?: string;
+  /** How the features are made (provenance.ts): recorded in the metadata as `provenance`. */
+  provenance?: FeatureProvenance;
   /** Rows per shard kept in `<output>.parts/` (512). */
   shardSize?: number;
   maxRows?: number;
@@ -442,6 +445,10 @@ function fingerprint(o: ExtractOptions, stage: 1 | 2, rows: number, attributes: 
   };
 }
 
+function provenanceMetadata(o: ExtractOptions): Record<string, string> {
+  return o.provenance ? { provenance: JSON.stringify(o.provenance) } : {};
+}
+
 /** Stage 1: response features and attribute labels of a ratings file. */
 export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractResult> {
   const rows = await readRatings(o.input, o.maxRows);
@@ -495,7 +502,7 @@ export async function extractRatingFeatures(o: ExtractOptions): Promise<ExtractR
       embeddings: { dtype: 'F32', shape: [rows.length, d], data: all['embeddings']! },
       labels: { dtype: 'F32', shape: [rows.length, M], data: all['labels']! },
     },
-    { format: FORMAT, stage: '1', attributes: JSON.stringify(attributes), backbone: fp.backbone, ...(o.source?.metadata ?? {}) },
+    { format: FORMAT, stage: '1', attributes: JSON.stringify(attributes), backbone: fp.backbone, ...(o.source?.metadata ?? {}), ...provenanceMetadata(o) },
   );
   rmSync(parts, { recursive: true, force: true });
   return { path: o.output, n: rows.length, d, attributes, resumedShards: done, truncated };
@@ -536,7 +543,7 @@ export async function extractPairFeatures(o: ExtractOptions): Promise<ExtractRes
       embeddings: { dtype: 'F32', shape: [rows.length, 2, d], data: all['embeddings']! },
       prompt_embeddings: { dtype: 'F32', shape: [rows.length, 2, d], data: all['prompt_embeddings']! },
     },
-    { format: FORMAT, stage: '2', backbone: fp.backbone, ...(o.source?.metadata ?? {}) },
+    { format: FORMAT, stage: '2', backbone: fp.backbone, ...(o.source?.metadata ?? {}), ...provenanceMetadata(o) },
   );
   rmSync(parts, { recursive: true, force: true });
   return { path: o.output, n: rows.length, d, resumedShards: done, truncated };
@@ -553,6 +560,8 @@ export interface RatingFeatures {
   attributes: string[];
   /** The backbone recorded in the file's metadata ('' or absent when none). */
   backbone?: string;
+  /** How the features were made (null or absent: a file written before this was recorded). */
+  provenance?: FeatureProvenance | null;
 }
 
 export interface PairFeatures {
@@ -562,6 +571,8 @@ export interface PairFeatures {
   embeddings: Float32Array;
   prompt_embeddings: Float32Array;
   backbone?: string;
+  /** How the features were made (null or absent: a file written before this was recorded). */
+  provenance?: FeatureProvenance | null;
 }
 
 /** A stage-1 file: `embeddings` [N, d], `labels` [N, M], attribute names from the metadata. */
@@ -603,7 +614,7 @@ export function readRatingFeatures(path: string): RatingFeatures {
   }
   const empty = attributes.filter((_, j) => rated[j] === 0);
   if (empty.length) throw new QrlhfError(`${path}: attribute${empty.length > 1 ? 's' : ''} ${empty.map((a) => `"${a}"`).join(', ')} ha${empty.length > 1 ? 've' : 's'} no rated row (all ${n} labels NaN)`);
-  return { n, d, embeddings, labels, attributes, backbone: metadata['backbone'] };
+  return { n, d, embeddings, labels, attributes, backbone: metadata['backbone'], provenance: parseProvenance(metadata, path) };
 }
 
 /** A stage-2 file: `embeddings` and `prompt_embeddings`, both [N, 2, d]. */
@@ -625,7 +636,7 @@ export function readPairFeatures(path: string): PairFeatures {
       throw new QrlhfError(`${path}: "${name}" row ${row + 1} (${Math.floor(bad / d) % 2 === 0 ? 'chosen' : 'rejected'}), column ${(bad % d) + 1} is ${x[bad]}: features must be finite; re-extract them`);
     }
   }
-  return { n, d, ...out, backbone: metadata['backbone'] };
+  return { n, d, ...out, backbone: metadata['backbone'], provenance: parseProvenance(metadata, path) };
 }
 
 /** Splits [n, 2, d] into the chosen [n, d] and rejected [n, d] halves. */

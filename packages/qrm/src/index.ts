@@ -4,6 +4,7 @@ export * from './debias.js';
 export * from './gate.js';
 export * from './eval.js';
 export * from './features.js';
+export * from './provenance.js';
 export * from './model.js';
 export * from './stage2.js';
 export * from './released.js';

@@ -4,7 +4,9 @@
  *                      heads; attribute names and label scaling in the metadata)
  *   gate.safetensors   the gating MLP (Linear weights [out, in], `beta` [1])
  *   qrm.json           taus, attributes, verbosity attribute and debias penalties, label scaling,
- *                      the backbone reference, the gate's shape, the mixing rule
+ *                      the backbone reference, the gate's shape and its scale beta, the mixing rule,
+ *                      and `features`: how the features it was trained on were made (provenance.ts),
+ *                      checked against the backbone, tokenizer and chat template scoring uses
  * Scoring: attribute quantiles from the heads on the response feature, verbosity debiasing, gate
  * weights from the prompt feature, mixing (eq. 3 by default), and optionally a normalisation.
  *
@@ -25,6 +27,7 @@ import { applyDebias } from './debias.js';
 import { GateNetwork, mixQuantiles, type GateConfig, type MixtureMode } from './gate.js';
 import { isReleasedQrmFolder, loadRewardBackbone } from './released.js';
 import { FEATURE_POOLINGS, encodedFeatures, findGatePosition, pairFeatures, type Backbone, type FeaturePooling, type PromptResponseItem } from './features.js';
+import { backboneFingerprint, checkProvenanceShape, formatFingerprint, parseProvenance, requireSameProvenance, tokenizerFingerprint, warnUnrecorded, type FeatureProvenance } from './provenance.js';
 
 /** How the mixed quantiles are scaled (see the file header). */
 export type QrmNormalise = 'none' | 'kept-weight';
@@ -97,6 +100,34 @@ export interface QrmJson {
   normalise?: QrmNormalise;
   gate: GateConfig;
   mixture: MixtureMode;
+  /** The gate's scale beta (informational: gate.safetensors holds it); the gate weights of a prompt sum to it. */
+  beta?: number;
+  /**
+   * How the features the heads and the gate were trained on were made (provenance.ts). Absent: a
+   * QRM written before it was recorded (one warning when loaded); null: none by design (imported).
+   */
+  features?: FeatureProvenance | null;
+}
+
+/** The gate and the debiasing of a QRM on a set of items (see QuantileRewardModel.gateSummary). */
+export interface QrmGateSummary {
+  /** The gate's scale: every gate weight vector sums to it. */
+  beta: number;
+  attributes: string[];
+  /** Mean gate weight per attribute over the items (they sum to beta). */
+  meanGate: Record<string, number>;
+  /** p_j per attribute (0 everywhere without debiasing). */
+  debiasPenalties: Record<string, number>;
+  verbosity: string | null;
+  /** Items averaged over. */
+  n: number;
+}
+
+/** The mean gate weight per attribute over scores (each score's `gate` has M values). */
+export function meanGateWeights(scores: readonly Pick<QrmScore, 'gate'>[], attributes: readonly string[]): Record<string, number> {
+  const sum = new Float64Array(attributes.length);
+  for (const s of scores) for (let m = 0; m < attributes.length; m++) sum[m] += s.gate[m]!;
+  return Object.fromEntries(attributes.map((a, m) => [a, scores.length ? sum[m]! / scores.length : NaN]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,6 +155,8 @@ export function saveHeads(path: string, heads: QuantileHeads): void {
   requireFinite(heads.weight, [M, K, d], path, 'weight');
   requireFinite(heads.bias, [M, K], path, 'bias');
   const metadata: Record<string, string> = { format: 'qrlhf-heads/1', attributes: JSON.stringify(heads.attributes) };
+  if (heads.provenance) metadata['provenance'] = JSON.stringify(heads.provenance);
+  if (heads.featuresFile) metadata['features_file'] = heads.featuresFile;
   const scaling = headsLabelScaling(heads);
   if (scaling) metadata['label_scaling'] = JSON.stringify(scaling);
   writeSafetensors(
@@ -172,7 +205,10 @@ export function loadHeads(path: string): QuantileHeads {
     }
     attributes = a as string[];
   }
-  const heads: QuantileHeads = { weight: w.data, bias: b.data, taus: taus.data, attributes, d };
+  const heads: QuantileHeads = {
+    weight: w.data, bias: b.data, taus: taus.data, attributes, d,
+    provenance: parseProvenance(metadata, path), featuresFile: metadata['features_file'] ?? null,
+  };
   if (metadata['label_scaling']) {
     let s: LabelScaling;
     try {
@@ -211,6 +247,10 @@ export interface QrmParts {
   chatTemplate?: string;
   /** Scaling of the mixed quantiles ('none' default; 'kept-weight': see the file header). */
   normalise?: QrmNormalise;
+  /** How the training features were made (undefined: not recorded; null: none by design, e.g. imported). */
+  features?: FeatureProvenance | null;
+  /** Where the model was read from (names it in messages). */
+  source?: string;
 }
 
 export class QuantileRewardModel {
@@ -234,6 +274,11 @@ export class QuantileRewardModel {
   readonly chatTemplate: string;
   /** Scaling of the mixed quantiles: 'none' (eq. 3 as is) or 'kept-weight' (see the file header); settable. */
   normalise: QrmNormalise;
+  /** How the features the QRM was trained on were made (null: not recorded; see provenance.ts). */
+  readonly features: FeatureProvenance | null;
+  /** The file the QRM was read from, or '(in memory)'. */
+  readonly source: string;
+  private readonly featuresUnrecorded: boolean;
   private format: DialogueFormat | null = null;
   private backbone: Backbone | null = null;
   private ownsBackbone = false;
@@ -259,6 +304,9 @@ export class QuantileRewardModel {
     this.rearrange = p.rearrange ?? true;
     this.chatTemplate = p.chatTemplate ?? 'auto';
     this.normalise = p.normalise ?? 'none';
+    this.features = p.features ?? null;
+    this.featuresUnrecorded = p.features === undefined;
+    this.source = p.source ?? '(in memory)';
     if (!QRM_NORMALISE.includes(this.normalise)) throw new QrlhfError(`QRM: normalise must be one of ${QRM_NORMALISE.join(', ')}, got "${String(this.normalise)}"`);
   }
 
@@ -273,6 +321,33 @@ export class QuantileRewardModel {
 
   get attributes(): string[] {
     return this.heads.attributes;
+  }
+
+  /** The gate's scale beta: the gate weights of every prompt sum to it (await: a GPU backend reads asynchronously). */
+  async beta(): Promise<number> {
+    return this.gate.beta();
+  }
+
+  /** The debiasing penalties p_j by attribute name (0 everywhere without debiasing). */
+  get penalties(): Record<string, number> {
+    return Object.fromEntries(this.heads.attributes.map((a, m) => [a, this.debiasPenalties[m]!]));
+  }
+
+  /**
+   * β, the mean gate weight per attribute over these (prompt, response) items and the debiasing
+   * penalties: what a report needs to say how the QRM mixes its attributes (the gate reads the
+   * prompt only, so the responses do not change the weights). One backbone pass per item, as score().
+   */
+  async gateSummary(items: readonly PromptResponseItem[], opts: { batchSize?: number } = {}): Promise<QrmGateSummary> {
+    const scores = await this.score(items, opts);
+    return {
+      beta: await this.beta(),
+      attributes: [...this.attributes],
+      meanGate: meanGateWeights(scores, this.attributes),
+      debiasPenalties: this.penalties,
+      verbosity: this.verbosity,
+      n: items.length,
+    };
   }
 
   /** Uses this backbone for score() instead of loading the one named in qrm.json. */
@@ -314,6 +389,15 @@ export class QuantileRewardModel {
     if (!existsSync(gatePath)) throw new QrlhfError(`${gatePath}: gate file not found`);
     const gate = GateNetwork.fromTensors(j.gate, readSafetensors(gatePath).tensors as Record<string, { shape: number[]; data: Float32Array }>, gatePath);
     const ref = (p: string | null | undefined): string | null => (p ? (isAbsolute(p) ? p : resolve(dir, p)) : null);
+    if (j.features !== undefined && j.features !== null) checkProvenanceShape(j.features, `${cfgPath}: "features"`);
+    if (j.features) {
+      // qrm.json's own scoring settings must be those of its features (a hand edit would break it)
+      const pool = j.pooling ?? 'last';
+      if (pool !== j.features.pooling) throw new QrlhfError(`${cfgPath}: "pooling" is '${pool}' but its features were pooled '${j.features.pooling}' ("features.pooling"); set them equal or retrain`);
+      if (j.maxTokens !== undefined && j.maxTokens !== null && j.maxTokens !== j.features.maxTokens) {
+        throw new QrlhfError(`${cfgPath}: "maxTokens" is ${j.maxTokens} but its features were cut to ${j.features.maxTokens} tokens ("features.maxTokens"); set them equal or retrain`);
+      }
+    }
     return new QuantileRewardModel({
       heads,
       gate,
@@ -328,10 +412,13 @@ export class QuantileRewardModel {
       rearrange: j.rearrange ?? true,
       normalise: j.normalise ?? 'none',
       chatTemplate: j.chatTemplate === undefined || j.chatTemplate === 'auto' || j.chatTemplate === 'hh' ? j.chatTemplate : ref(j.chatTemplate)!,
+      features: j.features,
+      source: cfgPath,
     });
   }
 
   toJSON(): QrmJson {
+    const features = this.featuresUnrecorded ? {} : { features: this.features };
     return {
       format: 'qrlhf-qrm/1',
       taus: Array.from(this.heads.taus),
@@ -349,6 +436,7 @@ export class QuantileRewardModel {
       normalise: this.normalise,
       gate: { ...this.gate.config },
       mixture: this.mixture,
+      ...features,
     };
   }
 
@@ -363,7 +451,7 @@ export class QuantileRewardModel {
     mkdirSync(target, { recursive: true });
     saveHeads(join(target, 'heads.safetensors'), this.heads);
     writeSafetensors(join(target, 'gate.safetensors'), await this.gate.toTensors(), { format: 'qrlhf-gate/1' });
-    writeFileAtomic(join(target, 'qrm.json'), JSON.stringify(this.toJSON(), null, 2) + '\n');
+    writeFileAtomic(join(target, 'qrm.json'), JSON.stringify({ ...this.toJSON(), beta: await this.beta() }, null, 2) + '\n');
   }
 
   /**
@@ -419,10 +507,50 @@ export class QuantileRewardModel {
     const loaded = isReleasedQrmFolder(this.backbonePath)
       ? await loadRewardBackbone(this.backbonePath, this.tokenizerPath)
       : await loadModel(this.backbonePath, this.tokenizerPath ? { tokenizer: this.tokenizerPath } : {});
-    this.setBackbone({ model: loaded.model, tokenizer: loaded.tokenizer });
+    const b = { model: loaded.model, tokenizer: loaded.tokenizer };
+    try {
+      this.checkScoringFeatures(b, this.backbonePath);
+    } catch (e) {
+      loaded.model.dispose();
+      throw e;
+    }
+    this.setBackbone(b);
     this.ownsBackbone = true;
     return this.backbone!;
   }
+
+  /**
+   * Refuses to score with features made otherwise than the training features (provenance.ts): the
+   * backbone at `backbonePath` (its config and weights), its tokenizer, the chat template as it
+   * resolves for that tokenizer, the pooling and the truncation length. A QRM that records none
+   * gets one warning line. Called when the backbone is loaded from a path (setBackbone() with an
+   * object in memory is the caller's responsibility).
+   */
+  checkScoringFeatures(b: Backbone, backbonePath: string): void {
+    if (this.features === null) {
+      if (this.featuresUnrecorded && !this.warned) {
+        this.warned = true;
+        warnUnrecorded('QRM', [this.source]);
+      }
+      return;
+    }
+    const format = this.dialogueFormat(b);
+    const now: FeatureProvenance = {
+      pooling: this.pooling,
+      maxTokens: this.maxTokens ?? b.model.config.maxPositionEmbeddings,
+      backbone: { path: backbonePath, ...backboneFingerprint(backbonePath) },
+      tokenizer: { path: this.tokenizerPath, fingerprint: tokenizerFingerprint(b.tokenizer) },
+      chatTemplate: { setting: this.chatTemplate, name: format.template ? format.name : 'hh', fingerprint: formatFingerprint(format) },
+      engine: { kind: 'local' },
+    };
+    requireSameProvenance(
+      'QRM',
+      { what: 'trained on features', file: this.source, p: this.features },
+      { what: 'scoring with features', file: backbonePath, p: now },
+      { engine: false, fix: 'score with the backbone, tokenizer and settings it was trained with, or retrain it' },
+    );
+  }
+  private warned = false;
 
   /** Scores (prompt, response) pairs end to end: one backbone pass each, then scoreFeatures. */
   async score(pairs: readonly PromptResponseItem[], opts: { batchSize?: number; where?: (i: number) => string } = {}): Promise<QrmScore[]> {

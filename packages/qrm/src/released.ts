@@ -247,7 +247,7 @@ export function importReleasedQrm(dir: string): QuantileRewardModel {
     gateTensors,
     `${root} (gating.* tensors; logit_scale read as beta)`,
   );
-  return new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: new Array<number>(M).fill(0), backbone: root, pooling: 'last', gatePattern: c.gatePattern, rearrange: false });
+  return new QuantileRewardModel({ heads, gate, verbosity: null, debiasPenalties: new Array<number>(M).fill(0), backbone: root, pooling: 'last', gatePattern: c.gatePattern, rearrange: false, features: null });
 }
 
 /**

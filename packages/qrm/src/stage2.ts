@@ -10,6 +10,7 @@ import { applyDebias, debiasPenalties, expectedRewards, type DebiasResult } from
 import { GateNetwork, trainGate, type GatePairs, type GateProgress, type GateTrainResult, type MixtureMode } from './gate.js';
 import { splitSides, type FeaturePooling, type PairFeatures } from './features.js';
 import { QuantileRewardModel } from './model.js';
+import type { FeatureProvenance } from './provenance.js';
 
 export interface TrainQrmOptions {
   heads: QuantileHeads;
@@ -37,6 +38,10 @@ export interface TrainQrmOptions {
   pooling?: FeaturePooling;
   /** The dialogue format the features were extracted with: 'auto' | 'hh' | a template PATH (recorded in qrm.json). */
   chatTemplate?: string;
+  /** The truncation length of the features (recorded in qrm.json; null: the backbone's context). */
+  maxTokens?: number | null;
+  /** How the features were made (provenance.ts; recorded in qrm.json; undefined: not recorded). */
+  features?: FeatureProvenance | null;
   onProgress?: (m: GateProgress) => void;
 }
 
@@ -130,6 +135,8 @@ export async function trainQrm(o: TrainQrmOptions): Promise<TrainQrmResult> {
     mixture: o.mixture ?? 'eq3',
     pooling: o.pooling ?? 'last',
     chatTemplate: o.chatTemplate ?? 'auto',
+    maxTokens: o.maxTokens ?? null,
+    features: o.features,
   });
   return { model, training, debias: { ...debias, verbosity }, nTrain: trIdx.length, nVal };
 }

@@ -12,7 +12,7 @@
  * Progress and the closing summary go to stderr (`quiet` silences them); results to files or stdout.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
-import { basename, dirname, join, relative } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import {
   MODEL_FIELDS,
   CHAT_TEMPLATE_FIELD,
@@ -39,8 +39,9 @@ import {
   type ConfigOf,
 } from '@qrlhf/core';
 import { rewardBenchScore, loadLlmbar, toPreferenceRow, type PreferenceRow } from './eval.js';
-import { FEATURE_POOLINGS, extractPairFeatures, extractRatingFeatures, readPairFeatures, readRatingFeatures, type FeatureSource } from './features.js';
-import { openAiFeatureSource } from './engine-features.js';
+import { FEATURE_POOLINGS, extractPairFeatures, extractRatingFeatures, readPairFeatures, readRatingFeatures, type FeaturePooling, type FeatureSource, type PairFeatures } from './features.js';
+import { FEATURE_ENGINE_SCHEMA, openAiFeatureSource } from './engine-features.js';
+import { makeProvenance, requireSameProvenance, warnUnrecorded, type FeatureProvenance } from './provenance.js';
 import { MIXTURE_MODES } from './gate.js';
 import { QuantileRewardModel, loadHeads, saveHeads, type QrmScore } from './model.js';
 import { fitQuantileHeads, formatFitReport } from './quantile/index.js';
@@ -84,9 +85,7 @@ export const QRM_FEATURES_SCHEMA = defineConfig({
   maxTokens: { type: 'int', default: null, nullable: true, min: 2, doc: "longest sequence; longer ones lose their first tokens (null = the model's context)" },
   maxRows: { type: 'int', default: null, nullable: true, min: 1, doc: 'use only the first N rows (null = all)' },
   pooling: { type: 'string', default: 'last', choices: FEATURE_POOLINGS, doc: "response feature: the 'last' token (SPEC §4) or the 'mean' over the response's tokens" },
-  engine: { type: 'string', default: 'local', choices: ['local', 'openai'], doc: 'local: the backbone in this process | openai: POST /v1/embeddings on baseUrl (model then gives only the tokenizer and config)' },
-  baseUrl: { type: 'string[]', default: [], doc: 'openai: the embedding server(s), e.g. http://127.0.0.1:8000/v1 (comma-separated for several)' },
-  engineModel: { type: 'string', default: null, nullable: true, doc: "openai: the model's name on the server (null = the model folder's name)" },
+  engine: { type: 'group', schema: FEATURE_ENGINE_SCHEMA, doc: 'what computes the features (flags --engine.kind, --engine.base-url, --engine.model, ...)' },
   ...RUN_FIELDS,
 });
 export type QrmFeaturesConfig = ConfigOf<typeof QRM_FEATURES_SCHEMA>;
@@ -100,24 +99,34 @@ export async function runQrmFeatures(config: QrmFeaturesConfig, o: StageOptions 
   let source: FeatureSource | null = null;
   let loaded: Awaited<ReturnType<typeof loadModel>> | null = null;
   let format: DialogueFormat | undefined;
-  if (cfg.engine === 'openai') {
-    if (cfg.baseUrl.length === 0) throw new QrlhfError('qrm features: --base-url is required with --engine openai (the embedding server)');
+  let provenance: FeatureProvenance;
+  const e = cfg.engine;
+  if (e.kind === 'openai') {
+    const baseUrls = [...(e.baseUrl !== null ? [e.baseUrl] : []), ...e.baseUrls];
+    if (baseUrls.length === 0) throw new QrlhfError('qrm features: --engine.base-url (or --engine.base-urls) is required with --engine.kind openai (the embedding server)');
     const cfgPath = join(cfg.model, 'config.json');
-    if (!existsSync(cfgPath)) throw new QrlhfError(`${cfg.model}: --engine openai needs the backbone's Hugging Face folder for its config.json and tokenizer (no ${cfgPath})`);
+    if (!existsSync(cfgPath)) throw new QrlhfError(`${cfg.model}: --engine.kind openai needs the backbone's Hugging Face folder for its config.json and tokenizer (no ${cfgPath})`);
     const config = configFromHf(JSON.parse(readFileSync(cfgPath, 'utf8')), cfgPath);
     const tokenizer = await Tokenizer.fromFile(cfg.tokenizer ?? cfg.model, config);
     format = dialogueFormatFor(cfg.chatTemplate, tokenizer);
+    const engineModel = e.model ?? basename(cfg.model);
+    const maxTokens = cfg.maxTokens ?? config.maxPositionEmbeddings;
     source = await openAiFeatureSource({
-      baseUrls: cfg.baseUrl,
-      model: cfg.engineModel ?? basename(cfg.model),
-      tokenizer,
-      maxTokens: cfg.maxTokens ?? config.maxPositionEmbeddings,
-      batchSize: cfg.batchSize,
+      baseUrls, model: engineModel, tokenizer, maxTokens, batchSize: cfg.batchSize,
+      concurrency: e.concurrency, timeoutMs: e.timeoutMs, retries: e.retries, backoffMs: e.backoffMs, apiKey: e.apiKey,
+    });
+    provenance = makeProvenance({
+      pooling: cfg.pooling, maxTokens, backbonePath: resolve(cfg.model), tokenizerPath: cfg.tokenizer, tokenizer, chatTemplate: cfg.chatTemplate, format,
+      engine: { kind: 'openai', model: engineModel },
     });
   } else {
     await initBackend(cfg.backend, { quiet: o.quiet ?? false });
     loaded = await loadModel(cfg.model, cfg.tokenizer === null ? {} : { tokenizer: cfg.tokenizer });
     format = dialogueFormatFor(cfg.chatTemplate, loaded.tokenizer);
+    provenance = makeProvenance({
+      pooling: cfg.pooling, maxTokens: cfg.maxTokens ?? loaded.model.config.maxPositionEmbeddings, backbonePath: resolve(cfg.model),
+      tokenizerPath: cfg.tokenizer, tokenizer: loaded.tokenizer, chatTemplate: cfg.chatTemplate, format, engine: { kind: 'local' },
+    });
   }
   let b = null as ReturnType<typeof bar> | null;
   try {
@@ -133,6 +142,7 @@ export async function runQrmFeatures(config: QrmFeaturesConfig, o: StageOptions 
       attributes: cfg.attributes ?? undefined,
       pooling: cfg.pooling,
       format,
+      provenance,
       onProgress: (done: number, total: number) => (b ??= bar(o, total, stage1 ? 'features (stage 1)' : 'features (stage 2)')).update(done),
     };
     const r = stage1 ? await extractRatingFeatures(opts) : await extractPairFeatures(opts);
@@ -170,7 +180,8 @@ export async function runQrmFit(config: QrmFitConfig, o: StageOptions = {}) {
   const f = readRatingFeatures(featuresPath);
   const t0 = Date.now();
   const b = bar(o, f.attributes.length, 'fit');
-  const heads = await fitQuantileHeads(f.embeddings, f.n, f.d, f.labels, {
+  if (!f.provenance) warnUnrecorded('qrm fit', [featuresPath]);
+  const fitted = await fitQuantileHeads(f.embeddings, f.n, f.d, f.labels, {
     attributes: f.attributes,
     K: cfg.quantiles,
     alpha: cfg.alpha,
@@ -182,6 +193,8 @@ export async function runQrmFit(config: QrmFitConfig, o: StageOptions = {}) {
     ...(cfg.timeLimit !== null ? { timeLimit: cfg.timeLimit } : {}),
     onProgress: (p) => b.update(p.index, `${p.attribute}: iteration ${p.iteration}, worst gap ${p.worstGap.toExponential(2)}`),
   });
+  // the heads carry how their features were made, for qrm gate to compare with the pairs'
+  const heads = { ...fitted, provenance: f.provenance ?? null, featuresFile: resolve(featuresPath) };
   b.done();
   mkdirSync(cfg.out, { recursive: true });
   const path = join(cfg.out, 'heads.safetensors');
@@ -212,8 +225,8 @@ export const QRM_GATE_SCHEMA = defineConfig({
   layers: { type: 'int', default: 3, min: 0, max: 16, doc: 'number of hidden layers' },
   valFraction: { type: 'number', default: 0.1, min: 0, max: 0.9, doc: 'share of pairs held out for accuracy' },
   mixture: { type: 'string', default: 'eq3', choices: MIXTURE_MODES, doc: 'eq3 (the paper: weighted sum of quantile functions) | mixture (quantiles of the mixture distribution)' },
-  pooling: { type: 'string', default: 'last', choices: FEATURE_POOLINGS, doc: 'the response-feature pooling the features were extracted with, recorded for scoring' },
-  chatTemplate: { ...CHAT_TEMPLATE_FIELD, doc: `the dialogue format the features were extracted with, recorded for scoring: ${CHAT_TEMPLATE_FIELD.doc}` },
+  pooling: { type: 'string', default: null, nullable: true, choices: FEATURE_POOLINGS, doc: "the response-feature pooling, recorded for scoring (null = the features' record; 'last' for files without one); must agree with the features" },
+  chatTemplate: { ...CHAT_TEMPLATE_FIELD, default: null, nullable: true, doc: `the dialogue format, recorded for scoring (null = the features' record; 'auto' for files without one); must agree with the features: ${CHAT_TEMPLATE_FIELD.doc}` },
   metrics: pathField('append per-step metrics as JSON lines to this file (null = none)'),
   seed: seedField('seed of the split, the init and the shuffling'),
   ...RUN_FIELDS,
@@ -226,6 +239,36 @@ function headsFile(p: string): string {
   return file;
 }
 
+/**
+ * The features' record shared by the heads, the pairs and the reference (provenance.ts): one
+ * QrlhfError naming both files when two disagree, or when --pooling / --chat-template disagree
+ * with it; one warning line for files that record none; null when none does.
+ */
+function gateProvenance(
+  cfg: QrmGateConfig, heads: ReturnType<typeof loadHeads>, headsPath: string,
+  pairs: PairFeatures, pairsPath: string, reference: PairFeatures | undefined, referencePath: string | null,
+): FeatureProvenance | null {
+  const sides = [
+    { what: 'heads fitted on features', file: heads.featuresFile ? `${heads.featuresFile}, via ${headsPath}` : headsPath, p: heads.provenance ?? null },
+    { what: 'pairs', file: pairsPath, p: pairs.provenance ?? null },
+    ...(reference ? [{ what: 'reference', file: referencePath!, p: reference.provenance ?? null }] : []),
+  ];
+  warnUnrecorded('qrm gate', sides.filter((x) => x.p === null).map((x) => x.file));
+  const known = sides.filter((x): x is typeof x & { p: FeatureProvenance } => x.p !== null);
+  for (let i = 1; i < known.length; i++) requireSameProvenance('qrm gate', known[0]!, known[i]!, { fix: 'recompute one of them (qrm features, then qrm fit for the heads)' });
+  const first = known[0];
+  if (!first) return null;
+  if (cfg.pooling !== null && cfg.pooling !== first.p.pooling) {
+    throw new QrlhfError(`qrm gate: --pooling ${cfg.pooling}, but the ${first.what} ${first.file} were pooled '${first.p.pooling}'; leave --pooling out (it is read from the features) or recompute them`);
+  }
+  const setting = first.p.chatTemplate.setting;
+  const same = (a: string, b: string) => (isChatTemplatePath(a) && isChatTemplatePath(b) ? resolve(a) === resolve(b) : a === b);
+  if (cfg.chatTemplate !== null && !same(cfg.chatTemplate, setting)) {
+    throw new QrlhfError(`qrm gate: --chat-template ${cfg.chatTemplate}, but the ${first.what} ${first.file} were written with chatTemplate '${setting}'; leave --chat-template out (it is read from the features) or recompute them`);
+  }
+  return first.p;
+}
+
 export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   const cfg = requireKeys(config, ['heads', 'pairs', 'out'], 'qrm gate');
   checkRunFolderKind(cfg.out, 'qrm'); // before the work: a non-empty folder of another kind is refused (issue 12 item 13)
@@ -235,8 +278,12 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   if (cfg.metrics) checkWritable(cfg.metrics, 'file');
   await initBackend(cfg.backend, { quiet: o.quiet ?? false });
   const pairs = readPairFeatures(pairsPath);
-  const reference = cfg.reference === null ? undefined : readPairFeatures(existingFile('reference', cfg.reference));
-  const backbone = cfg.backbone ?? pairs.backbone ?? null;
+  const referencePath = cfg.reference === null ? null : existingFile('reference', cfg.reference);
+  const reference = referencePath === null ? undefined : readPairFeatures(referencePath);
+  const prov = gateProvenance(cfg, heads, headsFile(cfg.heads), pairs, pairsPath, reference, referencePath);
+  const backbone = cfg.backbone ?? prov?.backbone.path ?? pairs.backbone ?? null;
+  const pooling = (cfg.pooling ?? prov?.pooling ?? 'last') as FeaturePooling; // the QRM refuses a name it does not know
+  const chatTemplate = cfg.chatTemplate ?? prov?.chatTemplate.setting ?? 'auto';
   if (cfg.metrics) mkdirSync(dirname(cfg.metrics), { recursive: true });
   const b = bar(o, 0, 'gate');
   const r = await trainQrm({
@@ -244,8 +291,10 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
     verbosity: cfg.verbosity === null ? undefined : cfg.verbosity === 'none' ? null : cfg.verbosity,
     hiddenSize: cfg.hidden, numHidden: cfg.layers, epochs: cfg.epochs, batchSize: cfg.batchSize, lr: cfg.lr,
     weightDecay: cfg.weightDecay, warmupSteps: cfg.warmupSteps, valFraction: cfg.valFraction, seed: cfg.seed,
-    mixture: cfg.mixture, pooling: cfg.pooling,
-    chatTemplate: isChatTemplatePath(cfg.chatTemplate) ? relative(cfg.out, cfg.chatTemplate) : cfg.chatTemplate,
+    mixture: cfg.mixture, pooling, maxTokens: prov?.maxTokens ?? null,
+    // undefined: not recorded (older features), so that scoring warns instead of checking nothing silently
+    features: prov ?? undefined,
+    chatTemplate: isChatTemplatePath(chatTemplate) ? relative(cfg.out, chatTemplate) : chatTemplate,
     // recorded relative to the QRM folder, so that the two can move together
     backbone: backbone === null ? null : relative(cfg.out, backbone) || '.',
     tokenizer: cfg.tokenizer === null ? null : relative(cfg.out, cfg.tokenizer),

@@ -77,7 +77,7 @@ test.before(async () => {
   const K = 3;
   const heads = { weight: Float32Array.from({ length: M * K * d }, () => 0.01 * rng.normal()), bias: new Float32Array(M * K), taus: Float32Array.from([0.25, 0.5, 0.75]), attributes: ['helpfulness', 'verbosity'], d };
   for (const [folder, maxTokens] of [[qrmNan, null], [qrmShort, 16]] as const) {
-    const q = new QuantileRewardModel({ heads, gate: GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, new Rng(1)), verbosity: null, debiasPenalties: [0, 0], backbone: bb, maxTokens });
+    const q = new QuantileRewardModel({ heads, gate: GateNetwork.create({ inputDim: d, numAttributes: M, hiddenSize: 8, numHidden: 1 }, new Rng(1)), verbosity: null, debiasPenalties: [0, 0], backbone: bb, maxTokens, features: null });
     await q.save(folder);
     q.dispose();
   }

@@ -20,6 +20,7 @@
  *  - compute: an insertion sort of K numbers per row and attribute, O(K²) worst case, negligible
  *    next to the K·d products (K = 19, d = 4096).
  */
+import type { FeatureProvenance } from '../provenance.js';
 import * as tf from '@tensorflow/tfjs';
 import { QrlhfError, Rng, check, firstNonFinite } from '@qrlhf/core';
 import { solveQuantileLevels } from './solver.js';
@@ -35,6 +36,10 @@ export interface QuantileHeads {
   /** [M] per-attribute label minimum and maximum of the min-max scaling (absent: labels were used as given). */
   labelMin?: Float32Array;
   labelMax?: Float32Array;
+  /** How the features the heads were fitted on were made (see provenance.ts; null/absent: not recorded). */
+  provenance?: FeatureProvenance | null;
+  /** The features file they were fitted on (for messages). */
+  featuresFile?: string | null;
 }
 
 /** How far one level's fit is from the optimum (all on the [0, 1] label scale the heads are fitted on). */
