@@ -71,6 +71,30 @@ function decodeAll(model: LlamaModel, h: { ids: number[][]; mask: number[][] }, 
 }
 
 export function defineDecodeTests(test: TestFn, label: string): void {
+  test(`${label}: step with lastOnly gives the last position's logits of the full step, bit for bit`, (t) => {
+    const c = CONFIGS[0]!;
+    const model = modelFrom(c, randomWeights(c, 39));
+    model.addLora({ r: 2, alpha: 3, dropout: 0, targetModules: 'all-linear' }, new Rng(9));
+    randomize(model.lora!.variables, 49, 0.3);
+    const h = history(c, 6, 0, 8);
+    const [B, T] = [h.ids.length, h.ids[0]!.length];
+    const run = (lastOnly: boolean) =>
+      tf.tidy(() => {
+        const cache = model.createCache(B, T);
+        const out = model.step(tf.tensor2d(h.ids, undefined, 'int32'), cache, tf.tensor2d(h.mask), { lastOnly });
+        const r = { shape: out.shape, last: out.slice([0, out.shape[1] - 1, 0], [B, 1, c.vocabSize]).arraySync(), cached: cache.length };
+        cache.dispose();
+        return r;
+      });
+    const full = run(false);
+    const last = run(true);
+    t.deepEqual(last.shape, [B, 1, c.vocabSize]);
+    t.deepEqual(full.shape, [B, T, c.vocabSize]);
+    t.deepEqual(last.last, full.last);
+    t.is(last.cached, T);
+    model.dispose();
+  });
+
   CONFIGS.forEach((c, ci) => {
     test(`${label}: decode with a merged adapter equals the unfused full forward and the float64 reference (config ${ci}: H ${c.numHeads}, KV ${c.numKvHeads})`, (t) => {
       const w = randomWeights(c, 40 + ci);

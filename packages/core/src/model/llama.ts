@@ -156,11 +156,17 @@ export class LlamaModel {
     return new KVCache(batch, maxLen, this.config.numLayers);
   }
 
-  /** Feeds ids [B, t] after the cache's positions; mask [B, pos + t] covers the whole history. */
-  step(ids: tf.Tensor2D, cache: KVCache, mask: tf.Tensor2D): tf.Tensor3D {
+  /**
+   * Feeds ids [B, t] after the cache's positions; mask [B, pos + t] covers the whole history.
+   * Returns the logits [B, t, V], or with `lastOnly` those of the last position, [B, 1, V] (what
+   * generation needs of a prompt: the head then runs on B rows instead of B·t).
+   */
+  step(ids: tf.Tensor2D, cache: KVCache, mask: tf.Tensor2D, opts: { lastOnly?: boolean } = {}): tf.Tensor3D {
     const h = this.fused.run(ids, mask, cache, false);
     try {
-      return this.head(h) as tf.Tensor3D;
+      if (!opts.lastOnly) return this.head(h) as tf.Tensor3D;
+      const [B, t, d] = h.shape;
+      return tf.tidy(() => this.head(h.slice([0, t - 1, 0], [B, 1, d])) as tf.Tensor3D);
     } finally {
       h.dispose();
     }

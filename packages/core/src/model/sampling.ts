@@ -64,8 +64,8 @@ export async function generate(model: LlamaModel, prompts: number[][], opts: Gen
     // decode() per token, on fused weights with the adapter merged (LlamaModel.decodingWeights).
     const ids = prompts.map((p) => [...Array<number>(L - p.length).fill(pad), ...p]);
     logits = tf.tidy(() => {
-      const out = model.step(tf.tensor2d(ids, [B, L], 'int32'), cache, tf.tensor2d(mask, [B, L]));
-      return out.slice([0, L - 1, 0], [B, 1, V]).reshape([B, V]) as tf.Tensor2D;
+      const out = model.step(tf.tensor2d(ids, [B, L], 'int32'), cache, tf.tensor2d(mask, [B, L]), { lastOnly: true });
+      return out.reshape([B, V]) as tf.Tensor2D;
     });
     for (let n = 0; n < opts.maxNewTokens; n++) {
       const all = (await logits.data()) as Float32Array;
