@@ -20,14 +20,18 @@ import {
   Progress,
   QrlhfError,
   Rng,
-  clipGradNorm,
+  accumulateGradients,
+  applyGradients,
   cosineSchedule,
   defineConfig,
   loadModel,
   readJsonlAll,
+  runTrainingLoop,
   saveHfFolder,
   seedField,
   type ConfigOf,
+  type Metrics,
+  type StepContext,
 } from '@qrlhf/core';
 import { encodePair, type FeaturePooling } from '@qrlhf/qrm';
 
@@ -88,7 +92,9 @@ export async function trainRewardBackbone(
     const progress = new Progress(cfg.steps, 'reward backbone');
     let order: number[] = [];
     let smoothed = NaN;
-    for (let step = 1; step <= cfg.steps; step++) {
+    // One update on core's scaffold (accumulateGradients, applyGradients, runTrainingLoop): the next
+    // batchSize rating rows of a reshuffled-per-epoch order, the masked MSE above, clipped, AdamW.
+    const backboneStep = async ({ index }: StepContext): Promise<Metrics> => {
       if (order.length < cfg.batchSize) order = order.concat(rng.shuffle(rows.map((_, i) => i)));
       const batch = order.splice(0, cfg.batchSize).map((i) => rows[i]!);
       const B = batch.length;
@@ -108,27 +114,24 @@ export async function trainRewardBackbone(
         r.y.forEach((v, m) => { if (!Number.isNaN(v)) { y[i * M + m] = v; seen[i * M + m] = 1; } });
       });
       const count = seen.reduce((a, x) => a + x, 0);
-      const idsT = tf.tensor2d(ids, [B, T], 'int32');
-      const maskT = tf.tensor2d(mask, [B, T]);
-      const poolT = tf.tensor3d(pool, [B, 1, T]);
-      const yT = tf.tensor2d(y, [B, M]);
-      const seenT = tf.tensor2d(seen, [B, M]);
-      const { value, grads } = tf.variableGrads(() => {
-        const h = model.hidden(idsT, { mask: maskT });
-        const f = tf.matMul(poolT, h).reshape([B, d]);
+      const { grads, loss } = await accumulateGradients([0], () => {
+        const h = model.hidden(tf.tensor2d(ids, [B, T], 'int32'), { mask: tf.tensor2d(mask, [B, T]) });
+        const f = tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]);
         const pred = tf.add(tf.matMul(f, w), b);
-        return tf.div(tf.sum(tf.mul(seenT, tf.square(tf.sub(pred, yT)))), Math.max(1, count)) as tf.Scalar;
-      }, Object.values(vars));
-      const named: Record<string, tf.Tensor> = {};
-      for (const [name, v] of Object.entries(vars)) named[name] = grads[v.name]!;
-      const clipped = await clipGradNorm(named, cfg.gradClip);
-      opt.step(clipped.grads, schedule(step));
-      const loss = (await value.data())[0]!;
-      tf.dispose([idsT, maskT, poolT, yT, seenT, value, ...Object.values(grads), ...Object.values(clipped.grads)]);
-      if (!Number.isFinite(loss)) throw new QrlhfError(`reward backbone: the loss is not finite at step ${step} (lower lr)`);
+        return tf.div(tf.sum(tf.mul(tf.tensor2d(seen, [B, M]), tf.square(tf.sub(pred, tf.tensor2d(y, [B, M]))))), Math.max(1, count)) as tf.Scalar;
+      }, vars);
+      const norm = await applyGradients(opt, grads, schedule(index + 1), cfg.gradClip);
+      if (!Number.isFinite(loss) || !Number.isFinite(norm)) throw new QrlhfError(`reward backbone: the loss or the gradient is not finite at step ${index + 1} (lower lr)`);
       smoothed = Number.isNaN(smoothed) ? loss : 0.9 * smoothed + 0.1 * loss;
-      progress.tick(1, `mse ${smoothed.toFixed(4)} (constant: ${baselineLoss.toFixed(4)})`);
-    }
+      return { step: index + 1, loss, loss_smoothed: smoothed };
+    };
+    await runTrainingLoop({
+      start: 0,
+      total: cfg.steps,
+      step: backboneStep,
+      logEvery: 1,
+      log: () => progress.tick(1, `mse ${smoothed.toFixed(4)} (constant: ${baselineLoss.toFixed(4)})`),
+    });
     progress.done();
     for (const v of Object.values(model.weights)) v.trainable = false;
     tf.dispose([w, b]);
