@@ -51,7 +51,7 @@ async function rlooStepsPerSecond(label: string, policy: string, prompts: string
   const cfg = { ...smallConfig({ policy, prompts, out, steps, batchSize: 8, k: 4, maxNewTokens: 32, maxPromptLength: 100, generationBatchSize: 32, microBatchSize: 16, checkpointEvery: 0, sampleEvery: 0, backend }), ...(engine ? { engine } : {}) } as RlooConfig;
   await runRloo(cfg, { reward: stubReward(), quiet: true });
   // the first step pays for warm-up (kernels, the servers' first decode): report the others
-  const times = readRlooMetrics(out).slice(1).map((m) => m['step_time_s'] as number);
+  const times = readRlooMetrics(out).slice(1).map((m) => m['time/step_s'] as number);
   return times.length / times.reduce((a, b) => a + b, 0);
 }
 

@@ -40,7 +40,7 @@ async function run(out: string, engine: Record<string, unknown> | null, hooks: P
   return runRloo(cfg, { reward: stubReward(), quiet: true, ...hooks });
 }
 
-const withoutTime = (rows: Metrics[]) => rows.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'step_time_s')));
+const withoutTime = (rows: Metrics[]) => rows.map((r) => Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'time/step_s')));
 const samples = (out: string) => readFileSync(join(out, 'samples.jsonl'), 'utf8');
 const adapterTensors = (out: string) => readSafetensors(join(out, 'adapter', 'adapter_model.safetensors')).tensors;
 

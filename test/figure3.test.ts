@@ -114,13 +114,17 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   const rl = new Set(promptsOf('prompts.jsonl'));
   t.deepEqual(promptsOf('eval_prompts.jsonl').filter((p) => rl.has(p)), []);
 
-  // The per-step metrics carry the QRM's quantiles and the world's true ones.
+  // The per-step metrics carry the QRM's quantiles (reward/…) and the world's exact ones (truth/…).
   const metrics = readFileSync(join(out, 'rl', 'risk-aware-seed1', 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.true(metrics.length >= 1);
   for (const k of keys) {
-    t.is(typeof metrics[0]![k], 'number', k);
-    t.is(typeof metrics[0]![`true/${k}`], 'number', `true/${k}`);
+    t.is(typeof metrics[0]![`reward/${k}`], 'number', `reward/${k}`);
+    t.is(typeof metrics[0]![`truth/${k}`], 'number', `truth/${k}`);
+    t.false(k in metrics[0]! || `true/${k}` in metrics[0]!, `no flat ${k}`);
   }
+  // both figures have their six panels, the truth one under "true …" titles
+  t.true(readFileSync(join(out, 'figure3-true.svg'), 'utf8').includes('true quantile τ = 0.05'));
+  t.is((readFileSync(join(out, 'figure3.svg'), 'utf8').match(/<polyline /g) ?? []).length, 12);
 
   const third = await runner(out);
   t.is(third.code, 0, third.stderr);

@@ -169,7 +169,7 @@ async function pretrainIn(
     start,
     total: cfg.steps,
     label: 'pretrain',
-    keys: ['loss_smoothed', 'lr'],
+    keys: ['train/loss_smoothed', 'train/lr'],
     console: !hooks.quiet,
     wandbProject: null,
   }));
@@ -199,7 +199,7 @@ async function pretrainIn(
       throw new QrlhfError(`pretrain: step ${index + 1}: the loss or the gradient is not finite (loss ${loss}, grad norm ${norm}); lower lr`);
     }
     smoothed = Number.isNaN(smoothed) ? loss : 0.95 * smoothed + 0.05 * loss;
-    return { step: index + 1, loss, loss_smoothed: smoothed, lr, grad_norm: norm };
+    return { step: index + 1, 'train/loss': loss, 'train/loss_smoothed': smoothed, 'train/lr': lr, 'train/grad_norm': norm };
   };
   await runTrainingLoop({
     start,

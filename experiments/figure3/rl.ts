@@ -62,8 +62,8 @@ export class TrueReward implements RewardSource {
 
 /**
  * One RLOO run of Figure 3 (resumes from its checkpoint when interrupted). Besides the reward
- * source's quantiles, every step logs the world's exact quantiles of the same responses as
- * `true/q0.05` ….
+ * source's quantiles (reward/q0.05 …), every step logs the world's exact quantiles of the same
+ * responses as `truth/q0.05` … `truth/expectation` (the metric names of core's names.ts).
  */
 export async function runRlStage(o: {
   cfg: Figure3Config;
@@ -85,7 +85,7 @@ export async function runRlStage(o: {
       extraMetrics: (batch: RlooBatchItem[]) => {
         const truth = batch.map((b) => o.world.trueQuantiles(b.prompt, b.response, taus).reward);
         const q = meanQuantiles(truth, taus, batch.map((b) => o.world.trueExpectation(b.prompt, b.response)));
-        return Object.fromEntries(SUMMARY_KEYS.map((k) => [`true/${k}`, q[k]]));
+        return Object.fromEntries(SUMMARY_KEYS.map((k) => [`truth/${k}`, q[k]]));
       },
     },
   );

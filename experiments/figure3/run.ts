@@ -186,7 +186,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   const svg = figure3Svg(series, { title: 'QRM quantile estimates of the sampled responses during RLOO', smooth: 5, band: 'min-max' });
   writeFileAtomic(join(out, 'figure3.svg'), svg);
   writeFileAtomic(join(out, 'figure3.png'), await svgToPng(svg));
-  const trueSvg = figure3Svg(series, { title: 'True quantiles of the sampled responses during RLOO', smooth: 5, band: 'min-max', keys: SUMMARY_KEYS.map((k) => `true/${k}`), panelTitle: (k) => `true ${k.slice(5)}` });
+  const trueSvg = figure3Svg(series, { title: 'True quantiles of the sampled responses during RLOO', smooth: 5, band: 'min-max', keys: SUMMARY_KEYS.map((k) => `truth/${k}`) });
   writeFileAtomic(join(out, 'figure3-true.svg'), trueSvg);
   writeFileAtomic(join(out, 'figure3-true.png'), await svgToPng(trueSvg));
   const minutes = Object.values(stageSeconds).reduce((a, x) => a + x, 0) / 60;

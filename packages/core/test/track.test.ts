@@ -90,18 +90,18 @@ test('Progress on a terminal redraws one line in place, throttled, and ends it o
 test('ConsoleSink shows the chosen keys with their latest values and positions the bar by step', async (t) => {
   let now = 0;
   const stream = fakeStream(false);
-  const c = new ConsoleSink({ keys: ['loss', 'eval_loss'], total: 4, label: 'sft', stream, now: () => now, plainIntervalMs: 0 });
+  const c = new ConsoleSink({ keys: ['train/loss', 'eval/loss'], total: 4, label: 'sft', stream, now: () => now, plainIntervalMs: 0 });
   now = 1000;
-  c.log({ step: 1, loss: 2.34567, lr: 1e-4 });
+  c.log({ step: 1, 'train/loss': 2.34567, 'train/lr': 1e-4 });
   now = 2000;
-  c.log({ step: 1, eval_loss: 2.5 });
+  c.log({ step: 1, split: 'eval', 'eval/loss': 2.5 });
   now = 3000;
-  c.log({ step: 2, loss: 0.000123 });
+  c.log({ step: 2, 'train/loss': 0.000123 });
   await c.close();
   const out = stream.out.split('\n').filter((l) => l);
-  t.true(out[0]!.startsWith('sft 1/4 25% 1 it/s') && out[0]!.endsWith('| loss 2.346'), out[0]);
-  t.true(out[1]!.endsWith('| loss 2.346 eval_loss 2.5'), out[1]);
-  t.true(out[2]!.startsWith('sft 2/4 50%') && out[2]!.endsWith('| loss 1.23e-4 eval_loss 2.5'), out[2]);
+  t.true(out[0]!.startsWith('sft 1/4 25% 1 it/s') && out[0]!.endsWith('| train/loss 2.346'), out[0]);
+  t.true(out[1]!.endsWith('| train/loss 2.346 eval/loss 2.5'), out[1]);
+  t.true(out[2]!.startsWith('sft 2/4 50%') && out[2]!.endsWith('| train/loss 1.23e-4 eval/loss 2.5'), out[2]);
 });
 
 test('Tracker fans out to metrics.jsonl and extra sinks, drops a failing extra sink with a warning, resumes by appending', async (t) => {

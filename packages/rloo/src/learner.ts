@@ -11,6 +11,7 @@ import {
   accumulateGradients,
   applyGradients,
   checkField,
+  quantileMetric,
   sequenceLogProbs,
   tokenLogProbsAndEntropy,
   withLoraDisabled,
@@ -20,7 +21,7 @@ import {
   type Tokenizer,
 } from '@qrlhf/core';
 import type { Utility } from '@qrlhf/qrm';
-import { leaveOneOutAdvantages, ppoClipLoss, reinforceLoss, rlooRewards, sequenceKl, type KlEstimator } from './objective.js';
+import { leaveOneOutAdvantages, ppoClipLoss, ppoStatSums, reinforceLoss, rlooRewards, sequenceKl, type KlEstimator } from './objective.js';
 import { RLOO_SCHEMA, type RlooConfig } from './config.js';
 import type { RlPrompt } from './prompts.js';
 import { checkQuantiles, type RewardSource } from './reward.js';
@@ -129,6 +130,16 @@ function microBatches(batch: Pick<RolloutBatch, 'prompts' | 'k' | 'responses'>, 
   return out;
 }
 
+/** PPO diagnostics summed over response tokens (objective.ts: ppoStatSums). */
+export interface PpoStats {
+  /** Tokens whose ratio was clipped. */
+  clipped: number;
+  /** Sum of (rho - 1) - log rho. */
+  approxKlSum: number;
+  /** Response tokens counted. */
+  tokens: number;
+}
+
 export interface StepResult {
   batch: RolloutBatch;
   /** The step's metrics (without step, lr and time, which the caller adds). */
@@ -229,11 +240,18 @@ export class RlooLearner {
   /**
    * The gradient of the batch's loss with respect to the adapter's variables (keyed like
    * adapter.variables), summed over micro-batches (core's accumulateGradients); `ppo` uses the
-   * clipped-ratio loss against the batch's sampling log-probs. The caller disposes the gradients.
+   * clipped-ratio loss against the batch's sampling log-probs, and then also returns its
+   * diagnostics (objective.ts: the clipped tokens and the sum of the k3 approximate KL over the
+   * batch's response tokens, from the same forward pass). The caller disposes the gradients.
    */
-  async gradients(batch: RolloutBatch, opts: { ppo?: boolean; training?: boolean } = {}): Promise<{ grads: Record<string, tf.Tensor>; loss: number }> {
+  async gradients(
+    batch: RolloutBatch,
+    opts: { ppo?: boolean; training?: boolean } = {},
+  ): Promise<{ grads: Record<string, tf.Tensor>; loss: number; ppo?: PpoStats }> {
     const N = batch.responses.length;
-    return await accumulateGradients(microBatches(batch, this.settings.microBatchSize), (mb) => {
+    const sums: tf.Tensor1D[] = [];
+    const stats: PpoStats = { clipped: 0, approxKlSum: 0, tokens: 0 };
+    const r = await accumulateGradients(microBatches(batch, this.settings.microBatchSize), (mb) => {
       const s = seqTensors(batch, mb, this.pad);
       const adv = tf.tensor1d(mb.map((r) => batch.advantages[r]!), 'float32');
       const lp = sequenceLogProbs(this.model, s.ids, s.attn, s.targets, { training: opts.training ?? true, temperature: this.settings.temperature });
@@ -241,34 +259,60 @@ export class RlooLearner {
       const o = new Float32Array(mb.length * (s.T - 1));
       mb.forEach((r, i) => o.set(batch.logp[r]!, i * (s.T - 1) + s.start[i]!));
       const old = tf.tensor2d(o, [mb.length, s.T - 1]);
+      sums.push(tf.keep(ppoStatSums(lp, old, s.targets, this.settings.clipRange)));
+      stats.tokens += mb.reduce((a, r) => a + batch.responses[r]!.length, 0);
       return ppoClipLoss(lp, old, s.targets, adv, N, this.settings.clipRange);
     }, this.model.lora!.variables);
+    if (!opts.ppo) return r;
+    for (const t of sums) {
+      const [c, k] = (await t.data()) as Float32Array;
+      stats.clipped += c!;
+      stats.approxKlSum += k!;
+    }
+    tf.dispose(sums);
+    return { ...r, ppo: stats };
   }
 
-  /** One optimiser update from a batch's gradient; returns the loss and the gradient norm (before clipping). */
-  async update(batch: RolloutBatch, lr: number, ppo: boolean): Promise<{ loss: number; gradNorm: number }> {
-    const { grads, loss } = await this.gradients(batch, { ppo });
+  /** One optimiser update from a batch's gradient; returns the loss, the gradient norm (before clipping) and, for ppo, its diagnostics. */
+  async update(batch: RolloutBatch, lr: number, ppo: boolean): Promise<{ loss: number; gradNorm: number; ppo?: PpoStats }> {
+    const { grads, loss, ppo: stats } = await this.gradients(batch, { ppo });
     const norm = await applyGradients(this.optimizer, grads, lr, this.settings.gradClip);
     if (!Number.isFinite(norm) || !Number.isFinite(loss)) {
       throw new QrlhfError(`rloo: the loss or the gradient is not finite (loss ${loss}, grad norm ${norm}); lower lr or betaKl, or check the reward source`);
     }
-    return { loss, gradNorm: norm };
+    return stats ? { loss, gradNorm: norm, ppo: stats } : { loss, gradNorm: norm };
   }
 
-  /** A whole step: collect, then one REINFORCE update or ppoEpochs clipped ones. */
+  /**
+   * A whole step: collect, then one REINFORCE update or ppoEpochs clipped ones. train/loss and
+   * train/grad_norm are those of the first update; ppo/clipfrac and ppo/approx_kl are over the
+   * response tokens of every epoch's forward pass (each measured before that epoch's update, so the
+   * first epoch's ratio is 1 and only later epochs can clip).
+   */
   async step(prompts: RlPrompt[], lr: number): Promise<StepResult> {
     const batch = await this.collect(prompts);
     const epochs = Math.max(1, this.settings.ppoEpochs);
     let loss = 0;
     let gradNorm = 0;
+    const ppo: PpoStats = { clipped: 0, approxKlSum: 0, tokens: 0 };
     for (let e = 0; e < epochs; e++) {
       const u = await this.update(batch, lr, this.settings.ppoEpochs > 0);
       if (e === 0) {
         loss = u.loss;
         gradNorm = u.gradNorm;
       }
+      if (u.ppo) {
+        ppo.clipped += u.ppo.clipped;
+        ppo.approxKlSum += u.ppo.approxKlSum;
+        ppo.tokens += u.ppo.tokens;
+      }
     }
-    return { batch, metrics: batchMetrics(batch, this.reward.taus, { loss, grad_norm: gradNorm }) };
+    const extra: Record<string, number> = { 'train/loss': loss, 'train/grad_norm': gradNorm };
+    if (this.settings.ppoEpochs > 0) {
+      extra['ppo/clipfrac'] = ppo.tokens ? ppo.clipped / ppo.tokens : 0;
+      extra['ppo/approx_kl'] = ppo.tokens ? ppo.approxKlSum / ppo.tokens : 0;
+    }
+    return { batch, metrics: batchMetrics(batch, this.reward.taus, extra) };
   }
 }
 
@@ -290,12 +334,16 @@ export function truncationGuard(topP: number, topK: number, where: string): void
   }
 }
 
-/** The metric key of a quantile level: 'q' + tau with two decimals (q0.05, q0.10, ...). */
+/** The key of a quantile level in samples.jsonl: 'q' + tau with two decimals (q0.05, q0.10, ...); its metric is reward/q0.05 (quantileMetric). */
 export function quantileKey(tau: number): string {
   return `q${tau.toFixed(2)}`;
 }
 
-/** SPEC §6 metrics of a batch: batch means of each quantile, the expectation, utility, KL, entropy, lengths. */
+/**
+ * SPEC §6 metrics of a batch under the names of core's names.ts: batch means of each quantile and
+ * the expectation (reward/…), of the utility, KL, RLHF reward and |advantage| (objective/…), the
+ * entropy per token, response length and EOS rate (policy/…); `extra` is merged in as given.
+ */
 export function batchMetrics(b: RolloutBatch, taus: Float32Array, extra: Record<string, number> = {}): Metrics {
   const n = b.responses.length;
   const K = taus.length;
@@ -310,7 +358,7 @@ export function batchMetrics(b: RolloutBatch, taus: Float32Array, extra: Record<
     }
     expectation += s / K;
   }
-  for (let j = 0; j < K; j++) m[quantileKey(taus[j]!)] = qMean[j]! / n;
+  for (let j = 0; j < K; j++) m[quantileMetric('reward', taus[j]!)] = qMean[j]! / n;
   const mean = (xs: ArrayLike<number>) => {
     let s = 0;
     for (let i = 0; i < xs.length; i++) s += xs[i]!;
@@ -318,14 +366,14 @@ export function batchMetrics(b: RolloutBatch, taus: Float32Array, extra: Record<
   };
   const tokens = b.responses.reduce((a, r) => a + r.length, 0);
   const entropy = b.entropySum.reduce((a, x) => a + x, 0);
-  m['expectation'] = expectation / n;
-  m['utility'] = mean(b.utilities);
-  m['kl'] = mean(b.kl);
-  m['entropy'] = tokens ? entropy / tokens : 0;
-  m['response_length'] = tokens / n;
-  m['eos_rate'] = b.eos.filter(Boolean).length / n;
-  m['reward'] = mean(b.rewards);
-  m['advantage_abs'] = mean(Array.from(b.advantages, Math.abs));
+  m['reward/expectation'] = expectation / n;
+  m['objective/utility'] = mean(b.utilities);
+  m['objective/kl'] = mean(b.kl);
+  m['objective/rlhf_reward'] = mean(b.rewards);
+  m['objective/advantage_abs'] = mean(Array.from(b.advantages, Math.abs));
+  m['policy/entropy'] = tokens ? entropy / tokens : 0;
+  m['policy/response_length'] = tokens / n;
+  m['policy/eos_rate'] = b.eos.filter(Boolean).length / n;
   for (const [key, v] of Object.entries(extra)) m[key] = v;
   return m;
 }

@@ -8,6 +8,11 @@
  *   A_i   = R_i - (1 / (k - 1)) * sum_{j != i} R_j       (within the k responses of one prompt)
  *   loss  = -(1/N) sum_i A_i sum_t log pi(y_{i,t})        (REINFORCE; A_i constants)
  *   PPO:    -(1/N) sum_i sum_t min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i),  rho_t = pi / pi_old
+ *
+ * PPO diagnostics (logged as ppo/clipfrac and ppo/approx_kl), over the M response tokens of a batch:
+ *   clipfrac  = (1/M) sum_t [ |rho_t - 1| > eps ]               (share of tokens whose ratio is clipped)
+ *   approx_kl = (1/M) sum_t (rho_t - 1) - log rho_t             (Schulman's k3 estimate of KL(pi_old || pi):
+ *                                                                >= 0 per token, unbiased under pi_old's samples)
  */
 import * as tf from '@tensorflow/tfjs';
 import { QrlhfError } from '@qrlhf/core';
@@ -81,5 +86,20 @@ export function ppoClipLoss(
     const clipped = tf.mul(tf.clipByValue(ratio, 1 - clipRange, 1 + clipRange), a);
     const surrogate = tf.mul(tf.minimum(unclipped, clipped), mask);
     return tf.div(tf.neg(tf.sum(surrogate)), N) as tf.Scalar;
+  });
+}
+
+/**
+ * The PPO diagnostics of one micro-batch as sums over its response tokens (the caller divides by
+ * the token count of the whole batch): [sum_t [|rho_t - 1| > eps], sum_t (rho_t - 1) - log rho_t]
+ * with log rho_t = logp - logpOld. `mask` [n, T] is 1 on response tokens.
+ */
+export function ppoStatSums(logp: tf.Tensor2D, logpOld: tf.Tensor2D, mask: tf.Tensor2D, clipRange: number): tf.Tensor1D {
+  return tf.tidy(() => {
+    const logRatio = tf.sub(logp, logpOld);
+    const ratio = tf.exp(logRatio);
+    const clipped = tf.mul(tf.cast(tf.greater(tf.abs(tf.sub(ratio, 1)), clipRange), 'float32'), mask);
+    const k3 = tf.mul(tf.sub(tf.sub(ratio, 1), logRatio), mask);
+    return tf.stack([tf.sum(clipped), tf.sum(k3)]) as tf.Tensor1D;
   });
 }

@@ -36,6 +36,7 @@ import {
   type Metrics,
   type StepContext,
   printLine,
+  quantileMetric,
   parseConfig,
 } from '@qrlhf/core';
 import { QuantileRewardModel, makeUtility, type QrmNormalise, type Utility } from '@qrlhf/qrm';
@@ -58,7 +59,7 @@ export interface RlooHooks {
   reward?: RewardSource;
   /** The utility to use instead of the config's `utility`. */
   utility?: Utility;
-  /** Extra metrics of a step's responses, merged into its metrics line (e.g. the world's true quantiles as `true/q0.05`). */
+  /** Extra metrics of a step's responses, merged into its metrics line (e.g. the world's exact quantiles as `truth/q0.05`). */
   extraMetrics?: (batch: RlooBatchItem[], step: number) => Record<string, number> | Promise<Record<string, number>>;
   /** Every metrics row, as it is logged. */
   onMetrics?: (row: Metrics) => void;
@@ -204,7 +205,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
       start: resumedFrom,
       total: cfg.steps,
       label: `rloo ${cfg.utility.length > 24 ? 'custom' : cfg.utility}`,
-      keys: ['utility', 'expectation', quantileKey(taus[0] ?? 0.05), 'kl'],
+      keys: ['objective/utility', 'reward/expectation', quantileMetric('reward', taus[0] ?? 0.05), 'objective/kl'],
       console: !hooks.quiet,
       wandbProject: cfg.wandbProject,
     });
@@ -276,7 +277,7 @@ export async function runRloo(config: RlooConfig, hooks: RlooHooks = {}): Promis
         const items = b.texts.map((response, i) => ({ prompt: b.prompts[Math.floor(i / b.k)]!.text, response, quantiles: b.quantiles[i]! }));
         extra = await hooks.extraMetrics(items, step);
       }
-      return { step, ...stepped.metrics, lr: cfg.lr, step_time_s: (performance.now() - t0) / 1000, filtered_prompts: pset.filtered, ...extra };
+      return { step, ...stepped.metrics, 'train/lr': cfg.lr, 'time/step_s': (performance.now() - t0) / 1000, 'data/filtered_prompts': pset.filtered, ...extra };
     };
     const { steps: step, last } = await runTrainingLoop({
       start: resumedFrom,

@@ -8,6 +8,7 @@ import {
   klToken,
   leaveOneOutAdvantages,
   ppoClipLoss,
+  ppoStatSums,
   reinforceLoss,
   rlooRewards,
   sequenceKl,
@@ -121,6 +122,44 @@ test('the PPO-clipped loss matches its formula, and equals the REINFORCE loss in
   tf.dispose([x, gPpo, gRe]);
 });
 
+/** ppo/clipfrac and ppo/approx_kl from their definitions, in float64: ratio = exp(lp - lpOld) over the masked tokens. */
+function refPpoStats(lpNew: number[][], lpOld: number[][], mask: number[][], eps: number): { clipfrac: number; approxKl: number; tokens: number } {
+  let clipped = 0;
+  let kl = 0;
+  let tokens = 0;
+  lpNew.forEach((row, i) =>
+    row.forEach((lp, j) => {
+      if (!mask[i]![j]) return;
+      const rho = Math.exp(lp) / Math.exp(lpOld[i]![j]!);
+      if (rho < 1 - eps || rho > 1 + eps) clipped++;
+      kl += rho - 1 - Math.log(rho);
+      tokens++;
+    }),
+  );
+  return { clipfrac: clipped / tokens, approxKl: kl / tokens, tokens };
+}
+
+test('ppo/clipfrac and ppo/approx_kl: the micro-batch sums match a float64 computation and a hand case', (t) => {
+  const lpOld = [[-0.5, -1.0], [-0.3, 0], [-2.0, -0.1], [-0.6, -0.9]];
+  const mask = [[1, 1], [1, 0], [1, 1], [1, 1]];
+  const lpNew = [[-0.2, -1.3], [-0.9, 5], [-1.0, -0.1], [-0.6, -0.4]];
+  const eps = 0.2;
+  const ref = refPpoStats(lpNew, lpOld, mask, eps);
+  // by hand: ratios e^.3, e^-.3, e^-.6, (masked), e^1, 1, 1, e^.5 → 5 of 7 outside [0.8, 1.2]
+  t.is(ref.tokens, 7);
+  t.true(close(ref.clipfrac, 5 / 7, 1e-12));
+  const [c, k] = tf.tidy(() => Array.from(ppoStatSums(tf.tensor2d(lpNew), tf.tensor2d(lpOld), tf.tensor2d(mask), eps).dataSync()));
+  t.is(c, 5);
+  t.true(close(k! / 7, ref.approxKl, 1e-5), `${k! / 7} vs ${ref.approxKl}`);
+  // one token at ratio 2: k3 = (2 - 1) - log 2
+  const one = tf.tidy(() => Array.from(ppoStatSums(tf.tensor2d([[Math.log(2)]]), tf.tensor2d([[0]]), tf.tensor2d([[1]]), 0.2).dataSync()));
+  t.is(one[0], 1);
+  t.true(close(one[1]!, 1 - Math.log(2), 1e-6));
+  // ratio 1 everywhere: nothing clipped, approximate KL 0
+  const same = tf.tidy(() => Array.from(ppoStatSums(tf.tensor2d(lpOld), tf.tensor2d(lpOld), tf.tensor2d(mask), eps).dataSync()));
+  t.deepEqual(same, [0, 0]);
+});
+
 /** log-softmax of the model's logits for one unpadded sequence, in float64: [T, V]. */
 function logSoftmax64(model: LlamaModel, ids: number[], temperature: number): number[][] {
   const logits = tf.tidy(() => model.forward(tf.tensor2d([ids], [1, ids.length], 'int32')).arraySync() as number[][][])[0]!;
@@ -193,15 +232,36 @@ for (const [k, est] of [[2, 'k1'], [4, 'k3']] as const) {
     });
     A.forEach((a, i) => t.true(Math.abs(a - b.advantages[i]!) < 2e-3, `A_${i}`));
     b.logp.forEach((lp, i) => (lossRef -= (b.advantages[i]! * lp.reduce((s, x) => s + x, 0)) / b.responses.length));
-    const { grads, loss } = await learner.gradients(b, { training: false });
+    const { grads, loss, ppo } = await learner.gradients(b, { training: false });
     t.true(close(loss, lossRef, 1e-4), `loss ${loss} vs ${lossRef}`);
     t.deepEqual(Object.keys(grads).sort(), Object.keys(adapter.variables).sort());
+    t.is(ppo, undefined);
     tf.dispose(Object.values(grads));
+    // PPO diagnostics through the learner's micro-batches: "old" log-probs shifted per token so that
+    // some ratios leave [1 - eps, 1 + eps] by a wide margin, against float64 from the same model
+    const shifts = [0.5, -0.05, 0.3, -0.4, 0.02];
+    const lpNew64: number[][] = [];
+    const old = b.logp.map((lp, i) => {
+      const p = prompts[Math.floor(i / k)]!.ids;
+      const seq = [...p, ...b.responses[i]!];
+      const pol = logSoftmax64(model, seq, temperature);
+      lpNew64.push(b.responses[i]!.map((tokId, j) => pol[p.length - 1 + j]![tokId]!));
+      return Float32Array.from(lp, (x, j) => x + shifts[(i + j) % shifts.length]!);
+    });
+    const oldRows = old.map((o) => Array.from(o));
+    const refStats = refPpoStats(lpNew64, oldRows, oldRows.map((o) => o.map(() => 1)), learner.settings.clipRange);
+    const pg = await learner.gradients({ ...b, logp: old }, { ppo: true, training: false });
+    tf.dispose(Object.values(pg.grads));
+    t.is(pg.ppo!.tokens, refStats.tokens);
+    t.true(refStats.clipfrac > 0 && refStats.clipfrac < 1, `clipfrac ${refStats.clipfrac}`);
+    t.true(close(pg.ppo!.clipped / pg.ppo!.tokens, refStats.clipfrac, 1e-12), `clipfrac ${pg.ppo!.clipped / pg.ppo!.tokens} vs ${refStats.clipfrac}`);
+    t.true(close(pg.ppo!.approxKlSum / pg.ppo!.tokens, refStats.approxKl, 1e-3), `approx_kl ${pg.ppo!.approxKlSum / pg.ppo!.tokens} vs ${refStats.approxKl}`);
     const { batchMetrics } = await import('../src/learner.js');
     const m = batchMetrics(b, learner.reward.taus);
-    t.true(close(m['entropy'] as number, entTotal / tokTotal, 1e-4));
-    t.true(close(m['q0.10'] as number, b.texts.reduce((s, x) => s + stubQuantiles(x)[0]!, 0) / b.texts.length, 1e-5));
-    t.deepEqual(Object.keys(m).filter((x) => x.startsWith('q')), TAUS.map((x) => `q${x.toFixed(2)}`));
+    t.true(close(m['policy/entropy'] as number, entTotal / tokTotal, 1e-4));
+    t.true(close(m['reward/q0.10'] as number, b.texts.reduce((s, x) => s + stubQuantiles(x)[0]!, 0) / b.texts.length, 1e-5));
+    t.deepEqual(Object.keys(m).filter((x) => x.startsWith('reward/q')), TAUS.map((x) => `reward/q${x.toFixed(2)}`));
+    t.true(close(m['objective/kl'] as number, Array.from(b.kl).reduce((a, x) => a + x, 0) / b.kl.length, 1e-12));
     opt.dispose();
     model.dispose();
   });

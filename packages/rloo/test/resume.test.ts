@@ -35,7 +35,7 @@ function runChild(args: string[], killAfter?: number, delayMs = 0): Promise<{ la
 const withoutTime = (file: string) =>
   readFileSync(file, 'utf8').trim().split('\n').map((l) => {
     const o = JSON.parse(l) as Record<string, unknown>;
-    delete o['step_time_s'];
+    delete o['time/step_s'];
     return o;
   });
 

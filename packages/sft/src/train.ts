@@ -47,6 +47,7 @@ import {
   checkTrainingMemory,
   gib,
   printLine,
+  upgradeMetricRow,
 } from '@qrlhf/core';
 import { checkSftConfig, type SftConfig } from './config.js';
 import {
@@ -264,11 +265,12 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       start: resumedFrom,
       total: totalSteps,
       label: 'sft',
-      keys: ['loss', 'eval_loss', 'token_accuracy', 'lr'],
+      keys: ['train/loss', 'eval/loss', 'eval/token_accuracy', 'train/lr'],
       console: !hooks.quiet,
       wandbProject: cfg.wandbProject,
       kept: (row) => {
-        if (row['step'] === 0 && typeof row['eval_loss'] === 'number') evalLossBefore = row['eval_loss'];
+        const before = upgradeMetricRow(row)['eval/loss']; // a run begun before the namespaced names wrote eval_loss
+        if (row['step'] === 0 && typeof before === 'number') evalLossBefore = before;
       },
     });
     const log = (row: Metrics) => {
@@ -286,9 +288,8 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       const e = await evaluateSft(model!, data.heldOut, cfg.microBatchSize, tok.padId);
       lastEval = e;
       if (s === 0) evalLossBefore = e.loss;
-      // Every metrics line carries step, loss and lr (issue 4's contract): an evaluation line's loss
-      // is the held-out loss, marked by split "eval"; lr is that of the next update.
-      log({ step: s, split: 'eval', loss: e.loss, lr: schedule(s), eval_loss: e.loss, token_accuracy: e.accuracy, eval_tokens: e.tokens });
+      // An evaluation line: the held-out metrics under eval/ (never train/loss), marked by split "eval".
+      log({ step: s, split: 'eval', 'eval/loss': e.loss, 'eval/token_accuracy': e.accuracy, 'eval/tokens': e.tokens });
     };
     if (resumedFrom === 0) await runEval(0);
 
@@ -314,7 +315,7 @@ export async function runSft(config: SftConfig, hooks: SftHooks = {}): Promise<S
       }
       const tokens = micro.reduce((n, pb) => n + pb.tokens, 0);
       const seconds = (performance.now() - t0) / 1000;
-      return { step: index + 1, loss, lr, grad_norm: norm, tokens_per_s: tokens / seconds, epoch: Math.min(b, endPos) / nTrain };
+      return { step: index + 1, 'train/loss': loss, 'train/lr': lr, 'train/grad_norm': norm, 'train/epoch': Math.min(b, endPos) / nTrain, 'time/tokens_per_s': tokens / seconds };
     };
     const { steps: step } = await runTrainingLoop({
       start: resumedFrom,

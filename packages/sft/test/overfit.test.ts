@@ -14,7 +14,7 @@ test('the response loss falls on a tiny set it can memorise (all-linear LoRA)', 
   });
   const r = await runSft(cfg, { quiet: true });
   t.is(r.evalLossBefore, null);
-  const losses = readMetrics(cfg.out).filter((m) => 'loss' in m).map((m) => m['loss'] as number);
+  const losses = readMetrics(cfg.out).filter((m) => 'train/loss' in m).map((m) => m['train/loss'] as number);
   t.is(losses.length, 40);
   t.log(`loss ${losses[0]!.toFixed(3)} → ${losses.at(-1)!.toFixed(3)}`);
   // a uniform guess over 99 tokens costs ln 99 = 4.6 nats; memorised responses cost far less

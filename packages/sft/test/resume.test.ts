@@ -84,6 +84,6 @@ test('SIGKILL at any point then --resume ends with the same adapter as an uninte
 
   // the metrics tell the same story: one row per step and eval, the same losses
   const strip = (rows: ReturnType<typeof readMetrics>) =>
-    rows.map((r) => ({ step: r['step'], loss: r['loss'], eval_loss: r['eval_loss'], lr: r['lr'], grad_norm: r['grad_norm'] }));
+    rows.map((r) => ({ step: r['step'], loss: r['train/loss'], eval_loss: r['eval/loss'], lr: r['train/lr'], grad_norm: r['train/grad_norm'] }));
   t.deepEqual(strip(readMetrics(killedCfg.out)), strip(readMetrics(refCfg.out)));
 });

@@ -53,29 +53,30 @@ test('the run folder holds the resolved config, metrics, checkpoint, adapter, me
   t.true(String(s[0]!['prompt']).endsWith('\n\nAssistant:'));
 });
 
-test('metrics.jsonl: eval at step 0 before any update, training rows with step/loss/lr, eval every N steps', (t) => {
+test('metrics.jsonl: eval at step 0 before any update, training rows with step and train/loss, train/lr, eval/… rows every N steps', (t) => {
   const rows = readMetrics(cfg.out);
   t.deepEqual(rows, hooked);
+  // the file holds the namespaced names itself (readMetrics would upgrade old flat ones)
+  const raw = readFileSync(join(cfg.out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.deepEqual(raw, rows);
   // warmup 2 then cosine to 0 at step 6: the update with 0-based index s has lr(s)
   const lr = (s: number) => (s < 2 ? (cfg.lr * (s + 1)) / 2 : cfg.lr * 0.5 * (1 + Math.cos((Math.PI * (s - 2)) / 4)));
   t.is(rows[0]!['step'], 0);
-  t.is(typeof rows[0]!['eval_loss'], 'number');
-  // every line has step, loss and lr (issue 4): an evaluation line's loss is its held-out loss
-  for (const r of rows) for (const k of ['step', 'loss', 'lr']) t.true(Number.isFinite(r[k] as number), `${k} in ${JSON.stringify(r)}`);
   t.is(rows[0]!['split'], 'eval');
-  t.is(rows[0]!['loss'], rows[0]!['eval_loss']);
-  t.is(rows[0]!['lr'], lr(0));
-  t.is(rows[0]!['eval_loss'], result.evalLossBefore);
+  t.is(rows[0]!['eval/loss'], result.evalLossBefore);
+  // an evaluation row carries only eval/ metrics: never a train/loss (the held-out loss is not a training loss)
+  const evals = rows.filter((r) => r['split'] === 'eval');
+  for (const r of evals) t.deepEqual(Object.keys(r).sort(), ['eval/loss', 'eval/token_accuracy', 'eval/tokens', 'split', 'step']);
   const train = rows.filter((r) => r['split'] !== 'eval');
   t.deepEqual(train.map((r) => r['step']), [1, 2, 3, 4, 5, 6]);
   for (const r of train) {
-    for (const k of ['loss', 'lr', 'grad_norm', 'tokens_per_s']) t.true(Number.isFinite(r[k] as number), `${k} at step ${r['step']}`);
+    t.deepEqual(Object.keys(r).sort(), ['step', 'time/tokens_per_s', 'train/epoch', 'train/grad_norm', 'train/loss', 'train/lr']);
+    for (const k of Object.keys(r)) t.true(Number.isFinite(r[k] as number), `${k} at step ${r['step']}`);
   }
-  train.forEach((r) => t.true(Math.abs((r['lr'] as number) - lr((r['step'] as number) - 1)) < 1e-12));
-  const evals = rows.filter((r) => 'eval_loss' in r);
+  train.forEach((r) => t.true(Math.abs((r['train/lr'] as number) - lr((r['step'] as number) - 1)) < 1e-12));
   t.deepEqual(evals.map((r) => r['step']), [0, 3, 6]);
-  for (const r of evals) t.true((r['token_accuracy'] as number) >= 0 && (r['token_accuracy'] as number) <= 1);
-  t.is(evals.at(-1)!['eval_loss'], result.evalLossAfter);
+  for (const r of evals) t.true((r['eval/token_accuracy'] as number) >= 0 && (r['eval/token_accuracy'] as number) <= 1);
+  t.is(evals.at(-1)!['eval/loss'], result.evalLossAfter);
 });
 
 test('the adapter files carry PEFT names, shapes and config keys', (t) => {

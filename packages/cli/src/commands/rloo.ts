@@ -16,7 +16,7 @@ export const rlooCommand = stageCommand({
     const show = (k: string) => (m && typeof m[k] === 'number' ? (m[k] as number).toFixed(4) : 'n/a');
     process.stdout.write(
       `rloo: ${r.steps} steps (${r.resumedFrom ? `resumed at ${r.resumedFrom}` : 'fresh'}); prompts ${r.prompts.used} used, ${r.prompts.filtered} filtered out\n` +
-        (m ? `last step: utility ${show('utility')}, expectation ${show('expectation')}, q0.05 ${show('q0.05')}, kl ${show('kl')}\n` : '') +
+        (m ? `last step: objective/utility ${show('objective/utility')}, reward/expectation ${show('reward/expectation')}, reward/q0.05 ${show('reward/q0.05')}, objective/kl ${show('objective/kl')}\n` : '') +
         `metrics: ${r.outDir}/metrics.jsonl\nadapter: ${r.adapterDir}\n`,
     );
   },

@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { QrlhfError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { MetricSink, Metrics } from './sink.js';
+import { upgradeMetricRow } from './names.js';
 
 export interface JsonlSinkOptions {
   /** Append to an existing file (resume) instead of starting it afresh. */
@@ -66,7 +67,11 @@ export class JsonlSink implements MetricSink {
   }
 }
 
-/** Reads a metrics.jsonl file into its rows; a line that is not a JSON object is an error naming the file and line. */
+/**
+ * Reads a metrics.jsonl file into its rows, under today's metric names (a run written with the old
+ * flat names is upgraded row by row: names.ts); a line that is not a JSON object is an error naming
+ * the file and line.
+ */
 export function readMetricsFile(path: string): Metrics[] {
   if (!existsSync(path)) throw new QrlhfError(`${path}: no such metrics file`);
   const rows: Metrics[] = [];
@@ -81,7 +86,7 @@ export function readMetricsFile(path: string): Metrics[] {
         row = null;
       }
       if (!row || typeof row !== 'object' || Array.isArray(row)) throw new QrlhfError(`${path}:${i + 1}: not a JSON object`);
-      rows.push(row as Metrics);
+      rows.push(upgradeMetricRow(row as Metrics));
     });
   return rows;
 }

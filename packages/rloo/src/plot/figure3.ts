@@ -19,12 +19,21 @@ export function t975(df: number): number {
 
 const BAND_LEGEND: Record<BandKind, string> = { sd: 'band ±1 sd', 'min-max': 'band min–max of seeds', t95: 'band 95 % t-interval of the mean' };
 
-export const FIGURE3_KEYS = ['q0.05', 'q0.10', 'q0.15', 'q0.20', 'q0.25', 'expectation'] as const;
+/** The six quantities of the panels. */
+export const FIGURE3_QUANTITIES = ['q0.05', 'q0.10', 'q0.15', 'q0.20', 'q0.25', 'expectation'] as const;
+
+/** Their metric names in a namespace: 'reward' (the QRM's estimate, every RLOO run) or 'truth' (figure3's exact ones). */
+export function figure3Keys(namespace: string): string[] {
+  return FIGURE3_QUANTITIES.map((k) => `${namespace}/${k}`);
+}
+
+/** The default panels: the reward model's estimates (reward/q0.05 … reward/expectation). */
+export const FIGURE3_KEYS: readonly string[] = figure3Keys('reward');
 
 export interface RunSeries {
   /** Shown in the legend, e.g. "risk-neutral". */
   label: string;
-  /** One metrics table per seed: rows with a numeric `step` and the plotted keys. */
+  /** One metrics table per seed: rows with a numeric `step` and the plotted keys (old flat names are read too: core's names.ts). */
   seeds: Record<string, unknown>[][];
 }
 
@@ -36,6 +45,7 @@ export interface Aggregate {
 }
 
 export { readMetricsFile } from '@qrlhf/core';
+import { upgradeMetricRow } from '@qrlhf/core';
 
 /** Trailing moving average over `window` points (window 1 leaves the series as it is). */
 export function movingAverage(xs: number[], window: number): number[] {
@@ -116,18 +126,24 @@ export interface Figure3Options {
   cols?: number;
   /** What the band around each run's mean shows (see the header); default 'sd'. */
   band?: BandKind;
-  /** Panel titles per key; defaults to "quantile τ=0.05" etc. */
+  /** Panel titles per key; defaults to "quantile τ = 0.05" (reward/q0.05), "true quantile τ = 0.05" (truth/q0.05) etc. */
   panelTitle?: (key: string) => string;
 }
 
 function defaultPanelTitle(key: string): string {
-  const m = /^q(\d+(?:\.\d+)?)$/.exec(key);
-  return m ? `quantile τ = ${m[1]}` : key;
+  const slash = key.indexOf('/');
+  const ns = slash >= 0 ? key.slice(0, slash) : '';
+  const name = key.slice(slash + 1);
+  const m = /^q(\d+(?:\.\d+)?)$/.exec(name);
+  const what = m ? `quantile τ = ${m[1]}` : name;
+  return ns === 'truth' ? `true ${what}` : ns === 'reward' || ns === '' ? what : key;
 }
 
 /** Renders the panels as an SVG document (a string). */
 export function figure3Svg(runs: RunSeries[], opts: Figure3Options = {}): string {
   const keys = opts.keys ?? FIGURE3_KEYS;
+  // rows a caller read without readMetricsFile may still carry an old run's flat names
+  runs = runs.map((r) => ({ ...r, seeds: r.seeds.map((rows) => rows.map((row) => upgradeMetricRow(row))) }));
   const cols = opts.cols ?? 3;
   const rows = Math.ceil(keys.length / cols);
   const pw = 320;
