@@ -71,7 +71,7 @@ test('plot figure3 --help is generated from PLOT_FIGURE3_SCHEMA: every setting a
   const r = await qrlhf(['plot', 'figure3', '--help']);
   t.is(r.code, 0, r.stderr);
   const fields = flattenSchema(PLOT_FIGURE3_SCHEMA);
-  t.deepEqual(fields.map(([k]) => k).sort(), ['out', 'quantiles', 'runs', 'smooth', 'title']);
+  t.deepEqual(fields.map(([k]) => k).sort(), ['band', 'out', 'quantiles', 'runs', 'smooth', 'title']);
   for (const [key, f] of fields) {
     t.true(r.stdout.includes(flagOf(key)), `${flagOf(key)} in --help`);
     t.true(r.stdout.replace(/\s+/g, ' ').includes(f.doc.slice(0, 30)), `doc of ${key}`);
@@ -86,9 +86,11 @@ test('plot figure3 settings come from a --config file too, and flags are checked
   const run = fakeRun(join(tmp, 'r1'), 0);
   const cfgFile = join(tmp, 'plot.json');
   writeFileSync(cfgFile, JSON.stringify({ runs: [`only=${run}`], out: join(tmp, 'from-config'), smooth: 1, title: 'from a file' }));
-  const r = await qrlhf(['plot', 'figure3', '--config', cfgFile]);
+  const r = await qrlhf(['plot', 'figure3', '--config', cfgFile, '--band', 'min-max']);
   t.is(r.code, 0, r.stderr);
-  t.true(readFileSync(join(tmp, 'from-config.svg'), 'utf8').includes('from a file'));
+  const svg = readFileSync(join(tmp, 'from-config.svg'), 'utf8');
+  t.true(svg.includes('from a file'));
+  t.true(svg.includes('band min–max of seeds'));
   const bad = await qrlhf(['plot', 'figure3', '--runs', `x=${run}`, '--smooth', '0']);
   t.is(bad.code, 1);
   t.is(messageLines(bad.stderr).length, 1);

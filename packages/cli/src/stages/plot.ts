@@ -7,7 +7,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { QrlhfError, defineConfig, outField, readMetricsFile, requireKeys, writeFileAtomic, type ConfigOf } from '@qrlhf/core';
-import { figure3Keys, figure3Svg, svgToPng, type RunSeries } from '@qrlhf/rloo';
+import { BAND_KINDS, figure3Keys, figure3Svg, svgToPng, type RunSeries } from '@qrlhf/rloo';
 
 export const PLOT_FIGURE3_SCHEMA = defineConfig({
   runs: {
@@ -20,6 +20,7 @@ export const PLOT_FIGURE3_SCHEMA = defineConfig({
     type: 'string', default: 'reward', choices: ['reward', 'truth'],
     doc: "which quantiles: reward (the QRM's estimate, reward/q0.05 …) or truth (an experiment's exact ones, truth/q0.05 …: figure3 runs)",
   },
+  band: { type: 'string', default: 'sd', choices: BAND_KINDS, doc: "the band around each run's seed mean: sd (±1 sd), min-max (of the seeds), t95 (95 % t-interval of the mean)" },
   title: { type: 'string', default: null, nullable: true, doc: 'figure title (null = none)' },
 });
 export type PlotFigure3Config = ConfigOf<typeof PLOT_FIGURE3_SCHEMA>;
@@ -48,7 +49,7 @@ export async function runPlotFigure3(config: PlotFigure3Config): Promise<{ svg: 
   const keys = figure3Keys(cfg.quantiles);
   const present = runs.some((r) => r.seeds.some((rows) => rows.some((row) => typeof row[keys[0]!] === 'number')));
   if (!present) throw new QrlhfError(`the metrics files have no "${keys[0]}" values: wrong folders, or wrong --quantiles?`);
-  const svg = figure3Svg(runs, { keys, smooth: cfg.smooth, ...(cfg.title === null ? {} : { title: cfg.title }) });
+  const svg = figure3Svg(runs, { keys, smooth: cfg.smooth, band: cfg.band, ...(cfg.title === null ? {} : { title: cfg.title }) });
   const paths = { svg: `${cfg.out}.svg`, png: `${cfg.out}.png` };
   writeFileAtomic(paths.svg, svg);
   writeFileAtomic(paths.png, await svgToPng(svg));
