@@ -123,7 +123,7 @@ export async function trainRewardBackbone(
       const norm = await applyGradients(opt, grads, schedule(index + 1), cfg.gradClip);
       if (!Number.isFinite(loss) || !Number.isFinite(norm)) throw new QrlhfError(`reward backbone: the loss or the gradient is not finite at step ${index + 1} (lower lr)`);
       smoothed = Number.isNaN(smoothed) ? loss : 0.9 * smoothed + 0.1 * loss;
-      return { step: index + 1, loss, loss_smoothed: smoothed };
+      return { step: index + 1, 'train/loss': loss, 'train/loss_smoothed': smoothed };
     };
     await runTrainingLoop({
       start: 0,
