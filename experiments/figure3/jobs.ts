@@ -167,7 +167,8 @@ export type FromWorker = { ok: true; seconds: Record<string, number> } | { ok: f
 
 /**
  * Runs the jobs, `parallel` at a time: in this process when parallel is 1, else in `parallel`
- * worker processes (worker.ts, QRLHF_WASM_THREADS=1 unless set), each taking the next job when it
+ * worker processes (worker.ts, QRLHF_WASM_THREADS=1 and QRLHF_NATIVE_THREADS=1 unless set: two
+ * processes whose tfjs and native pools each take every core oversubscribe), each taking the next job when it
  * finishes one; their output lines are prefixed with the job's name. The first failure stops the
  * others and is thrown (a user error as a QrlhfError naming the job).
  */
@@ -189,7 +190,11 @@ export async function runJobs(cfg: Figure3Config, out: string, jobs: Job[], para
     new Promise<void>((resolve) => {
       const child = fork(script, [], {
         execArgv: process.execArgv,
-        env: { ...process.env, QRLHF_WASM_THREADS: process.env['QRLHF_WASM_THREADS'] || '1' },
+        env: {
+          ...process.env,
+          QRLHF_WASM_THREADS: process.env['QRLHF_WASM_THREADS'] || '1',
+          QRLHF_NATIVE_THREADS: process.env['QRLHF_NATIVE_THREADS'] || '1',
+        },
         stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       });
       workers.push(child);
