@@ -56,8 +56,8 @@ test('qrlhf rloo --config FILE with flag overrides: metrics per step with one ke
   t.is(cfg['batchSize'], 2);
   const rows = readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
   t.deepEqual(rows.map((x) => x['step']), [1, 2]);
-  const qkeys = Object.keys(rows[0]!).filter((k) => /^q\d\.\d\d$/.test(k));
-  t.deepEqual(qkeys, Array.from(makeTaus(K), (x) => `q${x.toFixed(2)}`));
+  const qkeys = Object.keys(rows[0]!).filter((k) => /^reward\/q\d\.\d\d$/.test(k));
+  t.deepEqual(qkeys, Array.from(makeTaus(K), (x) => `reward/q${x.toFixed(2)}`));
   // the samples' quantiles are what the QRM says about those responses; their utility is eq. 4 with lambda 3
   const samples = readFileSync(join(out, 'samples.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { prompt: string; response: string; quantiles: Record<string, number>; utility: number });
   t.is(samples.length, 4);
