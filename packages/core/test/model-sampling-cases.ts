@@ -37,6 +37,22 @@ function argmaxContinuation(model: LlamaModel, prompt: number[], n: number): num
   return seq.slice(prompt.length);
 }
 
+/** Two sequences, the first padded at the end; targets mark the response positions (shifted by one). */
+const PADDED_BATCH = {
+  ids: [
+    [1, 7, 3, 8, 2, 0, 0],
+    [1, 4, 9, 12, 5, 20, 6],
+  ],
+  mask: [
+    [1, 1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 1, 1, 1],
+  ],
+  targets: [
+    [0, 0, 1, 1, 0, 0],
+    [0, 1, 1, 1, 1, 1],
+  ],
+};
+
 export function defineSamplingTests(test: TestFn, label: string): void {
   test.serial(`${label}: greedy generation of a padded batch equals argmax of the full forward, token by token`, async (t) => {
     const model = modelFrom(c, randomWeights(c, 31));
@@ -103,18 +119,7 @@ export function defineSamplingTests(test: TestFn, label: string): void {
     const model = modelFrom(c, w);
     const a = model.addLora({ r: 2, alpha: 4, dropout: 0, targetModules: ['q_proj', 'v_proj', 'up_proj'] }, new Rng(1));
     randomize(a.variables, 'lora_B', 2);
-    const ids = [
-      [1, 7, 3, 8, 2, 0, 0],
-      [1, 4, 9, 12, 5, 20, 6],
-    ];
-    const mask = [
-      [1, 1, 1, 1, 1, 0, 0],
-      [1, 1, 1, 1, 1, 1, 1],
-    ];
-    const targets = [
-      [0, 0, 1, 1, 0, 0],
-      [0, 1, 1, 1, 1, 1],
-    ];
+    const { ids, mask, targets } = PADDED_BATCH;
     const ref = referenceLogProbs(c, w, ids, mask, targets, mergedWeights(w, loraFactors(a.variables), 2)).flat();
     const run = (tm: number[][]) => {
       const out = tf.tidy(() => sequenceLogProbs(model, tf.tensor2d(ids, undefined, 'int32'), tf.tensor2d(mask), tf.tensor2d(tm)));
@@ -173,18 +178,7 @@ export function defineSamplingTests(test: TestFn, label: string): void {
   test.serial(`${label}: tokenLogProbsAndEntropy: its log-probs are sequenceLogProbs' bit for bit, its entropy the float64 one, at temperature 0.7`, (t) => {
     const w = randomWeights(c, 36);
     const model = modelFrom(c, w);
-    const ids = [
-      [1, 7, 3, 8, 2, 0, 0],
-      [1, 4, 9, 12, 5, 20, 6],
-    ];
-    const mask = [
-      [1, 1, 1, 1, 1, 0, 0],
-      [1, 1, 1, 1, 1, 1, 1],
-    ];
-    const targets = [
-      [0, 0, 1, 1, 0, 0],
-      [0, 1, 1, 1, 1, 1],
-    ];
+    const { ids, mask, targets } = PADDED_BATCH;
     const temperature = 0.7;
     const [lp, both] = tf.tidy(() => {
       const [x, m, tm] = [tf.tensor2d(ids, undefined, 'int32'), tf.tensor2d(mask), tf.tensor2d(targets)];
