@@ -3,7 +3,7 @@
  * schema (checked by it, its defaults filling what a config file leaves out), plus what the
  * experiment itself decides (the run folder, the backend, the RLOO seeds). The keys a stage gets
  * from the pipeline (its input and output paths, the RLOO seed and utility of each run) are not in
- * its block. `configs/figure3.json` holds the paper-like settings (about 15 minutes on 2 CPU
+ * its block. `configs/figure3.json` holds the paper-like settings (about 8 minutes on 2 CPU
  * cores); `configs/figure3-smoke.json` runs the whole pipeline in about a minute. Any key can be
  * set from the command line: --rloo.lambda 3, --sft.max-steps 20, --world.pairs 500.
  */
