@@ -9,13 +9,14 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QrlhfError, Rng, claimRunFolder, generate, loadLoraAdapter, loadModel, writeFileAtomic, type LlamaModel, type Tokenizer } from '@qrlhf/core';
+import { QrlhfError, Rng, claimRunFolder, loadLoraAdapter, loadModel, writeFileAtomic } from '@qrlhf/core';
 import { QuantileRewardModel, type QrmNormalise } from '@qrlhf/qrm';
 import { createWorld, parseResponse, type World } from '@qrlhf/world';
 import type { Figure3Config } from './config.js';
 import { NormalisedQrm, runRlStage, RUNS, TrueReward } from './rl.js';
 import { log, stage, stageInputs, stageSeconds } from './stage.js';
 import { meanAbsError, meanQuantiles, type Q } from './summary.js';
+import { readPrompts, sampleResponses } from './sample.js';
 
 export type Job = { kind: 'rl'; run: (typeof RUNS)[number]['name']; seed: number } | { kind: 'start'; seed: number };
 
@@ -76,25 +77,6 @@ export class JobContext {
   }
 }
 
-export function readPrompts(file: string): string[] {
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => (JSON.parse(l) as { prompt: string }).prompt);
-}
-
-/** One response per prompt, sampled as RLOO samples (its decoding batch, response length and temperature), special tokens dropped. */
-export async function sampleResponses(model: LlamaModel, tokenizer: Tokenizer, prompts: string[], cfg: Figure3Config, rng: Rng): Promise<string[]> {
-  const responses: string[] = [];
-  const { generationBatchSize: batch, maxNewTokens, temperature } = cfg.rloo;
-  for (let i = 0; i < prompts.length; i += batch) {
-    const chunk = prompts.slice(i, i + batch);
-    const res = await generate(model, chunk.map((p) => [tokenizer.bosId, ...tokenizer.encode(p)]), { maxNewTokens, temperature, rng, eosTokenId: tokenizer.eosId });
-    for (const t of res.tokens) responses.push(tokenizer.decode(t, { skipSpecial: true }));
-  }
-  return responses;
-}
-
 /**
  * Samples one response per evaluation prompt from the SFT policy (adapterDir null) or a final
  * policy (its LoRA adapter merged in), with the rng `eval-<seed>`, scores each with the QRM and the
@@ -109,7 +91,7 @@ export async function evaluatePolicy(ctx: JobContext, o: { adapterDir: string | 
       model.mergeLora();
     }
     const prompts = readPrompts(join(paths(ctx.out).data, 'eval_prompts.jsonl'));
-    const responses = await sampleResponses(model, tokenizer, prompts, ctx.cfg, new Rng(`eval-${o.seed}`));
+    const responses = await sampleResponses(model, tokenizer, prompts, ctx.cfg.rloo, new Rng(`eval-${o.seed}`));
     const items = prompts.map((prompt, i) => ({ prompt, response: responses[i]! }));
     // the QRM's scores (normalised as in RL) with their gate weights, recorded beside the quantiles
     const scores = await qrm.qrm.score(items, { batchSize: qrm.batchSize });

@@ -6,9 +6,9 @@
  * off-topic sentences, which the behaviour data hardly contain). The QRM then depends on the SFT
  * policy, so its stage comes after SFT.
  */
-import { readFileSync } from 'node:fs';
-import { Rng, defineConfig, generate, loadModel, seedField, writeFileAtomic, type ConfigOf } from '@qrlhf/core';
+import { Rng, defineConfig, loadModel, seedField, writeFileAtomic, type ConfigOf } from '@qrlhf/core';
 import { rateResponses, type World } from '@qrlhf/world';
+import { readPrompts, sampleResponses, type Sampling } from './sample.js';
 
 /** The on-policy rating stage (the experiment's `policyRatings` block). */
 export const POLICY_RATINGS_SCHEMA = defineConfig({
@@ -19,13 +19,6 @@ export const POLICY_RATINGS_SCHEMA = defineConfig({
 });
 export type PolicyRatingsConfig = ConfigOf<typeof POLICY_RATINGS_SCHEMA>;
 
-function readPrompts(file: string): string[] {
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => (JSON.parse(l) as { prompt: string }).prompt);
-}
-
 /**
  * Samples `cfg.responses` responses from the policy in `policyDir` (decoded as RLOO decodes them:
  * special tokens dropped), rates each with the world's raters, and writes `out` (jsonl rows of
@@ -34,21 +27,15 @@ function readPrompts(file: string): string[] {
  */
 export async function ratePolicySamples(
   cfg: PolicyRatingsConfig,
-  o: { world: World; policyDir: string; prompts: string; out: string; maxNewTokens: number; temperature: number; batchSize: number },
+  o: { world: World; policyDir: string; prompts: string; out: string; sampling: Sampling },
 ): Promise<{ rows: number; responses: number; garbledShare: number }> {
   const all = readPrompts(o.prompts);
   const prompts = Array.from({ length: cfg.responses }, (_, i) => all[i % all.length]!);
   const { model, tokenizer } = await loadModel(o.policyDir);
-  const items: { prompt: string; response: string }[] = [];
+  let items: { prompt: string; response: string }[];
   try {
-    const rng = new Rng(`policy-ratings-${cfg.seed}`);
-    for (let i = 0; i < prompts.length; i += o.batchSize) {
-      const chunk = prompts.slice(i, i + o.batchSize);
-      const res = await generate(model, chunk.map((p) => [tokenizer.bosId, ...tokenizer.encode(p)]), {
-        maxNewTokens: o.maxNewTokens, temperature: o.temperature, rng, eosTokenId: tokenizer.eosId,
-      });
-      res.tokens.forEach((t, j) => items.push({ prompt: chunk[j]!, response: tokenizer.decode(t, { skipSpecial: true }) }));
-    }
+    const responses = await sampleResponses(model, tokenizer, prompts, o.sampling, new Rng(`policy-ratings-${cfg.seed}`));
+    items = prompts.map((prompt, i) => ({ prompt, response: responses[i]! }));
   } finally {
     model.dispose();
   }

@@ -30,7 +30,8 @@ import {
 } from './summary.js';
 import { NormalisedQrm, RUNS } from './rl.js';
 import { log, stage, stageInputs, stageSeconds } from './stage.js';
-import { paths, readEvalRecords, readPrompts, runJobs, sampleResponses, type EvalResult, type Job } from './jobs.js';
+import { paths, readEvalRecords, runJobs, type EvalResult, type Job } from './jobs.js';
+import { readPrompts, sampleResponses } from './sample.js';
 import { ceQ25Lambda } from './lambda.js';
 import { BOOTSTRAP_DEFAULTS } from './stats.js';
 
@@ -79,7 +80,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
       const own = join(qrmDir, 'ratings-policy.jsonl');
       policyRatings = await ratePolicySamples(cfg.policyRatings, {
         world, policyDir, prompts: files.prompts, out: own,
-        maxNewTokens: cfg.rloo.maxNewTokens, temperature: cfg.rloo.temperature, batchSize: cfg.rloo.generationBatchSize,
+        sampling: cfg.rloo,
       });
       ratings = join(qrmDir, 'ratings-all.jsonl');
       writeFileAtomic(ratings, readFileSync(files.ratings, 'utf8') + readFileSync(own, 'utf8'));
@@ -221,7 +222,7 @@ async function chooseLambda(cfg: Figure3Config, out: string, files: WorldFiles):
   const qrm = new NormalisedQrm(await QuantileRewardModel.load(paths(out).qrmModel), cfg.rloo.rewardBatchSize, cfg.rloo.qrmNormalise as QrmNormalise | null);
   const { model, tokenizer } = await loadModel(paths(out).policy);
   try {
-    const responses = await sampleResponses(model, tokenizer, prompts, cfg, new Rng('lambda-rule'));
+    const responses = await sampleResponses(model, tokenizer, prompts, cfg.rloo, new Rng('lambda-rule'));
     const est = await qrm.quantiles(prompts.map((prompt, i) => ({ prompt, response: responses[i]! })));
     const r = ceQ25Lambda(est, qrm.taus);
     log(`lambda (rule ce-q25): ${r.lambda.toFixed(3)} (mean estimate ${r.meanEstimate.toFixed(4)}, mean estimated q0.25 ${r.target.toFixed(4)}, ${prompts.length} RL prompts)`);
