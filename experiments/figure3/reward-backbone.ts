@@ -25,7 +25,6 @@ import {
   cosineSchedule,
   defineConfig,
   loadModel,
-  readJsonlAll,
   runTrainingLoop,
   saveHfFolder,
   seedField,
@@ -33,7 +32,7 @@ import {
   type Metrics,
   type StepContext,
 } from '@qrlhf/core';
-import { encodePair, type FeaturePooling } from '@qrlhf/qrm';
+import { encodePair, meanPoolRange, readRatings, type FeaturePooling } from '@qrlhf/qrm';
 
 /** The reward-backbone stage (the experiment's `rewardBackbone` block). */
 export const REWARD_BACKBONE_SCHEMA = defineConfig({
@@ -59,16 +58,9 @@ export async function trainRewardBackbone(
   const { model, tokenizer } = await loadModel(o.base);
   try {
     const M = o.attributes.length;
-    const rows = await readJsonlAll(o.ratings, (row, where) => {
-      const r = row as Record<string, unknown>;
-      if (typeof r.prompt !== 'string' || typeof r.response !== 'string') throw new QrlhfError(`${where}: expected {"prompt": string, "response": string, ...}`);
-      const y = o.attributes.map((a) => {
-        const v = r[a];
-        if (v === null || v === undefined) return NaN;
-        if (typeof v !== 'number' || !Number.isFinite(v)) throw new QrlhfError(`${where}: "${a}" must be a finite number or null, got ${JSON.stringify(v)}`);
-        return v;
-      });
-      const enc = encodePair(tokenizer, r.prompt, r.response, model.config.maxPositionEmbeddings, where);
+    const rows = (await readRatings(o.ratings)).map((r, i) => {
+      const y = o.attributes.map((a) => r.labels[a] ?? NaN); // missing or null: masked out of the loss
+      const enc = encodePair(tokenizer, r.prompt, r.response, model.config.maxPositionEmbeddings, `${o.ratings}: row ${i + 1}`);
       return { ids: enc.ids, promptEnd: enc.promptEnd, y };
     });
     if (rows.length === 0) throw new QrlhfError(`${o.ratings}: no rating rows`);
@@ -108,8 +100,8 @@ export async function trainRewardBackbone(
         ids.set(r.ids, i * T);
         mask.fill(1, i * T, i * T + r.ids.length);
         if (o.pooling === 'mean') {
-          const from = Math.min(r.promptEnd + 1, r.ids.length - 1);
-          pool.fill(1 / (r.ids.length - from), i * T + from, i * T + r.ids.length);
+          const [from, to] = meanPoolRange(r);
+          pool.fill(1 / (to - from), i * T + from, i * T + to);
         } else pool[i * T + r.ids.length - 1] = 1;
         r.y.forEach((v, m) => { if (!Number.isNaN(v)) { y[i * M + m] = v; seen[i * M + m] = 1; } });
       });

@@ -196,8 +196,8 @@ export async function encodedFeatures(
       gatherIdx[b] = b * T + e.ids.length - 1; // last real token
       gatherIdx[B + b] = b * T + e.promptEnd;
       if (pool) {
-        const from = Math.min(e.promptEnd + 1, e.ids.length - 1);
-        pool.fill(1 / (e.ids.length - from), b * T + from, b * T + e.ids.length);
+        const [from, to] = meanPoolRange(e);
+        pool.fill(1 / (to - from), b * T + from, b * T + to);
       }
     });
     const feats = tf.tidy(() => {
@@ -233,6 +233,15 @@ export interface RatingRow {
   prompt: string;
   response: string;
   labels: Record<string, number | null>;
+}
+
+/**
+ * The tokens 'mean' pooling averages: the response's, [promptEnd + 1, end), or the last token alone
+ * when the response is empty. Whatever trains on pooled features (figure3's reward backbone) pools
+ * with this too, so it reads the same positions the QRM's features do.
+ */
+export function meanPoolRange(e: { ids: ArrayLike<number>; promptEnd: number }): [from: number, to: number] {
+  return [Math.min(e.promptEnd + 1, e.ids.length - 1), e.ids.length];
 }
 
 const RESERVED = new Set(['prompt', 'response']);
