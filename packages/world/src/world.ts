@@ -157,13 +157,20 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
   function computeTypeMeans(prompt: string, response: string): Ratings[] {
     const asked = askedObject(prompt);
     const moves = parseResponse(response);
-    // the keys that contribute, in order: a move counts once; a repeat, an off-topic answer and a
-    // garbled sentence count each time they occur
+    // the keys that contribute, in order: a move counts once (a second one is a repeat), an
+    // off-topic answer or detail once per move; a garbled sentence counts each time it occurs
     const keys: ContributionKey[] = [];
     const seen = new Set<string>();
     for (const m of moves) {
       if (m.id === 'garbled') { keys.push('garbled'); continue; }
-      if (TOPICAL_MOVES.has(m.id) && asked !== null && m.object !== asked) { keys.push('offTopic'); continue; }
+      if (TOPICAL_MOVES.has(m.id) && asked !== null && m.object !== asked) {
+        // about another object: half the value, once per move (a second one is a repeat, so a
+        // policy cannot pile up answers about other objects for reward)
+        const k = `offTopic:${m.id}`;
+        keys.push(seen.has(k) ? 'repeat' : 'offTopic');
+        seen.add(k);
+        continue;
+      }
       if (seen.has(m.id)) { keys.push('repeat'); continue; }
       seen.add(m.id);
       keys.push(m.id);

@@ -203,6 +203,21 @@ test('the object asked about: the last turn counts, an answer about another obje
   t.true(world.trueExpectation(twoTurn, on) > world.trueExpectation(twoTurn, off) + 0.05);
   // a repeated move adds nothing good
   t.true(world.trueExpectation(twoTurn, on + on) < world.trueExpectation(twoTurn, on));
+  // answers about other objects cannot be piled up for reward: the first one earns its half value,
+  // every later off-topic answer is a repeat (before this rule, each earned +0.15 helpfulness and
+  // RL learned to write answer after answer about other objects)
+  const off2 = ' You can stir the rice a little at a time.';
+  const off3 = ' You can stir the eggs a little at a time.';
+  const E = (r: string) => world.trueExpectation(twoTurn, r);
+  t.true(E(on + off) > E(on), 'one off-topic answer after an on-topic one still adds a little');
+  t.true(E(on + off + off2) < E(on + off), 'a second off-topic answer counts as a repeat');
+  t.true(E(on + off + off2 + off3) < E(on + off + off2));
+  const params = world.params;
+  const s = params.noise;
+  // exact: on + off + off2 for a mainstream rater = the repeat's contribution on top of on + off
+  const mainstream = (r: string) => world.trueDistribution(twoTurn, r).means[0]!.helpfulness;
+  const rep = params.contributions.repeat.helpfulness ?? 0;
+  t.true(Math.abs(mainstream(on + off + off2) - mainstream(on + off) - (1 - 2 * s) * rep) < 1e-12);
 });
 
 test('determinism: the same seed gives the same world, draws and tokenizer', (t) => {
