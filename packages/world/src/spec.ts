@@ -169,7 +169,7 @@ export const DEFAULT_PARAMS: WorldParams = {
     first: { answer: 0.14, detail: 0.08, refuse: 0.34, ramble: 0.34, caution: 0.1 },
     next: { answer: 0.1, detail: 0.15, joke: 0.25, caution: 0.15, ramble: 0.25, refuse: 0.1 },
     offTopicRate: 0.1,
-    garbleRate: 0.05,
+    garbleRate: 0.1,
   },
   twoTurnRate: 0.25,
   vocabSize: 768,

@@ -63,12 +63,36 @@ export function worldWords(): string[] {
   return [...words].sort();
 }
 
-export function garbledSentence(rng: Rng, words: string[]): string {
+/** Share of garbled sentences that splice two templates (the rest are word salad). */
+export const SPLICED_SHARE = 0.75;
+
+/**
+ * A sentence that matches no template, of one of the two kinds a small policy writes: most often
+ * the opening of one move's template run into the end of another's ("The best way is to season
+ * the rice is like your ex, it never listens and costs money."), which is what the Figure 3 policy
+ * garbles, otherwise a salad of the world's words. Ratings and pairs carry both kinds, so a reward
+ * model sees that a spliced sentence is worth less than the moves it borrows its words from.
+ */
+export function garbledSentence(rng: Rng, words: string[], obj: string, verb: string): string {
+  const spliced = rng.next() < SPLICED_SHARE ? splicedSentence(rng, obj, verb) : null;
+  if (spliced !== null) return spliced;
   const n = 4 + rng.int(6);
   const out: string[] = [];
   for (let i = 0; i < n; i++) out.push(pick(rng, words));
   const s = out.join(' ');
   return s[0]!.toUpperCase() + s.slice(1) + '.';
+}
+
+/** One template's opening (without its last word, which carries the end mark) run into another's ending; null if ten draws all parsed as a move. */
+export function splicedSentence(rng: Rng, obj: string, verb: string): string | null {
+  for (let tries = 0; tries < 10; tries++) {
+    const a = renderMove(rng, pick(rng, MOVE_IDS), obj, verb).split(' ');
+    const b = renderMove(rng, pick(rng, MOVE_IDS), obj, verb).split(' ');
+    const s = [...a.slice(0, 1 + rng.int(a.length - 1)), ...b.slice(1 + rng.int(b.length - 1))].join(' ');
+    const parsed = parseResponse(s);
+    if (parsed.length === 1 && parsed[0]!.id === 'garbled') return s;
+  }
+  return null;
 }
 
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -242,7 +242,7 @@ export function createWorld(seed: number, opts: WorldOptions = {}): World {
     }
     let out = '';
     for (let i = 0; i < nMoves; i++) {
-      if (rng.next() < pol.garbleRate) { out += ' ' + garbledSentence(rng, words); continue; }
+      if (rng.next() < pol.garbleRate) { out += ' ' + garbledSentence(rng, words, obj, pick(rng, topic.verbs)); continue; }
       const move = pickWeighted<MoveId>(rng, i === 0 ? pol.first : pol.next);
       let o = obj;
       if (TOPICAL_MOVES.has(move) && rng.next() < pol.offTopicRate) {

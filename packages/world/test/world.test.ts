@@ -1,6 +1,7 @@
 import test from 'ava';
 import { QrlhfError, Rng } from '@qrlhf/core';
-import { ATTRIBUTES, DEFAULT_PARAMS, createWorld, type MoveId, type World } from '../src/index.js';
+import { ATTRIBUTES, DEFAULT_PARAMS, MOVE_TEMPLATES, createWorld, type MoveId, type World } from '../src/index.js';
+import { SPLICED_SHARE, garbledSentence, splicedSentence } from '../src/text.js';
 
 const world = createWorld(1);
 const PROMPT = '\n\nHuman: How do I cook the rice?\n\nAssistant:';
@@ -240,4 +241,35 @@ test('bad parameters are rejected with a QrlhfError naming the field', (t) => {
   t.throws(() => createWorld(1, { params: { raterTypes: types } }), { instanceOf: QrlhfError, message: /raterTypes probabilities must sum to 1/ });
   t.throws(() => createWorld(1, { params: { rewardWeights: { helpfulness: 0.7, harmlessness: 0.7, verbosity: 0 } } }), { instanceOf: QrlhfError, message: /rewardWeights/ });
   t.throws(() => createWorld(1, { params: { noise: 0.6 } }), { instanceOf: QrlhfError, message: /noise/ });
+});
+
+test('garbled sentences: each parses as one garbled move; most splice two templates, as a small policy does', (t) => {
+  const rng = new Rng(9);
+  const words = world.words();
+  for (let i = 0; i < 1000; i++) {
+    const s = garbledSentence(rng, words, 'rice', 'cook');
+    const parsed = world.parseResponse(s);
+    t.is(parsed.length, 1, s);
+    t.is(parsed[0]!.id, 'garbled', s);
+    t.true(/[.!?]$/.test(s), s);
+  }
+  // a splice: the opening words of one rendered template and the closing words of another
+  const rendered = Object.values(MOVE_TEMPLATES).flat().map((x) => x.replace('{verb}', 'cook').replace('{obj}', 'rice'));
+  let made = 0;
+  for (let i = 0; i < 500; i++) {
+    const s = splicedSentence(rng, 'rice', 'cook');
+    if (s === null) continue;
+    made++;
+    const w = s.split(' ');
+    const ok = w.some((_, k) => k > 0 && rendered.some((a) => a.startsWith(w.slice(0, k).join(' ') + ' ')) &&
+      rendered.some((b) => b.endsWith(' ' + w.slice(k).join(' ').replace(/\b(two|three|five|ten|twenty)\b/, '{num}'))) || rendered.some((b) => b.endsWith(' ' + w.slice(k).join(' '))));
+    t.true(ok, s);
+    t.is(world.parseResponse(s)[0]!.id, 'garbled');
+  }
+  t.true(made > 490, `${made} of 500 draws gave a splice`);
+  t.true(SPLICED_SHARE > 0.5);
+  // in a response, a garbled sentence costs both evaluative attributes
+  const good = respond(['answer', 'detail']);
+  const E = (r: string) => world.trueExpectation(PROMPT, r);
+  t.true(E(good + ' ' + garbledSentence(new Rng(3), words, 'rice', 'cook')) < E(good) - 0.05);
 });
