@@ -46,3 +46,30 @@ test('readMetricsFile returns an old-layout metrics.jsonl under the new names (a
   t.deepEqual(rows, [NEW_RLOO, { ...NEW_RLOO, step: 4 }]);
   t.deepEqual(readRunMetrics(dir), rows);
 });
+
+// `qrm gate --metrics` rows exactly as the flat-name code wrote them ({ stage: 'gate', ...GateProgress }):
+// 2 passes of 2 steps, held-out values on each pass's last step.
+const OLD_GATE = [
+  { stage: 'gate', epoch: 0, step: 1, totalSteps: 4, loss: 0.69, accuracy: 0.5, lr: 3e-4, beta: 1.0001 },
+  { stage: 'gate', epoch: 0, step: 2, totalSteps: 4, loss: 0.6, accuracy: 0.75, lr: 2e-4, beta: 1.0002, valLoss: 0.65, valAccuracy: 0.6 },
+  { stage: 'gate', epoch: 1, step: 3, totalSteps: 4, loss: 0.5, accuracy: 0.8, lr: 1e-4, beta: 1.0003 },
+  { stage: 'gate', epoch: 1, step: 4, totalSteps: 4, loss: 0.4, accuracy: 0.9, lr: 0, beta: 1.0004, valLoss: 0.55, valAccuracy: 0.7 },
+];
+
+test('an old flat qrm gate metrics file reads under the namespaced names, without its bookkeeping keys', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qrlhf-names-gate-'));
+  const file = join(dir, 'gate-metrics.jsonl');
+  writeFileSync(file, OLD_GATE.map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const rows = readMetricsFile(file);
+  t.deepEqual(rows[0], { step: 1, 'train/epoch': 1, 'train/loss': 0.69, 'train/accuracy': 0.5, 'train/lr': 3e-4, 'gate/beta': 1.0001 });
+  // a pass's last step: train/epoch is exact there (passes done), and the held-out values are eval/…
+  t.deepEqual(rows[3], { step: 4, 'train/epoch': 2, 'train/loss': 0.4, 'train/accuracy': 0.9, 'train/lr': 0, 'gate/beta': 1.0004, 'eval/loss': 0.55, 'eval/accuracy': 0.7 });
+  t.deepEqual(rows.map((r) => r['train/epoch']), [1, 1, 2, 2]);
+  t.deepEqual(rows.map((r) => r['eval/accuracy']), [undefined, 0.6, undefined, 0.7]);
+  for (const r of rows) for (const k of Object.keys(r)) t.true(k === 'step' || k.includes('/'), `key ${k}`);
+  // an SFT row's epoch (already passes done) and a row without the gate marker are not shifted
+  t.is(upgradeMetricRow({ step: 1, epoch: 0.25 })['train/epoch'], 0.25);
+  t.deepEqual(upgradeMetricRow({ stage: 'fit', epoch: 0, totalSteps: 3 }), { stage: 'fit', 'train/epoch': 0, totalSteps: 3 });
+  // today's gate rows pass unchanged
+  t.deepEqual(upgradeMetricRow(rows[3]!), rows[3]);
+});

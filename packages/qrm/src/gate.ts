@@ -296,14 +296,22 @@ export interface GateTrainOptions {
   onProgress?: (m: GateProgress) => void;
 }
 
+/** One optimiser step's report (written to `qrm gate --metrics` under core's metric names: stages.ts). */
 export interface GateProgress {
+  /** 0-based index of the pass over the training pairs this step belongs to. */
   epoch: number;
+  /** Passes over the training pairs so far, fractional: epoch + share of this pass's pairs seen (1 after the first pass). */
+  passes: number;
   step: number;
   totalSteps: number;
+  /** The step's Bradley-Terry loss on its mini-batch (the forward pass before the update). */
   loss: number;
+  /** Share of the mini-batch's pairs ranked right (margin > 0), same forward pass. */
   accuracy: number;
   lr: number;
+  /** The gate's scale beta after the update. */
   beta: number;
+  /** Held-out loss and accuracy, after the last step of every pass (with validation pairs). */
   valLoss?: number;
   valAccuracy?: number;
 }
@@ -436,7 +444,7 @@ export async function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateT
         for (let i = 0; i < zs.length; i++) if (zs[i]! > 0) right++;
         step++;
         const last = s + batchSize >= n;
-        const m: GateProgress = { epoch, step, totalSteps, loss, accuracy: right / b, lr: stepLr, beta: await gate.beta() };
+        const m: GateProgress = { epoch, passes: epoch + Math.min(n, s + batchSize) / n, step, totalSteps, loss, accuracy: right / b, lr: stepLr, beta: await gate.beta() };
         if (last && opts.validation) {
           const v = await evaluateGate(gate, opts.validation, batchSize);
           m.valLoss = v.loss;

@@ -37,12 +37,13 @@ import {
   checkRunFolderKind,
   claimRunFolder,
   type ConfigOf,
+  type Metrics,
 } from '@qrlhf/core';
 import { rewardBenchScore, loadLlmbar, toPreferenceRow, type PreferenceRow } from './eval.js';
 import { FEATURE_POOLINGS, extractPairFeatures, extractRatingFeatures, readPairFeatures, readRatingFeatures, type FeaturePooling, type FeatureSource, type PairFeatures } from './features.js';
 import { FEATURE_ENGINE_SCHEMA, openAiFeatureSource } from './engine-features.js';
 import { makeProvenance, requireSameProvenance, warnUnrecorded, type FeatureProvenance } from './provenance.js';
-import { MIXTURE_MODES } from './gate.js';
+import { MIXTURE_MODES, type GateProgress } from './gate.js';
 import { QuantileRewardModel, loadHeads, saveHeads, type QrmScore } from './model.js';
 import { fitQuantileHeads, formatFitReport } from './quantile/index.js';
 import { trainQrm } from './stage2.js';
@@ -269,6 +270,18 @@ function gateProvenance(
   return first.p;
 }
 
+/**
+ * A gate step's metrics row under core's metric names (core track/names.ts; the table is in
+ * docs/DESIGN.md, "Metric names"): `step`, train/{epoch, loss, accuracy, lr}, gate/beta, and after
+ * each pass's last step with held-out pairs eval/{loss, accuracy}.
+ */
+export function gateMetricsRow(m: GateProgress): Metrics {
+  const row: Metrics = { step: m.step, 'train/epoch': m.passes, 'train/loss': m.loss, 'train/accuracy': m.accuracy, 'train/lr': m.lr, 'gate/beta': m.beta };
+  if (m.valLoss !== undefined) row['eval/loss'] = m.valLoss;
+  if (m.valAccuracy !== undefined) row['eval/accuracy'] = m.valAccuracy;
+  return row;
+}
+
 export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
   const cfg = requireKeys(config, ['heads', 'pairs', 'out'], 'qrm gate');
   checkRunFolderKind(cfg.out, 'qrm'); // before the work: a non-empty folder of another kind is refused (issue 12 item 13)
@@ -300,7 +313,7 @@ export async function runQrmGate(config: QrmGateConfig, o: StageOptions = {}) {
     tokenizer: cfg.tokenizer === null ? null : relative(cfg.out, cfg.tokenizer),
     onProgress: (m) => {
       b.update(m.step, `of ${m.totalSteps}: loss ${m.loss.toFixed(4)} acc ${m.accuracy.toFixed(3)}${m.valAccuracy !== undefined ? ` val_acc ${m.valAccuracy.toFixed(3)}` : ''}`);
-      if (cfg.metrics) appendFileSync(cfg.metrics, JSON.stringify({ stage: 'gate', ...m }) + '\n');
+      if (cfg.metrics) appendFileSync(cfg.metrics, JSON.stringify(gateMetricsRow(m)) + '\n');
     },
   });
   b.done();

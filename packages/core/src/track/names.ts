@@ -10,14 +10,15 @@
  *   truth/…         an experiment's exact values for the same responses (figure3: the world's quantiles)
  *   policy/…        the policy's samples: entropy, response_length, eos_rate
  *   ppo/…           the clipped updates (ppoEpochs > 0): clipfrac, approx_kl
- *   train/…         the update itself: loss, grad_norm, lr, epoch
- *   eval/…          held-out evaluation rows: loss, token_accuracy, tokens
+ *   train/…         the update itself: loss, grad_norm, lr, epoch, accuracy (the QRM gate's pairs)
+ *   eval/…          held-out evaluation: loss, token_accuracy, tokens, accuracy (the gate's pairs)
+ *   gate/…          the QRM gate's own parameters: beta (its learned scale)
  *   time/…, data/…  throughput and data accounting: step_s, tokens_per_s, filtered_prompts
  *
- * Runs written before this scheme used flat names (`kl`, `q0.05`, `true/q0.05`, and SFT evaluation
- * rows reusing `loss`). LEGACY_METRIC_NAMES is the one old → new table; readMetricsFile passes every
- * row through upgradeMetricRow, so the plot, the figure3 readers and resume read old and new runs
- * alike.
+ * Runs written before this scheme used flat names (`kl`, `q0.05`, `true/q0.05`, SFT evaluation
+ * rows reusing `loss`, and `qrm gate --metrics` rows marked `stage: "gate"` with `valLoss`, `beta`,
+ * …). LEGACY_METRIC_NAMES is the one old → new table; readMetricsFile passes every row through
+ * upgradeMetricRow, so the plot, the figure3 readers and resume read old and new runs alike.
  */
 import type { Metrics } from './sink.js';
 
@@ -51,7 +52,15 @@ export const LEGACY_METRIC_NAMES: Readonly<Record<string, string>> = {
   eval_loss: 'eval/loss',
   token_accuracy: 'eval/token_accuracy',
   eval_tokens: 'eval/tokens',
+  // qrm gate (its old rows carry `stage: "gate"`; their `epoch`: upgradeMetricRow)
+  accuracy: 'train/accuracy',
+  beta: 'gate/beta',
+  valLoss: 'eval/loss',
+  valAccuracy: 'eval/accuracy',
 };
+
+/** Keys of an old gate row that are bookkeeping, not metrics: the row marker and the run's step count (the last row's `step`). */
+const OLD_GATE_BOOKKEEPING = new Set(['stage', 'totalSteps']);
 
 /**
  * Today's name of a key as an old run wrote it (`row` gives the context: an SFT evaluation row,
@@ -70,12 +79,20 @@ export function upgradeMetricName(key: string, row: Readonly<Record<string, unkn
  * A metrics row under today's names (a row already in them is returned unchanged, as a copy). When
  * an old and a new key land on the same name (an old SFT eval row's `loss` and `eval_loss`, the
  * same number), the first one in the row is kept.
+ *
+ * An old `qrm gate --metrics` row (`stage: "gate"`) also drops its bookkeeping (`stage`,
+ * `totalSteps`), and its `epoch`, the 0-based index e of the pass the step is in, becomes
+ * train/epoch = e + 1, the passes begun: today's train/epoch counts passes done, fractionally
+ * (as SFT's), which the old row cannot give within a pass (it has no pair count); e + 1 is exact
+ * on each pass's last step (the row with the held-out eval/…) and at most 1 high before it.
  */
 export function upgradeMetricRow<R extends Record<string, unknown> = Metrics>(row: R): R {
+  const oldGate = row['stage'] === 'gate';
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(row)) {
+    if (oldGate && OLD_GATE_BOOKKEEPING.has(k)) continue;
     const name = upgradeMetricName(k, row);
-    if (!(name in out)) out[name] = v;
+    if (!(name in out)) out[name] = oldGate && k === 'epoch' && typeof v === 'number' ? v + 1 : v;
   }
   return out as R;
 }
