@@ -16,7 +16,7 @@
  *   default). beta is the release's `logit_scale`. Scored here, not trained (trainGate refuses it).
  */
 import * as tf from '@tensorflow/tfjs';
-import { AdamW, QrlhfError, cosineSchedule, requireFinite, type Rng } from '@qrlhf/core';
+import { AdamW, QrlhfError, accumulateGradients, applyGradients, cosineSchedule, requireFinite, type Rng } from '@qrlhf/core';
 
 export interface GateConfig {
   /** Width of the prompt feature d. */
@@ -309,6 +309,8 @@ export interface GateProgress {
   /** Share of the mini-batch's pairs ranked right (margin > 0), same forward pass. */
   accuracy: number;
   lr: number;
+  /** Global norm of the step's gradient (no clipping). */
+  gradNorm: number;
   /** The gate's scale beta after the update. */
   beta: number;
   /** Held-out loss and accuracy, after the last step of every pass (with validation pairs). */
@@ -388,7 +390,10 @@ export async function evaluateGate(gate: GateNetwork, pairs: GatePairs, batchSiz
 /**
  * Trains the gate with the Bradley-Terry loss on the mixture's expectation: AdamW (decoupled
  * weight decay on every parameter, as torch.optim.AdamW over the whole module), cosine schedule,
- * shuffled mini-batches, `epochs` passes. Returns the final loss/accuracy over the training pairs.
+ * shuffled mini-batches, `epochs` passes. Each step is core's update (train/loop.ts:
+ * accumulateGradients over the mini-batch as one micro-batch, applyGradients without clipping), so
+ * the gate shares the trainers' gradient bookkeeping and reports the gradient norm; a non-finite
+ * norm is refused, naming the step. Returns the final loss/accuracy over the training pairs.
  */
 export async function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateTrainOptions): Promise<GateTrainResult> {
   checkPairs(pairs, gate, 'trainGate');
@@ -420,31 +425,30 @@ export async function trainGate(gate: GateNetwork, pairs: GatePairs, opts: GateT
         const b = idx.length;
         const stepLr = schedule(step);
         let z: tf.Tensor | null = null;
-        const lossValue = tf.tidy(() => {
-          const pc = tf.tensor2d(gatherRows(pairs.promptChosen, d, idx), [b, d]);
-          const pr = tf.tensor2d(gatherRows(pairs.promptRejected, d, idx), [b, d]);
-          const ec = tf.tensor2d(gatherRows(mc, M, idx), [b, M]);
-          const er = tf.tensor2d(gatherRows(mr, M, idx), [b, M]);
-          const { value, grads } = tf.variableGrads(() => {
-            const zz = margin(gate, pc, pr, ec, er);
-            z = tf.keep(zz);
-            return tf.mean(tf.softplus(tf.neg(zz))) as tf.Scalar;
-          });
-          // variableGrads keys the gradients by each variable's tfjs name; the optimiser uses ours
-          const byKey: Record<string, tf.Tensor> = {};
-          for (const [k, v] of Object.entries(gate.variables)) if (grads[v.name]) byKey[k] = grads[v.name]!;
-          opt.step(byKey, stepLr);
-          return value;
-        });
-        const loss = (await lossValue.data())[0]!;
-        lossValue.dispose();
+        // core's update (train/loop.ts): the mini-batch is one micro-batch, no clipping
+        const { grads, loss } = await accumulateGradients([idx], (rows) => {
+          const zz = margin(
+            gate,
+            tf.tensor2d(gatherRows(pairs.promptChosen, d, rows), [b, d]),
+            tf.tensor2d(gatherRows(pairs.promptRejected, d, rows), [b, d]),
+            tf.tensor2d(gatherRows(mc, M, rows), [b, M]),
+            tf.tensor2d(gatherRows(mr, M, rows), [b, M]),
+          );
+          z = tf.keep(zz);
+          return tf.mean(tf.softplus(tf.neg(zz))) as tf.Scalar;
+        }, gate.variables);
+        const gradNorm = await applyGradients(opt, grads, stepLr, 0);
+        if (!Number.isFinite(gradNorm)) {
+          (z as tf.Tensor | null)?.dispose();
+          throw new QrlhfError(`gate training: step ${step + 1}: the gradient norm is ${gradNorm} (loss ${loss}); the update was skipped. Check the features for huge values, or lower --lr`);
+        }
         const zs = z ? await (z as tf.Tensor).data() : new Float32Array(0);
         (z as tf.Tensor | null)?.dispose();
         let right = 0;
         for (let i = 0; i < zs.length; i++) if (zs[i]! > 0) right++;
         step++;
         const last = s + batchSize >= n;
-        const m: GateProgress = { epoch, passes: epoch + Math.min(n, s + batchSize) / n, step, totalSteps, loss, accuracy: right / b, lr: stepLr, beta: await gate.beta() };
+        const m: GateProgress = { epoch, passes: epoch + Math.min(n, s + batchSize) / n, step, totalSteps, loss, accuracy: right / b, lr: stepLr, gradNorm, beta: await gate.beta() };
         if (last && opts.validation) {
           const v = await evaluateGate(gate, opts.validation, batchSize);
           m.valLoss = v.loss;

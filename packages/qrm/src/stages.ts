@@ -272,11 +272,11 @@ function gateProvenance(
 
 /**
  * A gate step's metrics row under core's metric names (core track/names.ts; the table is in
- * docs/DESIGN.md, "Metric names"): `step`, train/{epoch, loss, accuracy, lr}, gate/beta, and after
+ * docs/DESIGN.md, "Metric names"): `step`, train/{epoch, loss, accuracy, lr, grad_norm}, gate/beta, and after
  * each pass's last step with held-out pairs eval/{loss, accuracy}.
  */
 export function gateMetricsRow(m: GateProgress): Metrics {
-  const row: Metrics = { step: m.step, 'train/epoch': m.passes, 'train/loss': m.loss, 'train/accuracy': m.accuracy, 'train/lr': m.lr, 'gate/beta': m.beta };
+  const row: Metrics = { step: m.step, 'train/epoch': m.passes, 'train/loss': m.loss, 'train/accuracy': m.accuracy, 'train/lr': m.lr, 'train/grad_norm': m.gradNorm, 'gate/beta': m.beta };
   if (m.valLoss !== undefined) row['eval/loss'] = m.valLoss;
   if (m.valAccuracy !== undefined) row['eval/accuracy'] = m.valAccuracy;
   return row;

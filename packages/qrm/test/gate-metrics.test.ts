@@ -33,7 +33,7 @@ test('qrm gate --metrics rows carry only namespaced names besides step; eval/…
   const perPass = Math.ceil(r.nTrain / batchSize);
   t.is(r.nTrain + r.nVal, n);
   t.is(raw.length, 2 * perPass, 'one row per optimiser step');
-  const trainKeys = ['step', 'train/epoch', 'train/loss', 'train/accuracy', 'train/lr', 'gate/beta'];
+  const trainKeys = ['step', 'train/epoch', 'train/loss', 'train/accuracy', 'train/lr', 'train/grad_norm', 'gate/beta'];
   raw.forEach((row, i) => {
     const passEnd = (i + 1) % perPass === 0;
     t.deepEqual(Object.keys(row), passEnd ? [...trainKeys, 'eval/loss', 'eval/accuracy'] : trainKeys, `row ${i + 1}`);
@@ -42,6 +42,7 @@ test('qrm gate --metrics rows carry only namespaced names besides step; eval/…
     const pass = Math.floor(i / perPass);
     t.is(row['train/epoch'], pass + Math.min(r.nTrain, ((i % perPass) + 1) * batchSize) / r.nTrain);
     t.true(row['train/accuracy']! >= 0 && row['train/accuracy']! <= 1);
+    t.true(Number.isFinite(row['train/grad_norm']) && row['train/grad_norm']! > 0, `grad norm ${row['train/grad_norm']}`);
   });
   t.is(raw[perPass - 1]!['train/epoch'], 1);
   t.is(raw.at(-1)!['train/epoch'], 2);

@@ -1,8 +1,8 @@
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
-import { Rng } from '@qrlhf/core';
+import { AdamW, QrlhfError, Rng, cosineSchedule } from '@qrlhf/core';
 import { gateF64, toF64, type F64Params } from './reference.js';
-import { GateNetwork, btLoss, evaluateGate, mixQuantiles, trainGate, type GatePairs } from '@qrlhf/qrm';
+import { GateNetwork, btLoss, evaluateGate, margin, mixQuantiles, trainGate, type GatePairs } from '@qrlhf/qrm';
 
 function lossF64(p: F64Params, pairs: GatePairs, nLayers: number, T: number): number {
   const { n, d, M, K } = pairs;
@@ -210,4 +210,95 @@ test.serial('the true-mixture option gives the quantiles of the mixture distribu
   // and it differs from eq. 3, which averages the quantile functions instead
   const eq3 = mixQuantiles(q, Float32Array.from([0.7, 1.3]), 1, 2, taus);
   t.true(Math.abs(eq3[0]! - out[0]!) > 1);
+});
+
+/**
+ * The update trainGate made before it went through core's accumulateGradients/applyGradients:
+ * tf.variableGrads over every trainable variable, re-keyed by hand, AdamW.step at the cosine lr.
+ * Same shuffling, schedule and mean over the levels (float64 sum, stored as float32).
+ */
+async function handWrittenTrain(gate: GateNetwork, p: GatePairs, o: { epochs: number; batchSize: number; lr: number; weightDecay: number; warmupSteps: number; rng: Rng }): Promise<number[]> {
+  const { n, d, M, K } = p;
+  const means = (q: Float32Array) => Float32Array.from({ length: n * M }, (_, i) => {
+    let s = 0;
+    for (let k = 0; k < K; k++) s += q[i * K + k]!;
+    return s / K;
+  });
+  const mc = means(p.quantilesChosen);
+  const mr = means(p.quantilesRejected);
+  const rows = (src: Float32Array, w: number, idx: number[]) => {
+    const out = new Float32Array(idx.length * w);
+    idx.forEach((r, i) => out.set(src.subarray(r * w, (r + 1) * w), i * w));
+    return out;
+  };
+  const perEpoch = Math.ceil(n / o.batchSize);
+  const schedule = cosineSchedule({ lr: o.lr, warmupSteps: o.warmupSteps, totalSteps: o.epochs * perEpoch, minLr: 0 });
+  const opt = new AdamW(gate.variables, { lr: o.lr, weightDecay: o.weightDecay });
+  const losses: number[] = [];
+  let step = 0;
+  for (let e = 0; e < o.epochs; e++) {
+    const order = o.rng.shuffle(Array.from({ length: n }, (_, i) => i));
+    for (let s = 0; s < n; s += o.batchSize) {
+      const idx = order.slice(s, Math.min(n, s + o.batchSize));
+      const b = idx.length;
+      const lr = schedule(step++);
+      const value = tf.tidy(() => {
+        const pc = tf.tensor2d(rows(p.promptChosen, d, idx), [b, d]);
+        const pr = tf.tensor2d(rows(p.promptRejected, d, idx), [b, d]);
+        const ec = tf.tensor2d(rows(mc, M, idx), [b, M]);
+        const er = tf.tensor2d(rows(mr, M, idx), [b, M]);
+        const { value, grads } = tf.variableGrads(() => tf.mean(tf.softplus(tf.neg(margin(gate, pc, pr, ec, er)))) as tf.Scalar);
+        const byKey: Record<string, tf.Tensor> = {};
+        for (const [k, v] of Object.entries(gate.variables)) byKey[k] = grads[v.name]!;
+        opt.step(byKey, lr);
+        return value;
+      });
+      losses.push((await value.data())[0]!);
+      value.dispose();
+    }
+  }
+  opt.dispose();
+  return losses;
+}
+
+test.serial("trainGate's update (core's accumulateGradients + applyGradients) is bit-identical to a hand-written variableGrads + AdamW step", async (t) => {
+  const rng = new Rng(3);
+  const pairs = randomPairs(rng, 70, 5, 3, 4);
+  const o = { epochs: 3, batchSize: 16, lr: 0.01, weightDecay: 1e-3, warmupSteps: 2 }; // 5 steps a pass, the last one of 6 pairs
+  const cfg = { inputDim: 5, numAttributes: 3, hiddenSize: 8, numHidden: 2 };
+  const a = GateNetwork.create(cfg, new Rng(5));
+  const b = GateNetwork.create(cfg, new Rng(5));
+  const seen: number[] = [];
+  await trainGate(a, pairs, { ...o, rng: new Rng(9), onProgress: (m) => seen.push(m.loss) });
+  const ref = await handWrittenTrain(b, pairs, { ...o, rng: new Rng(9) });
+  t.deepEqual(seen, ref, 'the same loss at every step');
+  t.is(ref.length, 15);
+  for (const [k, v] of Object.entries(a.variables)) {
+    const x = (await v.data()) as Float32Array;
+    const y = (await b.variables[k]!.data()) as Float32Array;
+    t.deepEqual(new Uint8Array(x.buffer, x.byteOffset, x.byteLength), new Uint8Array(y.buffer, y.byteOffset, y.byteLength), `${k} bit for bit`);
+  }
+  t.not(await a.beta(), 1, 'the weights moved');
+  a.dispose();
+  b.dispose();
+});
+
+test.serial('a non-finite gradient is refused, naming the step, instead of poisoning the weights', async (t) => {
+  const cfg = { inputDim: 5, numAttributes: 3, hiddenSize: 8, numHidden: 1 };
+  // what a finite one-step run leaves behind (core's AdamW keeps its zero initial moments' tensors), as the baseline
+  const ok = GateNetwork.create(cfg, new Rng(5));
+  const okBefore = tf.memory().numTensors;
+  await trainGate(ok, randomPairs(new Rng(4), 8, 5, 3, 4), { epochs: 1, batchSize: 8, rng: new Rng(1) });
+  const okLeft = tf.memory().numTensors - okBefore;
+  ok.dispose();
+  const pairs = randomPairs(new Rng(4), 8, 5, 3, 4);
+  pairs.promptChosen[3 * 5] = Number.NaN;
+  const gate = GateNetwork.create(cfg, new Rng(5));
+  const before = Array.from((await gate.variables['beta']!.data()) as Float32Array);
+  const before0 = tf.memory().numTensors;
+  const e = await t.throwsAsync(trainGate(gate, pairs, { epochs: 1, batchSize: 8, rng: new Rng(1) }), { instanceOf: QrlhfError });
+  t.regex(e!.message, /step 1: the gradient norm is NaN/);
+  t.deepEqual(Array.from((await gate.variables['beta']!.data()) as Float32Array), before, 'no update made');
+  t.is(tf.memory().numTensors - before0, okLeft, 'the refused step leaves no more tensors than a finite run (its margins and gradients are freed)');
+  gate.dispose();
 });
