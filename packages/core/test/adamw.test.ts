@@ -146,3 +146,24 @@ test('bad gradients and states are QrlhfErrors', (t) => {
   t.throws(() => new AdamW({ p }, { lr: -1 }), { instanceOf: QrlhfError });
   t.throws(() => new AdamW({ p }, { lr: 1, beta2: 1 }), { instanceOf: QrlhfError });
 });
+
+test('an optimiser leaves no tensor behind: construction, steps and dispose', (t) => {
+  const before = tf.memory().numTensors;
+  const vars = tf.tidy(() => ({ a: tf.variable(tf.tensor1d([1, 2, 3])), b: tf.variable(tf.tensor2d([[1, -1], [0.5, 2]])) }));
+  const withVars = tf.memory().numTensors;
+  const opt = new AdamW(vars, { lr: 0.1 });
+  // the two moments of each variable, nothing else
+  t.is(tf.memory().numTensors, withVars + 4);
+  for (let i = 0; i < 3; i++) {
+    const grads = { a: tf.ones([3]), b: tf.ones([2, 2]) };
+    opt.step(grads);
+    grads.a.dispose();
+    grads.b.dispose();
+  }
+  t.is(tf.memory().numTensors, withVars + 4);
+  opt.dispose();
+  t.is(tf.memory().numTensors, withVars);
+  vars.a.dispose();
+  vars.b.dispose();
+  t.is(tf.memory().numTensors, before);
+});

@@ -49,8 +49,14 @@ export class AdamW {
     check(this.weightDecay >= 0, `AdamW: weightDecay must be >= 0, got ${this.weightDecay}`);
     this.vars = { ...vars };
     for (const [name, p] of Object.entries(vars)) {
-      this.m[name] = tf.variable(tf.zerosLike(p), false, undefined, 'float32');
-      this.v[name] = tf.variable(tf.zerosLike(p), false, undefined, 'float32');
+      // a variable holds its own reference to the data: the zeros it starts from are freed here
+      // (they were not, and every optimiser left two tensors per variable behind)
+      const zm = tf.zerosLike(p);
+      const zv = tf.zerosLike(p);
+      this.m[name] = tf.variable(zm, false, undefined, 'float32');
+      this.v[name] = tf.variable(zv, false, undefined, 'float32');
+      zm.dispose();
+      zv.dispose();
     }
   }
 
