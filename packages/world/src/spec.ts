@@ -106,7 +106,7 @@ export interface WorldParams {
   base: Record<Attribute, number>;
   /**
    * default contribution of each move (every type), added once per distinct move; 'repeat' for a
-   * move seen before, 'offTopic' for a topical move about another object, 'garbled' per unparsed
+   * move seen before, 'offTopic' for a topical move about another object (once per move; a second such one is a 'repeat'), 'garbled' per unparsed
    * sentence, 'long' once per sentence beyond `usefulMoves`, 'empty' for a response with no sentence
    * at all (so that stopping at once is no way out of a bad policy's average)
    */
