@@ -37,3 +37,16 @@ export function seedField(doc: string, dflt = 0) {
 export function outField<D extends string | null>(dflt: D, doc: string) {
   return { type: 'string', default: dflt, nullable: (dflt === null) as D extends null ? true : false, path: true, doc } as const;
 }
+
+/**
+ * How a stage talks to OpenAI-compatible servers through core's EnginePool (engine/http.ts): the
+ * keys of every `engine` block that mean the same there (RLOO's rollouts, `qrm features`); each
+ * block adds its own kind, servers and what it asks them for.
+ */
+export const ENGINE_POOL_FIELDS = defineConfig({
+  timeoutMs: { type: 'int', default: 120000, min: 1, doc: 'openai: a request with no answer after this is abandoned and retried elsewhere' },
+  retries: { type: 'int', default: 4, min: 0, doc: 'openai: failed attempts per request (across servers) before the work fails (the RLOO step, the feature run)' },
+  backoffMs: { type: 'int', default: 500, min: 0, doc: 'openai: wait after every server has failed, doubling each time' },
+  apiKey: { type: 'string', default: null, nullable: true, doc: 'openai: bearer token (null = none; also from QRLHF_ENGINE_API_KEY)' },
+});
+

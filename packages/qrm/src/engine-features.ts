@@ -9,7 +9,7 @@
  *     that token in the full pass sees the prompt only, so it is the prefix's own last state).
  * 'mean' pooling has no engine counterpart and is refused.
  */
-import { EnginePool, QrlhfError, defineConfig, type ConfigOf, type Tokenizer } from '@qrlhf/core';
+import { ENGINE_POOL_FIELDS, EnginePool, QrlhfError, defineConfig, type ConfigOf, type Tokenizer } from '@qrlhf/core';
 import { encodeDialogue, type FeatureSource, type PromptResponseItem } from './features.js';
 
 /**
@@ -22,10 +22,7 @@ export const FEATURE_ENGINE_SCHEMA = defineConfig({
   baseUrls: { type: 'string[]', default: [], doc: 'openai: several servers sharing the requests (comma-separated as a flag); with baseUrl, all of them' },
   model: { type: 'string', default: null, nullable: true, doc: "openai: the model's name on the server (null = the model folder's name)" },
   concurrency: { type: 'int', default: 4, min: 1, doc: 'openai: requests in flight per server' },
-  timeoutMs: { type: 'int', default: 120000, min: 1, doc: 'openai: a request with no answer after this is abandoned and retried elsewhere' },
-  retries: { type: 'int', default: 4, min: 0, doc: 'openai: failed attempts per request (across servers) before the run fails' },
-  backoffMs: { type: 'int', default: 500, min: 0, doc: 'openai: wait after every server has failed, doubling each time' },
-  apiKey: { type: 'string', default: null, nullable: true, doc: 'openai: bearer token (null = none; also from QRLHF_ENGINE_API_KEY)' },
+  ...ENGINE_POOL_FIELDS,
 });
 export type FeatureEngineConfig = ConfigOf<typeof FEATURE_ENGINE_SCHEMA>;
 

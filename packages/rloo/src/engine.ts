@@ -21,7 +21,7 @@
  */
 import { mkdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { EnginePool, QrlhfError, Rng, defineConfig, generate, type ConfigOf, type EngineServer, type LlamaModel } from '@qrlhf/core';
+import { ENGINE_POOL_FIELDS, EnginePool, QrlhfError, Rng, defineConfig, generate, type ConfigOf, type EngineServer, type LlamaModel } from '@qrlhf/core';
 
 export const ENGINE_SCHEMA = defineConfig({
   kind: { type: 'string', default: 'local', choices: ['local', 'openai'], doc: 'where rollouts are sampled: local (in this process) | openai (OpenAI-compatible servers: vLLM, qrlhf serve)' },
@@ -30,10 +30,7 @@ export const ENGINE_SCHEMA = defineConfig({
   loraName: { type: 'string', default: 'qrlhf-policy', doc: 'openai: the name the adapter is loaded under and requests name as their model' },
   adapterDir: { type: 'string', default: null, nullable: true, path: true, doc: "openai: folder the servers load the adapter from (null = <out>/engine-adapter); must be visible to every server's filesystem at the same path" },
   concurrency: { type: 'int', default: 8, min: 1, doc: 'openai: requests in flight per server (one request = one prompt and its k responses)' },
-  timeoutMs: { type: 'int', default: 120000, min: 1, doc: 'openai: a request with no answer after this is abandoned and retried elsewhere' },
-  retries: { type: 'int', default: 4, min: 0, doc: 'openai: failed attempts per request (across servers) before the step fails' },
-  backoffMs: { type: 'int', default: 500, min: 0, doc: 'openai: wait after every server has failed, doubling each time' },
-  apiKey: { type: 'string', default: null, nullable: true, doc: 'openai: bearer token (null = none; also from QRLHF_ENGINE_API_KEY)' },
+  ...ENGINE_POOL_FIELDS,
 });
 
 /** The engine block of a config (see ENGINE_SCHEMA). */
