@@ -157,4 +157,17 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   t.is(fourth.code, 1);
   t.regex(fourth.stderr, /was made with other settings \(rloo\.lambda: 5 then, 3 now\)/);
   t.notRegex(fourth.stderr, /at .*\.ts:\d+/);
+
+  // The default config's lambda rule ('mean-budget', lambda.ts) on this run's QRM and SFT policy:
+  // lambda is a grid value whose best-of-n choice stays within the budget, as is every smaller one.
+  const budget = join(out, '..', 'budget');
+  for (const d of ['data', 'pretrain', 'base', 'sft', 'qrm']) cpSync(join(out, d), join(budget, d), { recursive: true });
+  const sixth = await runner(budget, { extra: ['--lambda-rule', 'mean-budget', '--lambda-prompts', '16'] });
+  t.is(sixth.code, 0, sixth.stderr);
+  t.regex(sixth.stderr, /lambda \(rule mean-budget\): [\d.]+ \(best of 4 by the utility gives up [\d.]+ % of the estimated mean/);
+  const lam = (JSON.parse(readFileSync(join(budget, 'summary.json'), 'utf8')) as { lambda: { rule: string; lambda: number; budget: number; samples: number; curve: { lambda: number; loss: number }[] } }).lambda;
+  t.like(lam, { rule: 'mean-budget', budget: 0.03, samples: 4 });
+  t.is(lam.curve.length, 29);
+  const k = lam.curve.findIndex((p) => p.lambda === lam.lambda);
+  t.true(k >= 0 && lam.curve.slice(0, k + 1).every((p) => p.loss <= 0.03) && (k === 28 || lam.curve[k + 1]!.loss > 0.03), JSON.stringify(lam.curve));
 });

@@ -29,10 +29,12 @@ export const FIGURE3_SCHEMA = defineConfig({
     doc: 'RL jobs (each utility × seed with its evaluation, and the SFT evaluations) run this many at a time in worker processes with one wasm thread each; 1 runs them in this process. Results do not depend on it',
   },
   lambdaRule: {
-    type: 'string', default: 'fixed', choices: LAMBDA_RULES,
-    doc: "how the risk-aware run's lambda is chosen: 'fixed' = rloo.lambda; 'ce-q25' = the lambda whose certainty equivalent of the QRM's estimated rewards of SFT responses to RL prompts equals their mean estimated q0.25 (lambda.ts; never the truth)",
+    type: 'string', default: 'mean-budget', choices: LAMBDA_RULES,
+    doc: "how the risk-aware run's lambda is chosen, never from the truth (lambda.ts): 'mean-budget' = the largest lambda (grid 1 … 128) whose best-of-lambdaSamples choice among the SFT policy's samples on RL prompts, by the QRM's estimates, gives up at most lambdaBudget of the estimated mean of the choice by the mean; 'fixed' = rloo.lambda; 'ce-q25' = the lambda whose certainty equivalent of the QRM's estimated rewards of SFT responses equals their mean estimated q0.25",
   },
-  lambdaPrompts: { type: 'int', default: 200, min: 1, doc: "RL prompts (the first ones of prompts.jsonl) the SFT policy answers for lambdaRule 'ce-q25'" },
+  lambdaPrompts: { type: 'int', default: 200, min: 1, doc: "RL prompts (the first ones of prompts.jsonl) the SFT policy answers for the rules 'mean-budget' and 'ce-q25'" },
+  lambdaSamples: { type: 'int', default: 4, min: 2, max: 64, doc: "samples per prompt the rule 'mean-budget' chooses between" },
+  lambdaBudget: { type: 'number', default: 0.03, min: 0.001, max: 0.5, doc: "the share of the estimated mean the rule 'mean-budget' lets the utility's choice give up (3 %: the paper's 'similar expected reward' as claim (c) reads it)" },
   bootstrapResamples: { type: 'int', default: 10000, min: 100, doc: 'resamples of the two-level bootstrap (seeds, then evaluation prompts; stats.ts) behind every 95 % interval of the summary' },
   rewardSource: {
     type: 'string', default: 'qrm', choices: ['qrm', 'truth'],

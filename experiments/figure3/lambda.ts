@@ -2,26 +2,42 @@
  * The risk aversion λ of the risk-aware run, chosen without looking at the truth (config key
  * `lambdaRule`):
  *
- *   'fixed'    λ = rloo.lambda as configured.
- *   'ce-q25'   λ such that the certainty equivalent of the exponential utility of the QRM's
- *              *estimated* reward distribution of the SFT policy's responses on RL prompts equals
- *              their mean estimated q0.25:
+ *   'fixed'        λ = rloo.lambda as configured.
+ *   'mean-budget'  the largest λ whose choice among the SFT policy's own samples keeps the mean:
+ *                  n samples y_i1 … y_in for each of N RL prompts, the QRM's (normalised)
+ *                  quantiles q̂_ij,k (levels τ_k, K of them), and
  *
- *                CE(λ) = −(1/λ) ln( (1/NK) Σ_i Σ_k exp(−λ q̂_ik) )  =  (1/N) Σ_i q̂_i(0.25)
+ *                    μ̂_ij    = (1/K) Σ_k q̂_ij,k                           (estimated mean)
+ *                    U_λ(ij)  = (1/K) Σ_k −exp(−λ q̂_ij,k)                 (SPEC §5's utility)
+ *                    a_i      = argmax_j μ̂_ij,   b_i(λ) = argmax_j U_λ(ij)   (first index on ties)
+ *                    loss(λ)  = Σ_i (μ̂_{i a_i} − μ̂_{i b_i(λ)}) / Σ_i μ̂_{i a_i}
  *
- *              q̂_ik: the QRM's (normalised) quantile τ_k of response i; the pooled N·K values are
- *              one distribution. CE falls from the pooled mean (λ → 0) towards the pooled minimum
- *              (λ → ∞), continuously and strictly unless every q̂ is equal, so the root is unique
- *              when min < target < mean; found by bisection on ln λ.
+ *                  λ = the largest grid value 2^(g/4), g = 0 … 28 (1 … 128), with loss ≤ budget
+ *                  there and at every smaller grid value. In words: the best-of-n response by the
+ *                  utility gives up at most `lambdaBudget` of the estimated mean of the best-of-n
+ *                  response by the mean. The budget's default, 3 %, is the paper's "similar expected
+ *                  reward" as claim (c) reads it; best-of-n on the SFT policy's samples stands in for
+ *                  what RL can choose between.
+ *   'ce-q25'       λ such that the certainty equivalent of the exponential utility of the QRM's
+ *                  *estimated* reward distribution of the SFT policy's responses on RL prompts
+ *                  equals their mean estimated q0.25:
  *
- * In words: the risk-aware policy values the SFT policy's reward as if it were its lower quartile,
- * the scale on which the paper's Figure 3 reads tail gains. Only QRM estimates of responses to RL
- * prompts enter: never the world's truth, never the evaluation prompts.
+ *                    CE(λ) = −(1/λ) ln( (1/NK) Σ_i Σ_k exp(−λ q̂_ik) )  =  (1/N) Σ_i q̂_i(0.25)
+ *
+ *                  q̂_ik: the QRM's (normalised) quantile τ_k of response i; the pooled N·K values
+ *                  are one distribution. CE falls from the pooled mean (λ → 0) towards the pooled
+ *                  minimum (λ → ∞), continuously and strictly unless every q̂ is equal, so the root
+ *                  is unique when min < target < mean; found by bisection on ln λ. (It valued the
+ *                  SFT policy's reward as if it were its lower quartile: a strong aversion, λ 10.8
+ *                  to 11.5 in the runs of issue 13, where every claim failed.)
+ *
+ * Only QRM estimates of responses to RL prompts enter: never the world's truth, never the
+ * evaluation prompts.
  */
 import { QrlhfError } from '@qrlhf/core';
 import { certaintyEquivalent } from '@qrlhf/qrm';
 
-export const LAMBDA_RULES = ['fixed', 'ce-q25'] as const;
+export const LAMBDA_RULES = ['fixed', 'mean-budget', 'ce-q25'] as const;
 export type LambdaRule = (typeof LAMBDA_RULES)[number];
 
 /** The pooled certainty equivalent CE(λ) of the header. */
@@ -64,4 +80,51 @@ export function ceQ25Lambda(quantiles: readonly Float32Array[], taus: ArrayLike<
   const target = quantiles.reduce((a, q) => a + q[k25]!, 0) / quantiles.length;
   const meanEstimate = quantiles.reduce((a, q) => a + q.reduce((x, y) => x + y, 0) / q.length, 0) / quantiles.length;
   return { lambda: lambdaForCertaintyEquivalent(quantiles, target), target, meanEstimate };
+}
+
+/** The 'mean-budget' rule's grid: 2^(g/4) for g = 0 … 28, from 1 to 128. */
+export const MEAN_BUDGET_GRID: readonly number[] = Array.from({ length: 29 }, (_, g) => 2 ** (g / 4));
+
+/** One grid point of the 'mean-budget' rule: the utility's best-of-n choice and what it gives up. */
+export interface MeanBudgetPoint {
+  lambda: number;
+  /** loss(λ) of the header: the share of the estimated mean the utility's choice gives up */
+  loss: number;
+  /** share of prompts where the utility chooses another sample than the mean does */
+  switched: number;
+}
+
+/**
+ * The 'mean-budget' rule (header): `groups[i]` holds the QRM's quantile vectors of the n samples of
+ * prompt i. Returns λ, the budget and the whole curve (kept in summary.json so a reader sees how
+ * the choice was made).
+ */
+export function meanBudgetLambda(groups: readonly (readonly Float32Array[])[], budget: number, grid: readonly number[] = MEAN_BUDGET_GRID): { lambda: number; budget: number; curve: MeanBudgetPoint[]; meanOfBest: number } {
+  if (!(budget > 0 && budget < 1)) throw new QrlhfError(`lambdaRule 'mean-budget': lambdaBudget must lie in (0, 1), got ${budget}`);
+  if (groups.length === 0 || groups.some((g) => g.length < 2)) throw new QrlhfError("lambdaRule 'mean-budget': every prompt needs at least 2 samples to choose between (lambdaSamples ≥ 2)");
+  const mean = (q: Float32Array) => q.reduce((a, x) => a + x, 0) / q.length;
+  const means = groups.map((g) => g.map(mean));
+  const best = means.map((m) => argmax(m));
+  const meanOfBest = means.reduce((a, m, i) => a + m[best[i]!]!, 0);
+  if (!(meanOfBest > 0)) throw new QrlhfError(`lambdaRule 'mean-budget': the estimated means of the best samples sum to ${meanOfBest}; a relative budget needs a positive mean`);
+  const curve = grid.map((lambda): MeanBudgetPoint => {
+    let lost = 0;
+    let switched = 0;
+    groups.forEach((g, i) => {
+      const b = argmax(g.map((q) => q.reduce((a, x) => a - Math.exp(-lambda * x), 0) / q.length));
+      lost += means[i]![best[i]!]! - means[i]![b]!;
+      if (b !== best[i]) switched++;
+    });
+    return { lambda, loss: lost / meanOfBest, switched: switched / groups.length };
+  });
+  let k = -1;
+  while (k + 1 < curve.length && curve[k + 1]!.loss <= budget) k++;
+  if (k < 0) throw new QrlhfError(`lambdaRule 'mean-budget': already at lambda ${grid[0]} the utility's choice gives up ${(100 * curve[0]!.loss).toFixed(2)} % of the estimated mean, more than the budget ${(100 * budget).toFixed(2)} %`);
+  return { lambda: curve[k]!.lambda, budget, curve, meanOfBest: meanOfBest / groups.length };
+}
+
+function argmax(v: readonly number[]): number {
+  let b = 0;
+  for (let j = 1; j < v.length; j++) if (v[j]! > v[b]!) b = j;
+  return b;
 }

@@ -32,7 +32,7 @@ import { NormalisedQrm, RUNS } from './rl.js';
 import { log, stage, stageInputs, stageSeconds } from './stage.js';
 import { paths, readEvalRecords, runJobs, type EvalResult, type Job } from './jobs.js';
 import { readPrompts, sampleResponses } from './sample.js';
-import { ceQ25Lambda } from './lambda.js';
+import { ceQ25Lambda, meanBudgetLambda, type MeanBudgetPoint } from './lambda.js';
 import { BOOTSTRAP_DEFAULTS } from './stats.js';
 
 /** The whole experiment, from its resolved config (see config.ts). */
@@ -118,7 +118,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   });
 
   // 5. lambda of the risk-aware run, by the configured rule (never from the truth).
-  const lambda = await stage('lambda', join(out, 'lambda'), { ...inputs.sftEval, lambdaRule: cfg.lambdaRule, ...(cfg.lambdaRule === 'fixed' ? { 'rloo.lambda': cfg.rloo.lambda } : { lambdaPrompts: cfg.lambdaPrompts }) }, () =>
+  const lambda = await stage('lambda', join(out, 'lambda'), { ...inputs.sftEval, lambdaRule: cfg.lambdaRule, ...(cfg.lambdaRule === 'fixed' ? { 'rloo.lambda': cfg.rloo.lambda } : { lambdaPrompts: cfg.lambdaPrompts }), ...(cfg.lambdaRule === 'mean-budget' ? { lambdaSamples: cfg.lambdaSamples, lambdaBudget: cfg.lambdaBudget, 'rloo.qrmNormalise': cfg.rloo.qrmNormalise } : {}) }, () =>
     chooseLambda(cfg, out, files),
   );
   const rlCfg: Figure3Config = { ...cfg, rloo: { ...cfg.rloo, lambda: lambda.lambda } };
@@ -215,13 +215,26 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   process.stdout.write(readFileSync(join(out, 'summary.md'), 'utf8'));
 }
 
-/** The risk-aware run's lambda by cfg.lambdaRule (lambda.ts): 'fixed', or 'ce-q25' from the QRM's estimates of SFT responses to RL prompts. */
-async function chooseLambda(cfg: Figure3Config, out: string, files: WorldFiles): Promise<{ lambda: number; target?: number; meanEstimate?: number; prompts?: number }> {
+/** The risk-aware run's lambda by cfg.lambdaRule (lambda.ts): 'fixed', or a rule on the QRM's estimates of SFT responses to RL prompts. */
+async function chooseLambda(cfg: Figure3Config, out: string, files: WorldFiles): Promise<{ lambda: number; target?: number; meanEstimate?: number; prompts?: number; samples?: number; budget?: number; curve?: MeanBudgetPoint[] }> {
   if (cfg.lambdaRule === 'fixed') return { lambda: cfg.rloo.lambda };
   const prompts = readPrompts(files.prompts).slice(0, cfg.lambdaPrompts);
   const qrm = new NormalisedQrm(await QuantileRewardModel.load(paths(out).qrmModel), cfg.rloo.rewardBatchSize, cfg.rloo.qrmNormalise as QrmNormalise | null);
   const { model, tokenizer } = await loadModel(paths(out).policy);
   try {
+    if (cfg.lambdaRule === 'mean-budget') {
+      const n = cfg.lambdaSamples;
+      // sample j of every prompt, then the next j: n passes over the prompts with one stream
+      const rng = new Rng('lambda-rule');
+      const rows: { prompt: string; response: string }[] = [];
+      for (let j = 0; j < n; j++) (await sampleResponses(model, tokenizer, prompts, cfg.rloo, rng)).forEach((response, i) => rows.push({ prompt: prompts[i]!, response }));
+      const est = await qrm.quantiles(rows);
+      const groups = prompts.map((_, i) => Array.from({ length: n }, (_, j) => est[j * prompts.length + i]!));
+      const r = meanBudgetLambda(groups, cfg.lambdaBudget);
+      const at = r.curve.find((p) => p.lambda === r.lambda)!;
+      log(`lambda (rule mean-budget): ${r.lambda.toFixed(3)} (best of ${n} by the utility gives up ${(100 * at.loss).toFixed(2)} % of the estimated mean ${r.meanOfBest.toFixed(4)}, budget ${(100 * r.budget).toFixed(1)} %; ${prompts.length} RL prompts)`);
+      return { lambda: r.lambda, budget: r.budget, meanEstimate: r.meanOfBest, curve: r.curve, prompts: prompts.length, samples: n };
+    }
     const responses = await sampleResponses(model, tokenizer, prompts, cfg.rloo, new Rng('lambda-rule'));
     const est = await qrm.quantiles(prompts.map((prompt, i) => ({ prompt, response: responses[i]! })));
     const r = ceQ25Lambda(est, qrm.taus);
