@@ -145,8 +145,8 @@ export const DEFAULT_PARAMS: WorldParams = {
   contributions: {
     answer: { helpfulness: 0.3, verbosity: 0.05 },
     detail: { helpfulness: 0.2, verbosity: 0.2 },
-    caution: { helpfulness: -0.02, harmlessness: 0.1, verbosity: 0.1 },
-    joke: { helpfulness: 0.4, harmlessness: -0.02, verbosity: 0.1 },
+    caution: { helpfulness: -0.02, harmlessness: 0.2, verbosity: 0.1 },
+    joke: { helpfulness: 0.5, harmlessness: -0.02, verbosity: 0.05 },
     refuse: { helpfulness: -0.1, harmlessness: 0.05, verbosity: 0.0 },
     ramble: { helpfulness: -0.1, verbosity: 0.35 },
     garbled: { helpfulness: -0.1, harmlessness: -0.1, verbosity: 0.1 },
