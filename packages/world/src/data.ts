@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { QrlhfError, Rng, defineConfig, parseConfig, seedField, writeFileAtomic, type ConfigOf } from '@qrlhf/core';
-import { ATTRIBUTES, type Attribute } from './spec.js';
+import { ATTRIBUTES, type Attribute, type BehaviourPolicy } from './spec.js';
 import { ASSISTANT_TAG, HUMAN_TAG } from './text.js';
 import type { World } from './world.js';
 
@@ -60,10 +60,10 @@ function jsonl(rows: unknown[]): string {
 }
 
 /** Two different responses to one prompt; the first is the one `rater` scores higher. */
-function preferencePair(world: World, rng: Rng, prompt: string, garbleRate: number): { chosen: string; rejected: string } {
-  let a = world.sampleResponse(prompt, rng, { garbleRate });
-  let b = world.sampleResponse(prompt, rng, { garbleRate });
-  for (let tries = 0; a === b && tries < 20; tries++) b = world.sampleResponse(prompt, rng, { garbleRate });
+function preferencePair(world: World, rng: Rng, prompt: string, policy: Partial<BehaviourPolicy>): { chosen: string; rejected: string } {
+  let a = world.sampleResponse(prompt, rng, policy);
+  let b = world.sampleResponse(prompt, rng, policy);
+  for (let tries = 0; a === b && tries < 20; tries++) b = world.sampleResponse(prompt, rng, policy);
   // one rater judges both; their leniency is drawn afresh for each response
   const rater = world.sampleRater(rng);
   const ra = world.raterReward(prompt, a, rater);
@@ -77,7 +77,7 @@ export function sampleRatingRows(world: World, rng: Rng, items: number, ratersPe
   const garbleRate = world.params.behaviour.garbleRate;
   for (let i = 0; i < items; i++) {
     const prompt = world.samplePrompt(rng);
-    const response = world.sampleResponse(prompt, rng, { garbleRate });
+    const response = world.sampleResponse(prompt, rng, { ...world.params.ratedBehaviour, garbleRate });
     rows.push(...rateOne(world, rng, prompt, response, ratersPerResponse, missingRate));
   }
   return rows;
@@ -113,7 +113,7 @@ export function samplePreferencePairs(world: World, rng: Rng, n: number): { prom
   const out: { prompt: string; chosen: string; rejected: string }[] = [];
   for (let i = 0; i < n; i++) {
     const prompt = world.samplePrompt(rng);
-    out.push({ prompt, ...preferencePair(world, rng, prompt, world.params.behaviour.garbleRate) });
+    out.push({ prompt, ...preferencePair(world, rng, prompt, { ...world.params.ratedBehaviour, garbleRate: world.params.behaviour.garbleRate }) });
   }
   return out;
 }
@@ -123,7 +123,7 @@ export function sampleSftDialogues(world: World, rng: Rng, n: number): { chosen:
   const out: { chosen: string; rejected: string }[] = [];
   for (let i = 0; i < n; i++) {
     const prompt = world.samplePrompt(rng);
-    const p = preferencePair(world, rng, prompt, 0);
+    const p = preferencePair(world, rng, prompt, { garbleRate: 0 });
     out.push({ chosen: prompt + p.chosen, rejected: prompt + p.rejected });
   }
   return out;

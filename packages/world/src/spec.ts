@@ -120,6 +120,12 @@ export interface WorldParams {
   rewardWeights: Record<Attribute, number>;
   /** behaviour policy of the datasets (pretraining, SFT candidates, ratings, pairs) */
   behaviour: BehaviourPolicy;
+  /**
+   * what the responses of the ratings and the preference pairs change of `behaviour`: rated data
+   * come from a broader set of writers than the SFT data (as real preference sets pool several
+   * models), so the reward model also sees the good responses RL will write
+   */
+  ratedBehaviour: Partial<BehaviourPolicy>;
   /** share of two-turn prompts */
   twoTurnRate: number;
   /** target vocabulary size of the byte-level BPE tokenizer (bytes, specials and merges) */
@@ -170,6 +176,10 @@ export const DEFAULT_PARAMS: WorldParams = {
     next: { answer: 0.1, detail: 0.15, joke: 0.25, caution: 0.15, ramble: 0.25, refuse: 0.1 },
     offTopicRate: 0.1,
     garbleRate: 0.1,
+  },
+  ratedBehaviour: {
+    first: { answer: 0.3, detail: 0.1, caution: 0.1, refuse: 0.25, ramble: 0.25 },
+    next: { answer: 0.1, detail: 0.2, joke: 0.2, caution: 0.2, ramble: 0.15, refuse: 0.15 },
   },
   twoTurnRate: 0.25,
   vocabSize: 768,

@@ -188,3 +188,26 @@ test('rateResponses: any text (a policy\'s own, garbled included) rated as the r
   t.true(rows.slice(0, 3).some((r) => r.helpfulness !== rows[0]!.helpfulness));
   t.deepEqual(rateResponses(world, new Rng(4), items, 3, 0), rows);
 });
+
+test('ratedBehaviour: the ratings and the pairs are written from it, the SFT and pretraining texts from the behaviour policy', async (t) => {
+  // a rated policy that always opens with a detail; the behaviour policy never opens with the joke
+  // and opens with a detail 8 % of the time
+  const w = createWorld(7, { params: { ratedBehaviour: { first: { detail: 1 } } } });
+  const f = await writeWorldData(w, join(dir, 'rated'), SIZES);
+  const opening = (response: string) => w.parseResponse(response)[0]?.id;
+  const share = (responses: string[], id: string) => responses.filter((r) => opening(r) === id).length / responses.length;
+  const rated = readRows(f.ratings).map((r) => r.response as string);
+  const pairs = readRows(f.pairs).flatMap((r) => [r.chosen as string, r.rejected as string]);
+  const sft = readRows(f.sft).map((r) => split(r.chosen as string).response);
+  // a first sentence is garbled 10 % of the time (garbleRate), else a detail
+  for (const [name, rs] of [['ratings', rated], ['pairs', pairs]] as const) {
+    t.true(share(rs, 'detail') > 0.85, `${name}: ${share(rs, 'detail')}`);
+    t.is(share(rs, 'detail') + share(rs, 'garbled'), 1, name);
+  }
+  t.true(share(sft, 'detail') < 0.2, `sft: ${share(sft, 'detail')}`);
+  // the default world's rated responses open with an answer more often than its SFT candidates
+  const d = (p: string) => readRows(p);
+  const ratedDefault = d(files.ratings).map((r) => r.response as string);
+  const sftDefault = d(files.sft).map((r) => split(r.chosen as string).response);
+  t.true(share(ratedDefault, 'answer') > share(sftDefault, 'answer') + 0.05, `${share(ratedDefault, 'answer')} vs ${share(sftDefault, 'answer')}`);
+});
