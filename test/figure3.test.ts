@@ -162,7 +162,11 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   // lambda is a grid value whose best-of-n choice stays within the budget, as is every smaller one.
   const budget = join(out, '..', 'budget');
   for (const d of ['data', 'pretrain', 'base', 'sft', 'qrm']) cpSync(join(out, d), join(budget, d), { recursive: true });
-  const sixth = await runner(budget, { extra: ['--lambda-rule', 'mean-budget', '--lambda-prompts', '16'] });
+  // the smoke config's rloo.lambda 5 would be ignored by the rule: refused with one line
+  const refused = await runner(budget, { extra: ['--lambda-rule', 'mean-budget'] });
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, /rloo\.lambda 5 would not be used: lambdaRule 'mean-budget' chooses the risk-aware run's lambda \(add --lambda-rule fixed/);
+  const sixth = await runner(budget, { extra: ['--lambda-rule', 'mean-budget', '--lambda-prompts', '16', '--rloo.lambda', '1'] });
   t.is(sixth.code, 0, sixth.stderr);
   t.regex(sixth.stderr, /lambda \(rule mean-budget\): [\d.]+ \(best of 4 by the utility gives up [\d.]+ % of the estimated mean/);
   const lam = (JSON.parse(readFileSync(join(budget, 'summary.json'), 'utf8')) as { lambda: { rule: string; lambda: number; budget: number; samples: number; curve: { lambda: number; loss: number }[] } }).lambda;

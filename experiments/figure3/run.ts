@@ -19,7 +19,7 @@ import { runProgram } from '@qrlhf/cli';
 import { createWorld, writeWorldData, type WorldFiles } from '@qrlhf/world';
 import { runSft } from '@qrlhf/sft';
 import { FEATURE_ENGINE_SCHEMA, QuantileRewardModel, type FeaturePooling, type QrmNormalise, runQrmFeatures, runQrmFit, runQrmGate } from '@qrlhf/qrm';
-import { figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
+import { RLOO_SCHEMA, figure3Svg, readMetricsFile, svgToPng } from '@qrlhf/rloo';
 import { FIGURE3_SCHEMA, type Figure3Config } from './config.js';
 import { pretrainBase } from './pretrain.js';
 import { ratePolicySamples } from './policy-ratings.js';
@@ -40,6 +40,9 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   const out = resolve(cfg.out);
   mkdirSync(out, { recursive: true });
   if (cfg.seeds.length === 0) throw new QrlhfError('figure3: seeds is empty (expected at least one RLOO seed)');
+  if (cfg.lambdaRule !== 'fixed' && cfg.rloo.lambda !== RLOO_SCHEMA.lambda.default) {
+    throw new QrlhfError(`figure3: rloo.lambda ${cfg.rloo.lambda} would not be used: lambdaRule '${cfg.lambdaRule}' chooses the risk-aware run's lambda (add --lambda-rule fixed to train at ${cfg.rloo.lambda})`);
+  }
   writeFileAtomic(join(out, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
   await initBackend(cfg.backend);
   const t0 = Date.now();
@@ -254,6 +257,6 @@ await runProgram({
   run: runFigure3,
   examples: [
     ['$0 --config configs/figure3-smoke.json --out runs/f3-smoke', 'the whole pipeline at toy size (about a minute)'],
-    ['$0 --rloo.lambda 3 --out runs/f3-lambda3', 'another risk aversion; every other key as in configs/figure3.json'],
+    ['$0 --lambda-rule fixed --rloo.lambda 3 --out runs/f3-lambda3', 'a fixed risk aversion instead of the rule; every other key as in configs/figure3.json'],
   ],
 });
