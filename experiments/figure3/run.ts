@@ -125,6 +125,8 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
     chooseLambda(cfg, out, files),
   );
   const rlCfg: Figure3Config = { ...cfg, rloo: { ...cfg.rloo, lambda: lambda.lambda } };
+  // the run folder's config.json holds every value used: the rule's lambda included
+  writeFileAtomic(join(out, 'config.json'), JSON.stringify(rlCfg, null, 2) + '\n');
 
   // 6. RLOO: each utility, each seed, with its final evaluation; and the SFT policy's evaluation per
   // seed. The longest jobs first; `parallel` of them side by side (jobs.ts).
@@ -208,7 +210,7 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
   writeFileAtomic(
     join(out, 'summary.json'),
     JSON.stringify(
-      { runs: summaries, difference: iv.difference, claims, lambda: { rule: cfg.lambdaRule, ...lambda }, qrm: qrmInfo, bootstrap: { ...boot, unit: 'seeds, then evaluation prompts within each seed; paired by seed and prompt' }, config: cfg, stage_seconds: stageSeconds },
+      { runs: summaries, difference: iv.difference, claims, lambda: { rule: cfg.lambdaRule, ...lambda }, qrm: qrmInfo, bootstrap: { ...boot, unit: 'seeds, then evaluation prompts within each seed; paired by seed and prompt' }, config: rlCfg, stage_seconds: stageSeconds },
       null,
       2,
     ) + '\n',
