@@ -3,7 +3,8 @@ import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { repoRoot } from '@qrlhf/core';
+import { Rng, repoRoot } from '@qrlhf/core';
+import { createWorld } from '@qrlhf/world';
 
 /**
  * The Figure 3 runner end to end at toy size (configs/figure3-smoke.json): every stage through
@@ -129,6 +130,26 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   const third = await runner(out);
   t.is(third.code, 0, third.stderr);
   t.notRegex(third.stderr, /: starting/);
+
+  // canonical.ts: the run's QRM and the truth on hand-written responses; its true column against
+  // the world computed here
+  const canon = await new Promise<string>((res, rej) => {
+    const c = spawn(process.execPath, ['--conditions=source', '--import=tsx', 'experiments/figure3/canonical.ts', out, '4'], { cwd: repoRoot(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let so = '';
+    let se = '';
+    c.stdout.on('data', (x: Buffer) => (so += x.toString()));
+    c.stderr.on('data', (x: Buffer) => (se += x.toString()));
+    c.on('error', rej);
+    c.on('close', (code) => (code === 0 ? res(so) : rej(new Error(se))));
+  });
+  const rowsOut = canon.split('\n').filter((l) => /^\| [a-z+]+ \|/.test(l));
+  t.is(rowsOut.length, 8, canon);
+  const evalPrompts = readFileSync(join(out, 'data', 'eval_prompts.jsonl'), 'utf8').trim().split('\n').slice(0, 4).map((l) => (JSON.parse(l) as { prompt: string }).prompt);
+  const w = createWorld(1);
+  const trueAnswer = evalPrompts.reduce((a, p, i) => a + w.trueExpectation(p, w.renderResponse(p, ['answer'], new Rng(i + 1))), 0) / 4;
+  const cells = rowsOut[0]!.split('|').map((x) => x.trim());
+  t.is(cells[1], 'answer');
+  t.is(cells[2]!.split(' / ')[1], trueAnswer.toFixed(3));
 
   // The RL jobs ran in 2 worker processes (the default `parallel`), their lines prefixed with the
   // job; the same jobs in this process (parallel 1) give the same numbers, step by step.
