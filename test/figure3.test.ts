@@ -142,7 +142,7 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
     c.on('error', rej);
     c.on('close', (code) => (code === 0 ? res(so) : rej(new Error(se))));
   });
-  const rowsOut = canon.split('\n').filter((l) => /^\| [a-z+]+ \|/.test(l));
+  const rowsOut = canon.split('\n').filter((l) => /^\| [a-z+]+ \| \d/.test(l));
   t.is(rowsOut.length, 8, canon);
   const evalPrompts = readFileSync(join(out, 'data', 'eval_prompts.jsonl'), 'utf8').trim().split('\n').slice(0, 4).map((l) => (JSON.parse(l) as { prompt: string }).prompt);
   const w = createWorld(1);
