@@ -118,7 +118,7 @@ export interface WorldParams {
   noise: number;
   /** the reward of a rater is sum_m w_m a_m; w >= 0, sum 1 (the gate's form) */
   rewardWeights: Record<Attribute, number>;
-  /** behaviour policy of the datasets (pretraining, SFT candidates, ratings, pairs) */
+  /** behaviour policy of the datasets (pretraining and SFT candidates; ratings and pairs with `ratedBehaviour`'s changes) */
   behaviour: BehaviourPolicy;
   /**
    * what the responses of the ratings and the preference pairs change of `behaviour`: rated data
