@@ -13,7 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { QrlhfError, Rng, initBackend } from '@qrlhf/core';
-import { QuantileRewardModel, type QrmNormalise } from '@qrlhf/qrm';
+import { QuantileRewardModel, expectationUtility, exponentialUtility, type QrmNormalise } from '@qrlhf/qrm';
 import { createWorld, type MoveId } from '@qrlhf/world';
 import { paths } from './jobs.js';
 import { NormalisedQrm } from './rl.js';
@@ -35,8 +35,6 @@ const world = createWorld(summary.config.world.seed);
 const qrm = new NormalisedQrm(await QuantileRewardModel.load(paths(out).qrmModel), summary.config.rloo.rewardBatchSize, summary.config.rloo.qrmNormalise as QrmNormalise | null);
 const prompts = readPrompts(join(out, 'data', 'eval_prompts.jsonl')).slice(0, Number(nArg ?? 100));
 const taus = qrm.taus;
-const mean = (q: ArrayLike<number>) => Array.from(q).reduce((a, x) => a + x, 0) / q.length;
-const util = (q: ArrayLike<number>) => Array.from(q).reduce((a, x) => a - Math.exp(-lambda * x), 0) / q.length;
 console.log(`${out}: ${prompts.length} evaluation prompts, lambda ${lambda.toFixed(3)}`);
 console.log('| moves | expectation (QRM / true) | q0.05 (QRM / true) | U(λ) (QRM / true) |\n|---|---|---|---|');
 try {
@@ -46,9 +44,9 @@ try {
     const acc = { em: 0, tm: 0, eq: 0, tq: 0, eu: 0, tu: 0 };
     rows.forEach((r, i) => {
       const t = world.trueQuantiles(r.prompt, r.response, taus).reward;
-      acc.em += mean(est[i]!); acc.tm += world.trueExpectation(r.prompt, r.response);
+      acc.em += expectationUtility(est[i]!); acc.tm += world.trueExpectation(r.prompt, r.response);
       acc.eq += est[i]![0]!; acc.tq += t[0]!;
-      acc.eu += util(est[i]!); acc.tu += util(t);
+      acc.eu += exponentialUtility(est[i]!, lambda); acc.tu += exponentialUtility(t, lambda);
     });
     const f = (x: number) => (x / rows.length).toFixed(3);
     console.log(`| ${moves.join('+')} | ${f(acc.em)} / ${f(acc.tm)} | ${f(acc.eq)} / ${f(acc.tq)} | ${f(acc.eu)} / ${f(acc.tu)} |`);

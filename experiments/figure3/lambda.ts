@@ -35,7 +35,7 @@
  * evaluation prompts.
  */
 import { QrlhfError } from '@qrlhf/core';
-import { certaintyEquivalent } from '@qrlhf/qrm';
+import { certaintyEquivalent, expectationUtility, exponentialUtility } from '@qrlhf/qrm';
 
 export const LAMBDA_RULES = ['fixed', 'mean-budget', 'ce-q25'] as const;
 export type LambdaRule = (typeof LAMBDA_RULES)[number];
@@ -102,8 +102,7 @@ export interface MeanBudgetPoint {
 export function meanBudgetLambda(groups: readonly (readonly Float32Array[])[], budget: number, grid: readonly number[] = MEAN_BUDGET_GRID): { lambda: number; budget: number; curve: MeanBudgetPoint[]; meanOfBest: number } {
   if (!(budget > 0 && budget < 1)) throw new QrlhfError(`lambdaRule 'mean-budget': lambdaBudget must lie in (0, 1), got ${budget}`);
   if (groups.length === 0 || groups.some((g) => g.length < 2)) throw new QrlhfError("lambdaRule 'mean-budget': every prompt needs at least 2 samples to choose between (lambdaSamples ≥ 2)");
-  const mean = (q: Float32Array) => q.reduce((a, x) => a + x, 0) / q.length;
-  const means = groups.map((g) => g.map(mean));
+  const means = groups.map((g) => g.map(expectationUtility));
   const best = means.map((m) => argmax(m));
   const meanOfBest = means.reduce((a, m, i) => a + m[best[i]!]!, 0);
   if (!(meanOfBest > 0)) throw new QrlhfError(`lambdaRule 'mean-budget': the estimated means of the best samples sum to ${meanOfBest}; a relative budget needs a positive mean`);
@@ -111,7 +110,7 @@ export function meanBudgetLambda(groups: readonly (readonly Float32Array[])[], b
     let lost = 0;
     let switched = 0;
     groups.forEach((g, i) => {
-      const b = argmax(g.map((q) => q.reduce((a, x) => a - Math.exp(-lambda * x), 0) / q.length));
+      const b = argmax(g.map((q) => exponentialUtility(q, lambda)));
       lost += means[i]![best[i]!]! - means[i]![b]!;
       if (b !== best[i]) switched++;
     });
