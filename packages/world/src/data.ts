@@ -59,6 +59,11 @@ function jsonl(rows: unknown[]): string {
   return rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : '');
 }
 
+/** How the ratings' and pairs' responses are written: the behaviour policy with ratedBehaviour's changes, garbled sentences at its garbleRate. */
+function ratedPolicy(world: World): Partial<BehaviourPolicy> {
+  return { ...world.params.ratedBehaviour, garbleRate: world.params.behaviour.garbleRate };
+}
+
 /** Two different responses to one prompt; the first is the one `rater` scores higher. */
 function preferencePair(world: World, rng: Rng, prompt: string, policy: Partial<BehaviourPolicy>): { chosen: string; rejected: string } {
   let a = world.sampleResponse(prompt, rng, policy);
@@ -74,10 +79,10 @@ function preferencePair(world: World, rng: Rng, prompt: string, policy: Partial<
 
 export function sampleRatingRows(world: World, rng: Rng, items: number, ratersPerResponse: number, missingRate: number): RatingRow[] {
   const rows: RatingRow[] = [];
-  const garbleRate = world.params.behaviour.garbleRate;
+  const policy = ratedPolicy(world);
   for (let i = 0; i < items; i++) {
     const prompt = world.samplePrompt(rng);
-    const response = world.sampleResponse(prompt, rng, { ...world.params.ratedBehaviour, garbleRate });
+    const response = world.sampleResponse(prompt, rng, policy);
     rows.push(...rateOne(world, rng, prompt, response, ratersPerResponse, missingRate));
   }
   return rows;
@@ -113,7 +118,7 @@ export function samplePreferencePairs(world: World, rng: Rng, n: number): { prom
   const out: { prompt: string; chosen: string; rejected: string }[] = [];
   for (let i = 0; i < n; i++) {
     const prompt = world.samplePrompt(rng);
-    out.push({ prompt, ...preferencePair(world, rng, prompt, { ...world.params.ratedBehaviour, garbleRate: world.params.behaviour.garbleRate }) });
+    out.push({ prompt, ...preferencePair(world, rng, prompt, ratedPolicy(world)) });
   }
   return out;
 }
