@@ -11,13 +11,10 @@ import { createWorld } from '@qrlhf/world';
  * the packages' public APIs, the output contract of `npm run figure3`, resume after a kill, and
  * no work redone on a finished run.
  */
-function runner(out: string, opts: { killWhen?: RegExp; extra?: string[] } = {}): Promise<{ code: number | null; signal: string | null; stderr: string; stdout: string }> {
+/** A node process on the sources (tsx), its output collected; `killWhen` kills it once stderr matches. */
+function runNode(args: string[], opts: { killWhen?: RegExp } = {}): Promise<{ code: number | null; signal: string | null; stderr: string; stdout: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--conditions=source', '--import=tsx', 'experiments/figure3/run.ts', '--config', 'configs/figure3-smoke.json', '--out', out, ...(opts.extra ?? [])],
-      { cwd: repoRoot(), stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const child = spawn(process.execPath, ['--conditions=source', '--import=tsx', ...args], { cwd: repoRoot(), stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     let stdout = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -32,6 +29,11 @@ function runner(out: string, opts: { killWhen?: RegExp; extra?: string[] } = {})
       resolve({ code, signal, stderr, stdout });
     });
   });
+}
+
+/** The runner on the smoke config into `out`. */
+function runner(out: string, opts: { killWhen?: RegExp; extra?: string[] } = {}) {
+  return runNode(['experiments/figure3/run.ts', '--config', 'configs/figure3-smoke.json', '--out', out, ...(opts.extra ?? [])], opts);
 }
 
 test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finished run is not redone', async (t) => {
@@ -133,15 +135,9 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
 
   // canonical.ts: the run's QRM and the truth on hand-written responses; its true column against
   // the world computed here
-  const canon = await new Promise<string>((res, rej) => {
-    const c = spawn(process.execPath, ['--conditions=source', '--import=tsx', 'experiments/figure3/canonical.ts', out, '4'], { cwd: repoRoot(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let so = '';
-    let se = '';
-    c.stdout.on('data', (x: Buffer) => (so += x.toString()));
-    c.stderr.on('data', (x: Buffer) => (se += x.toString()));
-    c.on('error', rej);
-    c.on('close', (code) => (code === 0 ? res(so) : rej(new Error(se))));
-  });
+  const canonRun = await runNode(['experiments/figure3/canonical.ts', out, '4']);
+  t.is(canonRun.code, 0, canonRun.stderr);
+  const canon = canonRun.stdout;
   const rowsOut = canon.split('\n').filter((l) => /^\| [a-z+]+ \| \d/.test(l));
   t.is(rowsOut.length, 8, canon);
   const evalPrompts = readFileSync(join(out, 'data', 'eval_prompts.jsonl'), 'utf8').trim().split('\n').slice(0, 4).map((l) => (JSON.parse(l) as { prompt: string }).prompt);
