@@ -16,7 +16,7 @@ const tiny: LlamaConfig = {
   rmsNormEps: 1e-5, ropeTheta: 10000, tieWordEmbeddings: true, maxPositionEmbeddings: 128, bosTokenId: 1, eosTokenId: 2,
 };
 
-test('reward backbone: learns a rating the base does not predict, masks missing labels, saves a loadable model', async (t) => {
+for (const pooling of ['mean', 'max'] as const) test(`reward backbone (${pooling} pooling): learns a rating the base does not predict, masks missing labels, saves a loadable model`, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qrlhf-rbb-'));
   try {
     const model = LlamaModel.random(tiny, 5);
@@ -35,7 +35,7 @@ test('reward backbone: learns a rating the base does not predict, masks missing 
     });
     writeFileSync(join(dir, 'ratings.jsonl'), rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
     const cfg = parseConfig(REWARD_BACKBONE_SCHEMA, { steps: 30, batchSize: 16, lr: 5e-3, warmupSteps: 3 }, 'test');
-    const r = await trainRewardBackbone(cfg, { base: join(dir, 'base'), ratings: join(dir, 'ratings.jsonl'), attributes: ['helpfulness', 'verbosity'], pooling: 'mean', out: join(dir, 'rb') });
+    const r = await trainRewardBackbone(cfg, { base: join(dir, 'base'), ratings: join(dir, 'ratings.jsonl'), attributes: ['helpfulness', 'verbosity'], pooling, out: join(dir, 'rb') });
     t.is(r.rows, 200);
     // the constant predictor's loss: helpfulness variance 0.09 over the labels seen (200 + 100 of them)
     t.true(Math.abs(r.baselineLoss - (0.09 * 200) / 300) < 0.01, `baseline ${r.baselineLoss}`);

@@ -11,8 +11,9 @@
  * Objective: masked mean squared error of a linear read-out of the pooled feature against each
  * row's attribute labels (a missing label is left out),
  *   L = Σ_{i,m} o_{im} (w_m · f_i + b_m − y_{im})² / Σ_{i,m} o_{im},
- * with f_i pooled as the QRM's features are ('mean' over the response's tokens, or the 'last'
- * token). The read-out is thrown away: only the backbone is kept.
+ * with f_i pooled as the QRM's features are (@qrlhf/qrm's poolResponses: the 'mean' or the
+ * per-dimension 'max' over the response's tokens, or the 'last' token). The read-out is thrown
+ * away: only the backbone is kept.
  */
 import * as tf from '@tensorflow/tfjs';
 import {
@@ -32,7 +33,7 @@ import {
   type Metrics,
   type StepContext,
 } from '@qrlhf/core';
-import { encodePair, meanPoolRange, readRatings, type FeaturePooling } from '@qrlhf/qrm';
+import { encodePair, poolResponses, readRatings, type FeaturePooling } from '@qrlhf/qrm';
 
 /** The reward-backbone stage (the experiment's `rewardBackbone` block). */
 export const REWARD_BACKBONE_SCHEMA = defineConfig({
@@ -93,22 +94,17 @@ export async function trainRewardBackbone(
       const T = Math.max(...batch.map((r) => r.ids.length));
       const ids = new Int32Array(B * T).fill(tokenizer.padId);
       const mask = new Float32Array(B * T);
-      const pool = new Float32Array(B * T); // row b: the weights of its pooled tokens
       const y = new Float32Array(B * M);
       const seen = new Float32Array(B * M);
       batch.forEach((r, i) => {
         ids.set(r.ids, i * T);
         mask.fill(1, i * T, i * T + r.ids.length);
-        if (o.pooling === 'mean') {
-          const [from, to] = meanPoolRange(r);
-          pool.fill(1 / (to - from), i * T + from, i * T + to);
-        } else pool[i * T + r.ids.length - 1] = 1;
         r.y.forEach((v, m) => { if (!Number.isNaN(v)) { y[i * M + m] = v; seen[i * M + m] = 1; } });
       });
       const count = seen.reduce((a, x) => a + x, 0);
       const { grads, loss } = await accumulateGradients([0], () => {
         const h = model.hidden(tf.tensor2d(ids, [B, T], 'int32'), { mask: tf.tensor2d(mask, [B, T]) });
-        const f = tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]);
+        const f = poolResponses(h, batch, o.pooling);
         const pred = tf.add(tf.matMul(f, w), b);
         return tf.div(tf.sum(tf.mul(tf.tensor2d(seen, [B, M]), tf.square(tf.sub(pred, tf.tensor2d(y, [B, M]))))), Math.max(1, count)) as tf.Scalar;
       }, vars);

@@ -7,7 +7,7 @@
  *   - the full prompt+response ids → the response feature;
  *   - the ids up to the prompt's last token → the prompt feature (causal attention: the state at
  *     that token in the full pass sees the prompt only, so it is the prefix's own last state).
- * 'mean' pooling has no engine counterpart and is refused.
+ * 'mean' and 'max' pooling have no engine counterpart and are refused.
  */
 import { ENGINE_POOL_FIELDS, EnginePool, QrlhfError, defineConfig, type ConfigOf, type Tokenizer } from '@qrlhf/core';
 import { encodeDialogue, type FeatureSource, type PromptResponseItem } from './features.js';

@@ -108,12 +108,44 @@ export function encodeDialogue(tok: Tokenizer, format: DialogueFormat | undefine
 
 /**
  * How the response feature is read off the backbone's last layer: 'last' (SPEC §4, ArmoRM) takes
- * the hidden state at the last token; 'mean' averages the hidden states of the response's tokens.
+ * the hidden state at the last token; 'mean' averages the hidden states of the response's tokens;
+ * 'max' takes each dimension's largest value over them.
  * A large backbone's last state summarises the response; a tiny one's mostly predicts the next
- * token, and the mean keeps what each token saw (the Figure 3 world uses it: see its README).
+ * token, and the mean keeps what each token saw (the Figure 3 world uses it: see its README). The
+ * mean of a longer response dilutes each sentence (two sentences each count half), while the max
+ * keeps a feature that any one sentence turns on, so a linear head can add sentences' effects.
  */
-export type FeaturePooling = 'last' | 'mean';
-export const FEATURE_POOLINGS: readonly FeaturePooling[] = ['last', 'mean'];
+export type FeaturePooling = 'last' | 'mean' | 'max';
+export const FEATURE_POOLINGS: readonly FeaturePooling[] = ['last', 'mean', 'max'];
+
+/**
+ * The pooled response features [B, d] of hidden states h [B, T, d], row b encoded as rows[b] (its
+ * ids padded to T). 'mean' and 'max' read the tokens of meanPoolRange, 'last' the last real token.
+ * Differentiable: the reward backbone trains through it.
+ */
+export function poolResponses(h: tf.Tensor3D, rows: readonly { ids: ArrayLike<number>; promptEnd: number }[], pooling: FeaturePooling): tf.Tensor2D {
+  const [B, T, d] = h.shape;
+  if (rows.length !== B) throw new QrlhfError(`poolResponses: ${rows.length} rows for a batch of ${B}`);
+  return tf.tidy(() => {
+    if (pooling === 'max') {
+      // 0 on the pooled tokens, -1e9 elsewhere: the max over T then sees only the pooled ones
+      const bias = new Float32Array(B * T).fill(-1e9);
+      rows.forEach((r, b) => {
+        const [from, to] = meanPoolRange(r);
+        bias.fill(0, b * T + from, b * T + to);
+      });
+      return tf.max(tf.add(h, tf.tensor3d(bias, [B, T, 1])), 1) as tf.Tensor2D;
+    }
+    const pool = new Float32Array(B * T); // row b: the weights of its pooled tokens
+    rows.forEach((r, b) => {
+      if (pooling === 'mean') {
+        const [from, to] = meanPoolRange(r);
+        pool.fill(1 / (to - from), b * T + from, b * T + to);
+      } else pool[b * T + r.ids.length - 1] = 1;
+    });
+    return tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]) as tf.Tensor2D;
+  });
+}
 
 export interface FeatureOptions {
   /** The response feature: 'last' (default, SPEC §4) or 'mean' over the response's tokens. */
@@ -174,7 +206,6 @@ export async function encodedFeatures(
   const batchSize = opts.batchSize ?? 8;
   const pooling = opts.pooling ?? 'last';
   if (!FEATURE_POOLINGS.includes(pooling)) throw new QrlhfError(`feature pooling: expected one of ${FEATURE_POOLINGS.join(', ')}, got "${pooling}"`);
-  const mean = pooling === 'mean';
   const order = enc.map((_, i) => i).sort((a, b) => enc[a]!.ids.length - enc[b]!.ids.length);
   const response = new Float32Array(enc.length * d);
   const prompt = new Float32Array(enc.length * d);
@@ -185,27 +216,18 @@ export async function encodedFeatures(
     const T = Math.max(...rows.map((r) => enc[r]!.ids.length));
     const ids = new Int32Array(B * T).fill(pad);
     const mask = new Float32Array(B * T);
-    const gatherIdx = new Int32Array(2 * B);
-    // 'mean': row b of `pool` holds 1/len on the response's tokens (the last token alone when the
-    // response is empty), so pool · h is the mean of their hidden states.
-    const pool = mean ? new Float32Array(B * T) : null;
+    const gatherIdx = new Int32Array(B);
     rows.forEach((r, b) => {
       const e = enc[r]!;
       ids.set(e.ids, b * T);
       mask.fill(1, b * T, b * T + e.ids.length);
-      gatherIdx[b] = b * T + e.ids.length - 1; // last real token
-      gatherIdx[B + b] = b * T + e.promptEnd;
-      if (pool) {
-        const [from, to] = meanPoolRange(e);
-        pool.fill(1 / (to - from), b * T + from, b * T + to);
-      }
+      gatherIdx[b] = b * T + e.promptEnd;
     });
+    // rows [0, B): the pooled response features; [B, 2B): the prompt features (the promptEnd token)
     const feats = tf.tidy(() => {
       const h = model.hidden(tf.tensor2d(ids, [B, T], 'int32'), { mask: tf.tensor2d(mask, [B, T]) });
-      const picked = tf.gather(h.reshape([B * T, d]), tf.tensor1d(gatherIdx, 'int32'));
-      if (!pool) return picked;
-      const pooled = tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]);
-      return tf.concat([pooled, picked.slice([B, 0], [B, d])], 0);
+      const promptFeat = tf.gather(h.reshape([B * T, d]), tf.tensor1d(gatherIdx, 'int32'));
+      return tf.concat([poolResponses(h, rows.map((r) => enc[r]!), pooling), promptFeat], 0);
     });
     const data = (await feats.data()) as Float32Array;
     feats.dispose();
@@ -236,8 +258,8 @@ export interface RatingRow {
 }
 
 /**
- * The tokens 'mean' pooling averages: the response's, [promptEnd + 1, end), or the last token alone
- * when the response is empty. Whatever trains on pooled features (figure3's reward backbone) pools
+ * The tokens 'mean' and 'max' pooling read: the response's, [promptEnd + 1, end), or the last token
+ * alone when the response is empty. Whatever trains on pooled features (figure3's reward backbone) pools
  * with this too, so it reads the same positions the QRM's features do.
  */
 export function meanPoolRange(e: { ids: ArrayLike<number>; promptEnd: number }): [from: number, to: number] {

@@ -36,7 +36,7 @@
  * Q'_j = Q_j − p_j Q_v to reward_transform_matrix (R_{m,j} = δ_{mj} − p_j δ_{mv}, ArmoRM's use
  * of it), the gate's tensors under `gating.`. The layout has no room for the rest of what qrlhf
  * can hold, so writing refuses, naming the reason: heads with an intercept (regression_layer has
- * no bias), an 'mlp' gate (its biases sit before the ReLU), mean pooling, the 'mixture' rule, a
+ * no bias), an 'mlp' gate (its biases sit before the ReLU), mean or max pooling, the 'mixture' rule, a
  * QRM whose prompt feature is not read at a token pattern.
  */
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';

@@ -85,7 +85,7 @@ export const QRM_FEATURES_SCHEMA = defineConfig({
   shardSize: { type: 'int', default: 512, min: 1, doc: 'rows per resumable shard' },
   maxTokens: { type: 'int', default: null, nullable: true, min: 2, doc: "longest sequence; longer ones lose their first tokens (null = the model's context)" },
   maxRows: { type: 'int', default: null, nullable: true, min: 1, doc: 'use only the first N rows (null = all)' },
-  pooling: { type: 'string', default: 'last', choices: FEATURE_POOLINGS, doc: "response feature: the 'last' token (SPEC §4) or the 'mean' over the response's tokens" },
+  pooling: { type: 'string', default: 'last', choices: FEATURE_POOLINGS, doc: "response feature: the 'last' token (SPEC §4), the 'mean' over the response's tokens, or their per-dimension 'max'" },
   engine: { type: 'group', schema: FEATURE_ENGINE_SCHEMA, doc: 'what computes the features (flags --engine.kind, --engine.base-url, --engine.model, ...)' },
   ...RUN_FIELDS,
 });

@@ -128,5 +128,25 @@ test.serial("pooling 'mean' averages the response tokens' hidden states of a sin
     close(t, f.prompt.subarray(i * d, (i + 1) * d), hs.at(-1)!, `row ${i} prompt feature`);
     close(t, f.prompt.subarray(i * d, (i + 1) * d), last.prompt.subarray(i * d, (i + 1) * d), `row ${i} prompt feature, both poolings`);
   });
-  await t.throwsAsync(() => pairFeatures(b, items, { pooling: 'max' as 'mean' }), { instanceOf: QrlhfError, message: /pooling/ });
+  await t.throwsAsync(() => pairFeatures(b, items, { pooling: 'sum' as 'mean' }), { instanceOf: QrlhfError, message: /pooling/ });
+});
+
+test.serial("pooling 'max' takes each dimension's largest hidden state over the response tokens of a single pass (padding and prompt ignored)", async (t) => {
+  const b = backbone();
+  const d = config.hiddenSize;
+  const items = responses.map((r, i) => ({ prompt: prompts[i % 3]!, response: r }));
+  const f = await pairFeatures(b, items, { batchSize: 2, pooling: 'max' });
+  items.forEach((it, i) => {
+    const e = encodePair(b.tokenizer, it.prompt, it.response, 1000);
+    const from = Math.min(e.promptEnd + 1, e.ids.length - 1);
+    const positions = Array.from({ length: e.ids.length - from }, (_, k) => from + k);
+    const hs = single(b, e.ids, [...positions, e.promptEnd]);
+    const max = new Float32Array(d).fill(-Infinity);
+    for (const h of hs.slice(0, -1)) for (let j = 0; j < d; j++) max[j] = Math.max(max[j]!, h[j]!);
+    close(t, f.response.subarray(i * d, (i + 1) * d), max, `row ${i} max response feature`);
+    close(t, f.prompt.subarray(i * d, (i + 1) * d), hs.at(-1)!, `row ${i} prompt feature`);
+  });
+  // the response written twice: its first copy's hidden states are unchanged (causal), so the max over more tokens is no smaller
+  const two = await pairFeatures(b, [items[1]!, { prompt: items[1]!.prompt, response: items[1]!.response + items[1]!.response }], { pooling: 'max' });
+  for (let j = 0; j < d; j++) t.true(two.response[d + j]! >= two.response[j]! - 1e-4, `max is monotone in the tokens pooled (dim ${j})`);
 });
