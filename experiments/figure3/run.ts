@@ -97,8 +97,9 @@ async function runFigure3(cfg: Figure3Config): Promise<void> {
       });
       log(`qrm: reward backbone trained on ${rewardBackbone.rows} rating rows (mse ${rewardBackbone.loss.toFixed(4)}; constant predictor ${rewardBackbone.baselineLoss.toFixed(4)})`);
     }
-    // The features block (the default config has mean pooling, not SPEC's last token: the tiny
-    // backbone's last state mostly predicts the next token; the mean keeps which moves the response made).
+    // The features block (the default config has max pooling, not SPEC's last token: the tiny
+    // backbone's last state mostly predicts the next token; the max keeps which moves the response
+    // made, and unlike the mean does not halve each sentence's part in a two-sentence response).
     const feat = { ...cfg.qrm.features, model: backboneDir, tokenizer: null, engine: defaultConfig(FEATURE_ENGINE_SCHEMA), backend: cfg.backend };
     const r = await runQrmFeatures({ ...feat, ratings, pairs: null, out: f1 });
     await runQrmFeatures({ ...feat, ratings: null, pairs: files.pairs, out: f2 });
