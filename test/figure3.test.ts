@@ -139,7 +139,7 @@ test('figure3 smoke: killed mid-way, resumed, writes the contract files; a finis
   t.is(canonRun.code, 0, canonRun.stderr);
   const canon = canonRun.stdout;
   const rowsOut = canon.split('\n').filter((l) => /^\| [a-z+]+ \| \d/.test(l));
-  t.is(rowsOut.length, 8, canon);
+  t.is(rowsOut.length, 9, canon);
   const evalPrompts = readFileSync(join(out, 'data', 'eval_prompts.jsonl'), 'utf8').trim().split('\n').slice(0, 4).map((l) => (JSON.parse(l) as { prompt: string }).prompt);
   const w = createWorld(1);
   const trueAnswer = evalPrompts.reduce((a, p, i) => a + w.trueExpectation(p, w.renderResponse(p, ['answer'], new Rng(i + 1))), 0) / 4;

@@ -21,7 +21,7 @@ import { readPrompts } from './sample.js';
 
 const SEQUENCES: MoveId[][] = [
   ['answer'], ['answer', 'detail'], ['answer', 'caution'], ['answer', 'joke'],
-  ['answer', 'detail', 'caution'], ['answer', 'detail', 'joke'], ['refuse'], ['ramble'],
+  ['answer', 'detail', 'caution'], ['answer', 'detail', 'joke'], ['answer', 'answer'], ['refuse'], ['ramble'],
 ];
 
 const [out, nArg] = process.argv.slice(2);
