@@ -136,19 +136,22 @@ export function poolResponses(h: tf.Tensor3D, rows: readonly { ids: ArrayLike<nu
       });
       return tf.max(tf.add(h, tf.tensor3d(bias, [B, T, 1])), 1) as tf.Tensor2D;
     }
-    const pool = new Float32Array(B * T); // row b: the weights of its pooled tokens
+    if (pooling === 'last') {
+      const last = Int32Array.from(rows, (r, b) => b * T + r.ids.length - 1);
+      return tf.gather(h.reshape([B * T, d]), tf.tensor1d(last, 'int32')) as tf.Tensor2D;
+    }
+    // row b of `pool`: 1/len on its pooled tokens, so pool · h is their mean
+    const pool = new Float32Array(B * T);
     rows.forEach((r, b) => {
-      if (pooling === 'mean') {
-        const [from, to] = meanPoolRange(r);
-        pool.fill(1 / (to - from), b * T + from, b * T + to);
-      } else pool[b * T + r.ids.length - 1] = 1;
+      const [from, to] = meanPoolRange(r);
+      pool.fill(1 / (to - from), b * T + from, b * T + to);
     });
     return tf.matMul(tf.tensor3d(pool, [B, 1, T]), h).reshape([B, d]) as tf.Tensor2D;
   });
 }
 
 export interface FeatureOptions {
-  /** The response feature: 'last' (default, SPEC §4) or 'mean' over the response's tokens. */
+  /** The response feature: 'last' (default, SPEC §4), or the 'mean' or per-dimension 'max' over the response's tokens. */
   pooling?: FeaturePooling;
   /** Sequences per forward pass (8). */
   batchSize?: number;
