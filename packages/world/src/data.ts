@@ -116,9 +116,10 @@ function rateOne(world: World, rng: Rng, prompt: string, response: string, rater
 
 export function samplePreferencePairs(world: World, rng: Rng, n: number): { prompt: string; chosen: string; rejected: string }[] {
   const out: { prompt: string; chosen: string; rejected: string }[] = [];
+  const policy = ratedPolicy(world);
   for (let i = 0; i < n; i++) {
     const prompt = world.samplePrompt(rng);
-    out.push({ prompt, ...preferencePair(world, rng, prompt, ratedPolicy(world)) });
+    out.push({ prompt, ...preferencePair(world, rng, prompt, policy) });
   }
   return out;
 }
